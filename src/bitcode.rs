@@ -1,0 +1,369 @@
+//! A small reader for LLVM's bitstream container.
+//!
+//! We need two things from bitcode: the module table of an index shard and the
+//! inline assembly of a module. Both sit in a handful of records, so rather than
+//! materialise the whole tree (as a general-purpose crate does) this reader walks
+//! the stream once and lets the caller decide, per block, whether to enter it or
+//! skip it by its length word. Skipping is what keeps the hit path cheap: a
+//! module's function bodies are never decoded unless the caller asks.
+//!
+//! Format reference: LLVM's "LLVM Bitcode File Format" document. Abbreviation
+//! ids 0..=3 are END_BLOCK, ENTER_SUBBLOCK, DEFINE_ABBREV and UNABBREV_RECORD;
+//! ids from 4 on name abbreviations, which come first from the BLOCKINFO block
+//! (for the block's id) and then from DEFINE_ABBREV records inside the block.
+
+use anyhow::{bail, ensure, Result};
+use std::collections::HashMap;
+
+const END_BLOCK: u64 = 0;
+const ENTER_SUBBLOCK: u64 = 1;
+const DEFINE_ABBREV: u64 = 2;
+const UNABBREV_RECORD: u64 = 3;
+const BLOCKINFO_BLOCK_ID: u32 = 0;
+const BLOCKINFO_CODE_SETBID: u32 = 1;
+/// Nesting deeper than this is treated as a corrupt file rather than recursed into.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Op {
+    Literal(u64),
+    Fixed(u8),
+    Vbr(u8),
+    Array(Box<Op>),
+    Char6,
+    Blob,
+}
+
+type Abbrev = Vec<Op>;
+
+/// One decoded record: its code, operands and (for blob operands) the bytes.
+#[derive(Debug, Default)]
+pub struct Record<'a> {
+    pub code: u32,
+    pub ops: Vec<u64>,
+    pub blob: Option<&'a [u8]>,
+}
+
+impl Record<'_> {
+    /// Operands from `start` read as one byte each (how LLVM stores strings).
+    pub fn string_from(&self, start: usize) -> Vec<u8> {
+        self.ops.get(start..).unwrap_or(&[]).iter().map(|&v| v as u8).collect()
+    }
+}
+
+/// What the visitor wants done with a block it is about to enter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    Enter,
+    Skip,
+}
+
+/// Callbacks for [`walk`]. `path` is the stack of enclosing block ids.
+pub trait Visitor<'a> {
+    fn enter_block(&mut self, path: &[u32], block_id: u32) -> Visit;
+    fn record(&mut self, path: &[u32], record: &Record<'a>) -> Result<()>;
+    fn end_block(&mut self, _path: &[u32]) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    /// Position in bits from the start of `data`.
+    bit: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn at_end(&self) -> bool {
+        self.bit >= self.data.len() * 8
+    }
+
+    fn read(&mut self, width: u8) -> Result<u64> {
+        debug_assert!(width <= 64);
+        if width == 0 {
+            return Ok(0);
+        }
+        let end = self.bit + width as usize;
+        ensure!(end <= self.data.len() * 8, "bitcode truncated");
+        let mut value: u64 = 0;
+        let mut got = 0u32;
+        let mut bit = self.bit;
+        while got < width as u32 {
+            let byte = self.data[bit / 8] as u64;
+            let off = (bit % 8) as u32;
+            let take = (8 - off).min(width as u32 - got);
+            let chunk = (byte >> off) & ((1u64 << take) - 1);
+            value |= chunk << got;
+            got += take;
+            bit += take as usize;
+        }
+        self.bit = end;
+        Ok(value)
+    }
+
+    fn read_vbr(&mut self, width: u8) -> Result<u64> {
+        ensure!((2..=32).contains(&width), "bad VBR width {width}");
+        let hi = 1u64 << (width - 1);
+        let mut value = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let piece = self.read(width)?;
+            ensure!(shift < 64, "VBR value too long");
+            value |= (piece & (hi - 1)) << shift;
+            if piece & hi == 0 {
+                return Ok(value);
+            }
+            shift += width as u32 - 1;
+        }
+    }
+
+    fn align32(&mut self) {
+        self.bit = (self.bit + 31) & !31;
+    }
+
+    fn skip_bytes(&mut self, n: usize) -> Result<()> {
+        ensure!(self.bit / 8 + n <= self.data.len(), "bitcode truncated");
+        self.bit += n * 8;
+        Ok(())
+    }
+}
+
+/// Strips the optional wrapper header and checks the 'BC' 0xC0DE magic.
+/// Returns the bitstream that follows the magic.
+pub fn stream(data: &[u8]) -> Result<&[u8]> {
+    let mut data = data;
+    if data.len() >= 20 && data[..4] == [0xDE, 0xC0, 0x17, 0x0B] {
+        let word = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap()) as usize;
+        let (offset, size) = (word(8), word(12));
+        ensure!(offset.checked_add(size).is_some_and(|e| e <= data.len()), "bad bitcode wrapper");
+        data = &data[offset..offset + size];
+    }
+    ensure!(data.len() >= 4 && data[..4] == [b'B', b'C', 0xC0, 0xDE], "not LLVM bitcode");
+    Ok(&data[4..])
+}
+
+/// True when `data` starts like a bitcode file (raw or wrapped).
+pub fn is_bitcode(data: &[u8]) -> bool {
+    data.starts_with(&[b'B', b'C', 0xC0, 0xDE]) || data.starts_with(&[0xDE, 0xC0, 0x17, 0x0B])
+}
+
+/// Walks every top-level block of a bitcode file, calling the visitor.
+pub fn walk<'a>(file: &'a [u8], visitor: &mut dyn Visitor<'a>) -> Result<()> {
+    let data = stream(file)?;
+    let mut cur = Cursor { data, bit: 0 };
+    let mut blockinfo: HashMap<u32, Vec<Abbrev>> = HashMap::new();
+    let mut path = Vec::new();
+    // Top level: abbreviation width 2, only ENTER_SUBBLOCK is meaningful.
+    while !cur.at_end() {
+        // Trailing padding shorter than an abbreviation id, or zero words, ends the stream.
+        if cur.data.len() * 8 - cur.bit < 32 && cur.data[cur.bit / 8..].iter().all(|&b| b == 0) {
+            break;
+        }
+        let id = cur.read(2)?;
+        if id != ENTER_SUBBLOCK {
+            // LLVM tolerates zero padding at the end of a file (e.g. wrapper alignment).
+            if id == 0 && cur.data[cur.bit / 8..].iter().all(|&b| b == 0) {
+                break;
+            }
+            bail!("unexpected abbreviation id {id} at top level");
+        }
+        block(&mut cur, &mut blockinfo, &mut path, visitor)?;
+    }
+    Ok(())
+}
+
+/// Reads one block whose ENTER_SUBBLOCK id has just been consumed.
+fn block<'a>(
+    cur: &mut Cursor<'a>,
+    blockinfo: &mut HashMap<u32, Vec<Abbrev>>,
+    path: &mut Vec<u32>,
+    visitor: &mut dyn Visitor<'a>,
+) -> Result<()> {
+    ensure!(path.len() < MAX_DEPTH, "bitcode nests too deeply");
+    let block_id = cur.read_vbr(8)? as u32;
+    let width = cur.read_vbr(4)? as u8;
+    ensure!((1..=32).contains(&width), "bad abbreviation width {width}");
+    cur.align32();
+    let words = cur.read(32)? as usize;
+    let body_start = cur.bit;
+    let body_end = body_start
+        .checked_add(words * 32)
+        .filter(|&e| e <= cur.data.len() * 8)
+        .ok_or_else(|| anyhow::anyhow!("block {block_id} runs past the end of the file"))?;
+
+    let visit = if block_id == BLOCKINFO_BLOCK_ID { Visit::Enter } else { visitor.enter_block(path, block_id) };
+    if visit == Visit::Skip {
+        cur.bit = body_end;
+        return Ok(());
+    }
+    path.push(block_id);
+    let mut abbrevs: Vec<Abbrev> = blockinfo.get(&block_id).cloned().unwrap_or_default();
+    // Inside BLOCKINFO, the block whose abbreviations are being defined.
+    let mut info_target: Option<u32> = None;
+
+    loop {
+        let id = cur.read(width)?;
+        match id {
+            END_BLOCK => {
+                cur.align32();
+                ensure!(cur.bit == body_end, "block {block_id} length mismatch");
+                visitor.end_block(path)?;
+                path.pop();
+                return Ok(());
+            }
+            ENTER_SUBBLOCK => block(cur, blockinfo, path, visitor)?,
+            DEFINE_ABBREV => {
+                let abbrev = read_abbrev(cur)?;
+                if block_id == BLOCKINFO_BLOCK_ID {
+                    let target = info_target.ok_or_else(|| anyhow::anyhow!("DEFINE_ABBREV before SETBID"))?;
+                    blockinfo.entry(target).or_default().push(abbrev);
+                } else {
+                    abbrevs.push(abbrev);
+                }
+            }
+            _ => {
+                let record = if id == UNABBREV_RECORD {
+                    let code = cur.read_vbr(6)? as u32;
+                    let n = cur.read_vbr(6)? as usize;
+                    ensure!(n <= cur.data.len() * 8, "record too long");
+                    let mut ops = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        ops.push(cur.read_vbr(6)?);
+                    }
+                    Record { code, ops, blob: None }
+                } else {
+                    let abbrev = abbrevs
+                        .get((id - 4) as usize)
+                        .ok_or_else(|| anyhow::anyhow!("undefined abbreviation {id} in block {block_id}"))?
+                        .clone();
+                    read_abbreviated(cur, &abbrev)?
+                };
+                if block_id == BLOCKINFO_BLOCK_ID {
+                    if record.code == BLOCKINFO_CODE_SETBID {
+                        info_target = record.ops.first().map(|&v| v as u32);
+                    }
+                } else {
+                    visitor.record(path, &record)?;
+                }
+            }
+        }
+        ensure!(cur.bit <= body_end, "block {block_id} overruns its length");
+    }
+}
+
+fn read_abbrev(cur: &mut Cursor) -> Result<Abbrev> {
+    let n = cur.read_vbr(5)? as usize;
+    let mut ops = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        ops.push(read_abbrev_op(cur)?);
+        i += 1;
+    }
+    // An Array takes the operand after it as its element type.
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+    let mut it = ops.into_iter().peekable();
+    while let Some(op) = it.next() {
+        if let Op::Array(_) = op {
+            let elt = it.next().ok_or_else(|| anyhow::anyhow!("array abbreviation without element type"))?;
+            ensure!(it.peek().is_none(), "array must be the last abbreviation operand");
+            out.push(Op::Array(Box::new(elt)));
+        } else {
+            out.push(op);
+        }
+    }
+    Ok(out)
+}
+
+fn read_abbrev_op(cur: &mut Cursor) -> Result<Op> {
+    if cur.read(1)? == 1 {
+        return Ok(Op::Literal(cur.read_vbr(8)?));
+    }
+    let encoding = cur.read(3)?;
+    Ok(match encoding {
+        1 | 2 => {
+            let w = cur.read_vbr(5)?;
+            ensure!(w <= 64, "abbreviation width {w} too large");
+            // LLVM reads a zero-width Fixed or VBR operand as the literal 0.
+            match (encoding, w) {
+                (_, 0) => Op::Literal(0),
+                (1, w) => Op::Fixed(w as u8),
+                (_, w) => {
+                    ensure!((2..=32).contains(&w), "bad VBR width {w}");
+                    Op::Vbr(w as u8)
+                }
+            }
+        }
+        3 => Op::Array(Box::new(Op::Literal(0))),
+        4 => Op::Char6,
+        5 => Op::Blob,
+        e => bail!("unknown abbreviation encoding {e}"),
+    })
+}
+
+fn read_scalar(cur: &mut Cursor, op: &Op) -> Result<u64> {
+    Ok(match op {
+        Op::Literal(v) => *v,
+        Op::Fixed(w) => cur.read(*w)?,
+        Op::Vbr(w) => cur.read_vbr(*w)?,
+        Op::Char6 => {
+            let v = cur.read(6)? as u8;
+            (match v {
+                0..=25 => b'a' + v,
+                26..=51 => b'A' + v - 26,
+                52..=61 => b'0' + v - 52,
+                62 => b'.',
+                _ => b'_',
+            }) as u64
+        }
+        Op::Array(_) | Op::Blob => bail!("aggregate used as array element"),
+    })
+}
+
+fn read_abbreviated<'a>(cur: &mut Cursor<'a>, abbrev: &[Op]) -> Result<Record<'a>> {
+    ensure!(!abbrev.is_empty(), "empty abbreviation");
+    let mut values = Vec::new();
+    let mut blob = None;
+    for op in abbrev {
+        match op {
+            Op::Array(elt) => {
+                let n = cur.read_vbr(6)? as usize;
+                ensure!(n <= cur.data.len() * 8, "array too long");
+                values.reserve(n);
+                for _ in 0..n {
+                    values.push(read_scalar(cur, elt)?);
+                }
+            }
+            Op::Blob => {
+                let n = cur.read_vbr(6)? as usize;
+                cur.align32();
+                let start = cur.bit / 8;
+                cur.skip_bytes(n)?;
+                blob = Some(&cur.data[start..start + n]);
+                cur.align32();
+            }
+            scalar => values.push(read_scalar(cur, scalar)?),
+        }
+    }
+    let code = values.remove(0) as u32;
+    Ok(Record { code, ops: values, blob })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vbr_decodes_multi_chunk_values() {
+        // 6-bit VBR of 100: chunks 0b1_00100 (36 | 32) then 0b0_00011 (3): 4 + 3*32 = 100.
+        let bits: u64 = 0b00011_100100;
+        let data = bits.to_le_bytes();
+        let mut c = Cursor { data: &data, bit: 0 };
+        assert_eq!(c.read_vbr(6).unwrap(), 100);
+    }
+
+    #[test]
+    fn rejects_non_bitcode() {
+        assert!(stream(b"\x7fELF....").is_err());
+        assert!(!is_bitcode(b"\x7fELF"));
+    }
+}

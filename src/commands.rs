@@ -1,0 +1,187 @@
+//! The subcommands: `stats`, `zero-stats`, `clear`, `config`, `explain`.
+
+use crate::cli::Cmd;
+use crate::config::Config;
+use crate::stats::Db;
+use crate::store::LocalStore;
+use anyhow::{bail, Context, Result};
+use humansize::{format_size, BINARY};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+pub fn run(cmd: Cmd) -> Result<()> {
+    let config = Config::load()?;
+    match cmd {
+        Cmd::Stats { json } => stats(&config, json),
+        Cmd::ZeroStats => {
+            open_db(&config)?.zero()?;
+            crate::stats::zero_passthrough(&config.stats_db_path())?;
+            println!("Statistics zeroed");
+            Ok(())
+        }
+        Cmd::Clear => {
+            let store = LocalStore::new(&config.cache_dir.value);
+            store.clear()?;
+            if let Ok(db) = open_db(&config) {
+                db.forget_entries()?;
+            }
+            println!("Cleared {}", store.root().display());
+            Ok(())
+        }
+        Cmd::Config => {
+            for (k, v, origin) in config.describe() {
+                println!("{k:<12} = {v:<50} ({origin})");
+            }
+            Ok(())
+        }
+        Cmd::Explain { output } => explain(&config, &output),
+    }
+}
+
+fn open_db(config: &Config) -> Result<Db> {
+    let path = config.stats_db_path();
+    Db::open(&path).with_context(|| format!("opening the stats database {}", path.display()))
+}
+
+/// The numbers `stats` reports, computed once for both output forms.
+struct Report {
+    counters: BTreeMap<String, i64>,
+    hits: i64,
+    misses: i64,
+    uncacheable: BTreeMap<String, i64>,
+    errors: BTreeMap<String, i64>,
+    store_entries: u64,
+    store_files: u64,
+    store_bytes: u64,
+}
+
+impl Report {
+    fn get(&self, name: &str) -> i64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+    fn hit_rate(&self) -> Option<f64> {
+        let total = self.hits + self.misses;
+        (total > 0).then(|| self.hits as f64 * 100.0 / total as f64)
+    }
+}
+
+fn report(config: &Config) -> Result<Report> {
+    let db = open_db(config)?;
+    let mut counters = db.counters()?;
+    let front_end = crate::stats::passthrough_count(&config.stats_db_path());
+    if front_end > 0 {
+        *counters.entry("uncacheable.not_backend".into()).or_insert(0) += front_end;
+    }
+    let sub = |prefix: &str| -> BTreeMap<String, i64> {
+        counters
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), *v)))
+            .filter(|(_, v)| *v != 0)
+            .collect()
+    };
+    let (uncacheable, errors) = (sub("uncacheable."), sub("errors."));
+    let (store_entries, store_files, store_bytes) = LocalStore::new(&config.cache_dir.value).scan_usage()?;
+    Ok(Report {
+        hits: counters.get("hits").copied().unwrap_or(0),
+        misses: counters.get("misses").copied().unwrap_or(0),
+        counters,
+        uncacheable,
+        errors,
+        store_entries,
+        store_files,
+        store_bytes,
+    })
+}
+
+fn stats(config: &Config, json: bool) -> Result<()> {
+    let r = report(config)?;
+    let secs = |name: &str| r.get(name) as f64 / 1e9;
+    if json {
+        let map = |m: &BTreeMap<String, i64>| {
+            let items: Vec<String> = m.iter().map(|(k, v)| format!("\"{}\": {v}", json_escape(k))).collect();
+            format!("{{{}}}", items.join(", "))
+        };
+        let mut s = String::from("{\n");
+        let _ = writeln!(s, "  \"cache_dir\": \"{}\",", json_escape(&config.cache_dir.value.display().to_string()));
+        let _ = writeln!(s, "  \"hits\": {},", r.hits);
+        let _ = writeln!(s, "  \"misses\": {},", r.misses);
+        let _ = writeln!(s, "  \"hit_rate_percent\": {},", r.hit_rate().map(|v| format!("{v:.2}")).unwrap_or("null".into()));
+        let _ = writeln!(s, "  \"uncacheable\": {},", map(&r.uncacheable));
+        let _ = writeln!(s, "  \"uncacheable_total\": {},", r.uncacheable.values().sum::<i64>());
+        let _ = writeln!(s, "  \"errors\": {},", map(&r.errors));
+        let _ = writeln!(s, "  \"compile_failed\": {},", r.get("compile_failed"));
+        let _ = writeln!(s, "  \"stores\": {},", r.get("stores"));
+        let _ = writeln!(s, "  \"bytes_served\": {},", r.get("bytes_served"));
+        let _ = writeln!(s, "  \"bytes_hashed\": {},", r.get("bytes_hashed"));
+        let _ = writeln!(s, "  \"backend_seconds_saved\": {:.6},", secs("ns_saved"));
+        let _ = writeln!(s, "  \"backend_seconds_on_misses\": {:.6},", secs("ns_compiled"));
+        let _ = writeln!(s, "  \"cache_entries\": {},", r.store_entries);
+        let _ = writeln!(s, "  \"cache_files\": {},", r.store_files);
+        let _ = writeln!(s, "  \"cache_size_bytes\": {}", r.store_bytes);
+        s.push('}');
+        println!("{s}");
+        return Ok(());
+    }
+    let mut out = String::new();
+    let row = |out: &mut String, k: &str, v: String| {
+        let _ = writeln!(out, "{k:<28} {v}");
+    };
+    row(&mut out, "Cache directory", config.cache_dir.value.display().to_string());
+    row(&mut out, "Stats database", config.stats_db_path().display().to_string());
+    row(&mut out, "Hits", r.hits.to_string());
+    row(&mut out, "Misses", r.misses.to_string());
+    row(&mut out, "Hit rate", r.hit_rate().map(|v| format!("{v:.1} %")).unwrap_or_else(|| "-".into()));
+    row(&mut out, "Uncacheable", r.uncacheable.values().sum::<i64>().to_string());
+    for (k, v) in &r.uncacheable {
+        row(&mut out, &format!("  {k}"), v.to_string());
+    }
+    row(&mut out, "Errors (fell back to clang)", r.errors.values().sum::<i64>().to_string());
+    for (k, v) in &r.errors {
+        row(&mut out, &format!("  {k}"), v.to_string());
+    }
+    row(&mut out, "Failed compiles (not cached)", r.get("compile_failed").to_string());
+    row(&mut out, "Bytes served", format_size(r.get("bytes_served") as u64, BINARY));
+    row(&mut out, "Bytes hashed", format_size(r.get("bytes_hashed") as u64, BINARY));
+    row(&mut out, "Backend time saved", format!("{:.2} s", secs("ns_saved")));
+    row(&mut out, "Backend time on misses", format!("{:.2} s", secs("ns_compiled")));
+    row(
+        &mut out,
+        "Cache size",
+        format!("{} in {} files ({} entries)", format_size(r.store_bytes, BINARY), r.store_files, r.store_entries),
+    );
+    print!("{out}");
+    Ok(())
+}
+
+fn json_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Compares the key fields of the last compile of `output` with those of the
+/// compile before it that produced the stored entry.
+fn explain(config: &Config, output: &str) -> Result<()> {
+    let abs = {
+        let p = std::path::Path::new(output);
+        if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) }
+    };
+    let db = open_db(config)?;
+    let Some((_key, outcome, fields, _)) = db.last_compile(&abs.to_string_lossy())? else {
+        bail!("no compile of {} is recorded on this host", abs.display());
+    };
+    println!("last compile of {}: {outcome}", abs.display());
+    for line in fields.lines() {
+        println!("  {line}");
+    }
+    Ok(())
+}

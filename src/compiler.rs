@@ -1,0 +1,153 @@
+//! The compiler's identity: what makes two clang installations produce
+//! different objects from the same inputs.
+//!
+//! It covers the resolved binary's bytes, the LLVM and clang shared libraries
+//! it loads (Debian's clang is a thin driver over libclang-cpp and libLLVM),
+//! any clang configuration files next to the binary, and `--version` output
+//! (Debian's includes the package revision). Computing it reads ~150 MB and
+//! spawns two processes, so it is memoised per resolved path together with
+//! the stamps of everything it covered; the steady state costs a few stats.
+
+use crate::stats::{Batch, Db};
+use crate::util::FileStamp;
+use anyhow::{bail, Context, Result};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Finds the compiler the way the shell would, skipping any PATH entry that
+/// is ltocache itself (a `clang` symlink to ltocache must not recurse).
+pub fn resolve(name: &str) -> Result<PathBuf> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        let Ok(meta) = std::fs::metadata(&candidate) else { continue };
+        use std::os::unix::fs::PermissionsExt;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        if me.is_some() && candidate.canonicalize().ok() == me {
+            continue;
+        }
+        return Ok(candidate);
+    }
+    bail!("compiler {name:?} not found in PATH")
+}
+
+/// The files whose stamps decide whether the memo still holds.
+fn tracked_files(real: &Path, libs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut v = vec![real.to_path_buf()];
+    v.extend(libs.iter().cloned());
+    // The binary's directory: adding or removing a `*.cfg` there changes its mtime.
+    if let Some(dir) = real.parent() {
+        v.push(dir.to_path_buf());
+    }
+    v
+}
+
+fn encode_stamps(files: &[PathBuf]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for f in files {
+        let s = FileStamp::of_path(f).with_context(|| format!("stat {}", f.display()))?;
+        let bytes = f.as_os_str().as_bytes();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+        for v in [s.dev, s.ino, s.size, s.mtime_ns as u64, s.ctime_ns as u64] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
+fn decode_paths(stamps: &[u8]) -> Option<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut rest = stamps;
+    while !rest.is_empty() {
+        let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let p = rest.get(4..4 + n)?;
+        out.push(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+        rest = rest.get(4 + n + 40..)?;
+    }
+    Some(out)
+}
+
+/// The compiler's identity digest, from the memo when every covered file
+/// still has the stamp it had; recomputed (and queued for the memo) otherwise.
+pub fn identity(compiler: &Path, db: Option<&Db>, batch: &mut Batch) -> Result<[u8; 32]> {
+    let real = compiler.canonicalize().with_context(|| format!("resolving {}", compiler.display()))?;
+    let key = real.to_string_lossy().into_owned();
+    if let Some(db) = db {
+        if let Ok(Some((stamps, id))) = db.lookup_compiler(&key) {
+            if let Some(paths) = decode_paths(&stamps) {
+                if encode_stamps(&paths).ok().as_deref() == Some(&stamps[..]) {
+                    return Ok(id);
+                }
+            }
+        }
+    }
+    let libs = loaded_llvm_libraries(&real);
+    let files = tracked_files(&real, &libs);
+    let stamps = encode_stamps(&files)?;
+    let id = compute_identity(&real, &libs)?;
+    // Only memoise if nothing changed while we were reading.
+    if encode_stamps(&files)? == stamps {
+        batch.compiler = Some((key, stamps, id));
+    }
+    Ok(id)
+}
+
+/// Shared libraries the binary loads that belong to LLVM or clang, from `ldd`.
+fn loaded_llvm_libraries(real: &Path) -> Vec<PathBuf> {
+    let Ok(out) = Command::new("ldd").arg(real).output() else { return Vec::new() };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split("=>").nth(1))
+        .filter_map(|rhs| rhs.split_whitespace().next())
+        .filter(|p| p.starts_with('/'))
+        .filter(|p| {
+            let name = Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.contains("LLVM") || name.contains("clang") || name.contains("lld")
+        })
+        .filter_map(|p| Path::new(p).canonicalize().ok())
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
+}
+
+fn compute_identity(real: &Path, libs: &[PathBuf]) -> Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ltocache-compiler-v1\0");
+    let add_file = |h: &mut blake3::Hasher, tag: &str, p: &Path| -> Result<()> {
+        let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        h.update(tag.as_bytes());
+        h.update(&(data.len() as u64).to_le_bytes());
+        h.update(blake3::hash(&data).as_bytes());
+        Ok(())
+    };
+    add_file(&mut h, "binary", real)?;
+    for lib in libs {
+        add_file(&mut h, "library", lib)?;
+    }
+    // Default configuration files live next to the binary (`clang.cfg`,
+    // `<triple>-clang.cfg`, ...): any of them changes what the driver does.
+    if let Some(dir) = real.parent() {
+        let mut cfgs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cfg")).collect())
+            .unwrap_or_default();
+        cfgs.sort();
+        for cfg in cfgs {
+            h.update(cfg.file_name().unwrap().as_bytes());
+            add_file(&mut h, "config", &cfg)?;
+        }
+    }
+    let out = Command::new(real).arg("--version").output().with_context(|| format!("running {} --version", real.display()))?;
+    h.update(b"version");
+    h.update(&out.stdout);
+    Ok(*h.finalize().as_bytes())
+}

@@ -1,0 +1,246 @@
+//! Settings: defaults, then `ltocache.conf` inside the cache directory, then
+//! `LTOCACHE_*` environment variables (the environment wins). Every value
+//! remembers where it came from so `ltocache config` can say.
+
+use anyhow::{bail, Context, Result};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE_NAME: &str = "ltocache.conf";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(v) => write!(f, "environment ({v})"),
+        }
+    }
+}
+
+/// How a hit puts the stored object at the output path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeMode {
+    /// Copy into a temp file next to the output and rename it into place.
+    Copy,
+    /// `FICLONE` (btrfs, xfs): shares extents, falls back to copying.
+    Reflink,
+    /// Hard-link the blob. Off by default: a build that edits its outputs in
+    /// place would edit the cache.
+    HardLink,
+}
+
+#[derive(Clone, Debug)]
+pub struct Setting<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cache_dir: Setting<PathBuf>,
+    pub disable: Setting<bool>,
+    pub readonly: Setting<bool>,
+    pub recache: Setting<bool>,
+    pub logfile: Setting<Option<PathBuf>>,
+    pub stats_dir: Setting<Option<PathBuf>>,
+    pub serve_mode: Setting<ServeMode>,
+}
+
+/// The keys, as written in the config file; the environment variable is
+/// `LTOCACHE_` + the key in upper case.
+pub const KEYS: &[&str] = &["disable", "readonly", "recache", "logfile", "stats_dir", "serve_mode"];
+
+fn env_name(key: &str) -> &'static str {
+    match key {
+        "disable" => "LTOCACHE_DISABLE",
+        "readonly" => "LTOCACHE_READONLY",
+        "recache" => "LTOCACHE_RECACHE",
+        "logfile" => "LTOCACHE_LOGFILE",
+        "stats_dir" => "LTOCACHE_STATS_DIR",
+        "serve_mode" => "LTOCACHE_SERVE_MODE",
+        _ => unreachable!("unknown key {key}"),
+    }
+}
+
+pub fn parse_bool(s: &str) -> Result<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => bail!("expected a boolean (1/0, true/false, yes/no), got {other:?}"),
+    }
+}
+
+fn parse_serve_mode(s: &str) -> Result<ServeMode> {
+    match s.trim() {
+        "copy" => Ok(ServeMode::Copy),
+        "reflink" => Ok(ServeMode::Reflink),
+        "hardlink" => Ok(ServeMode::HardLink),
+        other => bail!("serve_mode must be copy, reflink or hardlink, got {other:?}"),
+    }
+}
+
+impl Config {
+    /// Loads the effective configuration. `getenv` is injected so tests can
+    /// exercise precedence without touching the process environment.
+    pub fn load_with(getenv: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let cache_dir = match getenv("LTOCACHE_DIR").filter(|s| !s.is_empty()) {
+            Some(d) => Setting { value: PathBuf::from(d), origin: Origin::Env("LTOCACHE_DIR") },
+            None => {
+                let base = getenv("XDG_CACHE_HOME")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .or_else(|| getenv("HOME").filter(|s| !s.is_empty()).map(|h| Path::new(&h).join(".cache")))
+                    .context("cannot find a cache directory: set LTOCACHE_DIR, XDG_CACHE_HOME or HOME")?;
+                Setting { value: base.join("ltocache"), origin: Origin::Default }
+            }
+        };
+        let file_path = cache_dir.value.join(CONFIG_FILE_NAME);
+        let file_entries = read_config_file(&file_path)?;
+
+        let lookup = |key: &str| -> Option<(String, Origin)> {
+            let env = env_name(key);
+            if let Some(v) = getenv(env) {
+                return Some((v, Origin::Env(env)));
+            }
+            file_entries.iter().find(|(k, _)| k == key).map(|(_, v)| (v.clone(), Origin::File(file_path.clone())))
+        };
+        let boolean = |key: &str| -> Result<Setting<bool>> {
+            Ok(match lookup(key) {
+                Some((v, origin)) => Setting {
+                    value: parse_bool(&v).with_context(|| format!("{key} (from {origin})"))?,
+                    origin,
+                },
+                None => Setting { value: false, origin: Origin::Default },
+            })
+        };
+        let path = |key: &str| -> Setting<Option<PathBuf>> {
+            match lookup(key) {
+                Some((v, origin)) if !v.is_empty() => Setting { value: Some(PathBuf::from(v)), origin },
+                _ => Setting { value: None, origin: Origin::Default },
+            }
+        };
+        let serve_mode = match lookup("serve_mode") {
+            Some((v, origin)) => Setting { value: parse_serve_mode(&v)?, origin },
+            None => Setting { value: ServeMode::Copy, origin: Origin::Default },
+        };
+        Ok(Config {
+            disable: boolean("disable")?,
+            readonly: boolean("readonly")?,
+            recache: boolean("recache")?,
+            logfile: path("logfile"),
+            stats_dir: path("stats_dir"),
+            serve_mode,
+            cache_dir,
+        })
+    }
+
+    pub fn load() -> Result<Config> {
+        Config::load_with(&|k| std::env::var(k).ok())
+    }
+
+    /// Where this host's SQLite database lives. SQLite must not be shared over
+    /// NFS, so the default is a per-host directory; `stats_dir` moves it to
+    /// local disk when the cache directory itself is on NFS.
+    pub fn stats_db_path(&self) -> PathBuf {
+        match &self.stats_dir.value {
+            Some(d) => d.join("stats.sqlite3"),
+            None => self.cache_dir.value.join("hosts").join(crate::util::hostname()).join("stats.sqlite3"),
+        }
+    }
+
+    /// Lines for `ltocache config`: key, value, origin.
+    pub fn describe(&self) -> Vec<(String, String, String)> {
+        let opt = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
+        vec![
+            ("cache_dir".into(), self.cache_dir.value.display().to_string(), self.cache_dir.origin.to_string()),
+            ("disable".into(), self.disable.value.to_string(), self.disable.origin.to_string()),
+            ("readonly".into(), self.readonly.value.to_string(), self.readonly.origin.to_string()),
+            ("recache".into(), self.recache.value.to_string(), self.recache.origin.to_string()),
+            ("logfile".into(), opt(&self.logfile.value), self.logfile.origin.to_string()),
+            ("stats_dir".into(), opt(&self.stats_dir.value), self.stats_dir.origin.to_string()),
+            (
+                "serve_mode".into(),
+                format!("{:?}", self.serve_mode.value).to_lowercase(),
+                self.serve_mode.origin.to_string(),
+            ),
+            ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
+        ]
+    }
+}
+
+/// `key = value` lines; `#` starts a comment. A missing file is an empty config.
+fn read_config_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            bail!("{}:{}: expected `key = value`", path.display(), n + 1);
+        };
+        let k = k.trim();
+        if !KEYS.contains(&k) {
+            bail!("{}:{}: unknown setting {k:?} (known: {})", path.display(), n + 1, KEYS.join(", "));
+        }
+        out.push((k.to_string(), v.trim().to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn environment_wins_over_file_and_file_over_default() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE_NAME), "readonly = true\nrecache = yes # comment\n").unwrap();
+        let env: HashMap<&str, String> = [
+            ("LTOCACHE_DIR", dir.path().display().to_string()),
+            ("LTOCACHE_RECACHE", "0".to_string()),
+        ]
+        .into();
+        let c = Config::load_with(&|k| env.get(k).cloned()).unwrap();
+        assert!(c.readonly.value);
+        assert!(matches!(c.readonly.origin, Origin::File(_)));
+        assert!(!c.recache.value);
+        assert_eq!(c.recache.origin, Origin::Env("LTOCACHE_RECACHE"));
+        assert!(!c.disable.value);
+        assert_eq!(c.disable.origin, Origin::Default);
+    }
+
+    #[test]
+    fn default_dir_follows_xdg_then_home() {
+        let c = Config::load_with(&|k| (k == "HOME").then(|| "/nonexistent-home".to_string())).unwrap();
+        assert_eq!(c.cache_dir.value, PathBuf::from("/nonexistent-home/.cache/ltocache"));
+        let c = Config::load_with(&|k| match k {
+            "HOME" => Some("/h".into()),
+            "XDG_CACHE_HOME" => Some("/x".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.cache_dir.value, PathBuf::from("/x/ltocache"));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let env: HashMap<&str, String> =
+            [("LTOCACHE_DIR", "/nonexistent".to_string()), ("LTOCACHE_DISABLE", "perhaps".to_string())].into();
+        assert!(Config::load_with(&|k| env.get(k).cloned()).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! Running the real compiler: by `exec` when the cache has nothing to do with
+//! the command (identical stdio, exit status and signals, no lingering parent),
+//! or as a child whose stderr we capture to store and replay.
+
+use anyhow::{Context, Result};
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Replaces this process with the compiler. Only returns by exiting 127 when
+/// the compiler cannot be started, as a shell would.
+pub fn exec_compiler(compiler: &str, args: &[OsString]) -> ! {
+    let program = crate::compiler::resolve(compiler).unwrap_or_else(|_| compiler.into());
+    let err = Command::new(&program).arg0(compiler).args(args).exec();
+    eprintln!("ltocache: cannot run {compiler}: {err}");
+    std::process::exit(127)
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stderr: Vec<u8>,
+    pub duration: Duration,
+}
+
+/// Runs the compiler with stdin and stdout inherited and stderr captured.
+pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Finished> {
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .arg0(arg0)
+        .args(args)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let mut stderr = Vec::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_end(&mut stderr).context("reading the compiler's stderr")?;
+    }
+    let status = child.wait().context("waiting for the compiler")?;
+    Ok(Finished { status, stderr, duration: start.elapsed() })
+}
+
+/// Exits the way the compiler did: same code, or the same signal.
+pub fn exit_like(status: ExitStatus) -> ! {
+    if let Some(code) = status.code() {
+        std::process::exit(code);
+    }
+    if let Some(sig) = status.signal() {
+        // SAFETY: restoring the default disposition and raising a signal on
+        // ourselves has no memory-safety preconditions.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+        std::process::exit(128 + sig);
+    }
+    std::process::exit(1)
+}

@@ -1,0 +1,215 @@
+//! The cache key: blake3 over tagged fields covering everything a backend
+//! compile reads. See docs/key.md for the list and the reasons.
+//!
+//! Every field is written as `tag length value`, so two fields can never run
+//! together into the same bytes. The same fields are kept as text so that a
+//! miss can be explained (`ltocache explain`) by comparing two field lists.
+
+use crate::args::{profile_path, BackendInvocation, NotCacheable};
+use crate::digest::FileHasher;
+use crate::shard::{self, AsmRef};
+use crate::util::hex;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Any change to what goes into the key, or how, must bump this: old entries
+/// then simply stop matching instead of being served under new rules.
+pub const KEY_VERSION: u32 = 1;
+
+/// Environment variables that change what the clang driver does.
+const HASHED_ENV: &[&str] = &["CCC_OVERRIDE_OPTIONS", "CLANG_NO_DEFAULT_CONFIG", "CCC_ADD_ARGS"];
+
+/// The finished key and its fields as (name, value) text.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub digest: [u8; 32],
+    pub fields: Vec<(String, String)>,
+}
+
+pub struct KeyBuilder {
+    hasher: blake3::Hasher,
+    fields: Vec<(String, String)>,
+}
+
+impl Default for KeyBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyBuilder {
+    pub fn new() -> Self {
+        let mut b = KeyBuilder { hasher: blake3::Hasher::new(), fields: Vec::new() };
+        b.field("version", KEY_VERSION.to_string().as_bytes());
+        b
+    }
+
+    /// Adds one tagged field. `value` is hashed as-is; its text form is kept
+    /// for explanations (long values are abbreviated by their digest).
+    pub fn field(&mut self, tag: &str, value: &[u8]) {
+        self.hasher.update(&(tag.len() as u32).to_le_bytes());
+        self.hasher.update(tag.as_bytes());
+        self.hasher.update(&(value.len() as u64).to_le_bytes());
+        self.hasher.update(value);
+        let text = match std::str::from_utf8(value) {
+            Ok(s) if s.len() <= 200 && !s.contains('\n') => s.to_string(),
+            _ => format!("blake3:{}", hex(blake3::hash(value).as_bytes())),
+        };
+        self.fields.push((tag.to_string(), text));
+    }
+
+    pub fn digest_field(&mut self, tag: &str, digest: &[u8; 32]) {
+        self.hasher.update(&(tag.len() as u32).to_le_bytes());
+        self.hasher.update(tag.as_bytes());
+        self.hasher.update(&32u64.to_le_bytes());
+        self.hasher.update(digest);
+        self.fields.push((tag.to_string(), hex(digest)));
+    }
+
+    pub fn finish(self) -> Key {
+        Key { digest: *self.hasher.finalize().as_bytes(), fields: self.fields }
+    }
+}
+
+/// A per-module fingerprint: today the digest of the module's whole bitcode.
+/// Precise invalidation will replace it with a digest over only the
+/// definitions the importer pulls in; the key's shape does not change.
+pub fn module_fingerprint(hasher: &mut FileHasher, path: &Path) -> Result<[u8; 32], KeyError> {
+    let h = hasher.hash(path, true).map_err(|e| unreadable(path, e))?;
+    Ok(h.digest)
+}
+
+/// Why a key could not be computed.
+#[derive(Debug)]
+pub enum KeyError {
+    /// The command cannot be cached (run the compiler, count the reason).
+    NotCacheable(NotCacheable),
+    /// Something went wrong inside ltocache (run the compiler, count an error).
+    Internal(anyhow::Error),
+}
+
+fn unreadable(path: &Path, e: anyhow::Error) -> KeyError {
+    KeyError::NotCacheable(NotCacheable::Unreadable(format!("{}: {e:#}", path.display())))
+}
+
+/// Computes the key of a backend invocation.
+pub fn compute(
+    inv: &BackendInvocation,
+    compiler_identity: &[u8; 32],
+    hasher: &mut FileHasher,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<Key, KeyError> {
+    let mut k = KeyBuilder::new();
+
+    // The compiler: its identity, and the name it was called by (the driver
+    // picks its mode — clang, clang++, clang-cl — from argv[0]).
+    k.digest_field("compiler", compiler_identity);
+    let name = Path::new(&inv.compiler).file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+    k.field("compiler-name", &name);
+    for var in HASHED_ENV {
+        if let Some(v) = getenv(var) {
+            k.field(&format!("env:{var}"), v.as_bytes());
+        }
+    }
+
+    // Every argument, with input/shard/output paths replaced by role markers.
+    k.field("argc", inv.hashed_args.len().to_string().as_bytes());
+    for (i, a) in inv.hashed_args.iter().enumerate() {
+        k.field(&format!("arg[{i}]"), a.as_bytes());
+    }
+
+    // The shard: its canonical digest (everything but module paths) and, in
+    // table order, each module's role and fingerprint.
+    let shard_bytes = hasher.read_tracked(&inv.shard).map_err(|e| unreadable(&inv.shard, e))?;
+    let shard = shard::read_shard(&shard_bytes).map_err(|_| KeyError::NotCacheable(NotCacheable::BadShard))?;
+    k.digest_field("shard", &shard.canonical_digest);
+
+    let input_bytes = inv.input.as_os_str().as_bytes();
+    let input_fp = module_fingerprint(hasher, &inv.input)?;
+    k.digest_field("input", &input_fp);
+
+    // Modules whose assembly must be scanned: the input and every import
+    // (an imported function's inline asm is compiled into this object).
+    let mut asm_refs: Vec<AsmRef> = Vec::new();
+    collect_asm(hasher, &inv.input, &mut asm_refs)?;
+
+    k.field("modules", shard.modules.len().to_string().as_bytes());
+    for m in &shard.modules {
+        if m.path == input_bytes {
+            // The backend matches its input to the index by this exact string.
+            k.field(&format!("module[{}]", m.id), b"input");
+            continue;
+        }
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&m.path));
+        let fp = module_fingerprint(hasher, &path)?;
+        k.digest_field(&format!("module[{}]", m.id), &fp);
+        collect_asm(hasher, &path, &mut asm_refs)?;
+    }
+
+    // Files named by flags.
+    for f in &inv.flag_files {
+        let path = profile_path(f);
+        let h = hasher.hash(&path, false).map_err(|e| unreadable(&path, e))?;
+        k.digest_field(&format!("file:{}", f.flag), &h.digest);
+    }
+
+    // Files pulled in by `.incbin`/`.include`. The assembler tries the name as
+    // given (relative to the current directory), then each search directory;
+    // hashing every candidate's presence and contents makes the key change
+    // when which file wins would change.
+    asm_refs.dedup();
+    for r in &asm_refs {
+        match r {
+            AsmRef::Unresolvable(text) => {
+                return Err(KeyError::NotCacheable(NotCacheable::UnresolvedAsmInclude(text.clone())));
+            }
+            AsmRef::File(name) => {
+                let rel = PathBuf::from(std::ffi::OsStr::from_bytes(name));
+                let mut candidates = vec![rel.clone()];
+                if rel.is_relative() {
+                    candidates.extend(inv.asm_search_dirs.iter().map(|d| d.join(&rel)));
+                }
+                let mut found = false;
+                for (i, c) in candidates.iter().enumerate() {
+                    let tag = format!("asm-include:{}#{i}", String::from_utf8_lossy(name));
+                    if c.exists() {
+                        let h = hasher.hash(c, false).map_err(|e| unreadable(c, e))?;
+                        k.digest_field(&tag, &h.digest);
+                        found = true;
+                    } else {
+                        k.field(&tag, b"absent");
+                    }
+                }
+                if !found {
+                    return Err(KeyError::NotCacheable(NotCacheable::UnresolvedAsmInclude(
+                        String::from_utf8_lossy(name).into_owned(),
+                    )));
+                }
+            }
+        }
+    }
+    Ok(k.finish())
+}
+
+fn collect_asm(hasher: &mut FileHasher, path: &Path, out: &mut Vec<AsmRef>) -> Result<(), KeyError> {
+    let h = hasher.hash(path, true).map_err(|e| unreadable(path, e))?;
+    out.extend(h.asm.unwrap_or_default());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_delimited() {
+        // "ab"+"c" must not collide with "a"+"bc".
+        let mut a = KeyBuilder::new();
+        a.field("x", b"ab");
+        a.field("y", b"c");
+        let mut b = KeyBuilder::new();
+        b.field("x", b"a");
+        b.field("y", b"bc");
+        assert_ne!(a.finish().digest, b.finish().digest);
+    }
+}

@@ -1,0 +1,381 @@
+//! The content-addressed store.
+//!
+//! Layout (see docs/store.md for the grammar of each file):
+//!
+//! ```text
+//! <cache_dir>/v1/entries/<k0k1>/<key hex>       one small entry per key
+//! <cache_dir>/v1/blobs/<d0d1>/<digest hex>      output bytes, named by their blake3
+//! <cache_dir>/v1/tmp/<host>.<pid>.<n>.<t>.tmp   temp files, renamed into place
+//! ```
+//!
+//! Every file is written to `tmp/` and renamed: rename is atomic on local
+//! filesystems and on NFS, so readers on any host see a whole file or none.
+//! Blobs go in before the entry that names them. A blob whose bytes do not
+//! hash to its name is deleted and reported as a miss.
+//!
+//! [`Store`] is the small interface a remote backend (bazel-remote, Redis)
+//! implements later; [`LocalStore`] adds what only a local directory can do
+//! (mapping blobs, reflinks, hard links).
+
+use crate::config::ServeMode;
+use crate::util::{self, hex, map_file, write_atomic};
+use anyhow::{bail, ensure, Context, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The on-disk layout version; a new layout gets a new directory.
+pub const LAYOUT_DIR: &str = "v1";
+pub const ENTRY_MAGIC: &[u8; 8] = b"LTOCENTR";
+/// Bumped whenever the entry grammar changes; readers reject other versions as misses.
+pub const ENTRY_FORMAT: u32 = 1;
+
+pub type Digest = [u8; 32];
+
+/// What the backend produced, as stored in an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredOutput {
+    /// 0 = the `-o` object. Reserved for extra outputs (.dwo, remarks).
+    pub kind: u8,
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// One cache entry: what a hit needs to reproduce the compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Digest,
+    /// How long the backend ran when it was stored: what a hit saves.
+    pub duration_ns: u64,
+    pub created_unix: u64,
+    pub outputs: Vec<StoredOutput>,
+    /// Replayed byte for byte on a hit.
+    pub stderr: Vec<u8>,
+}
+
+impl Entry {
+    /// Serialises the entry (grammar in docs/store.md).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(96 + self.outputs.len() * 41 + self.stderr.len());
+        body.extend_from_slice(&self.key);
+        body.extend_from_slice(&self.duration_ns.to_le_bytes());
+        body.extend_from_slice(&self.created_unix.to_le_bytes());
+        body.extend_from_slice(&(self.outputs.len() as u32).to_le_bytes());
+        for o in &self.outputs {
+            body.push(o.kind);
+            body.extend_from_slice(&o.size.to_le_bytes());
+            body.extend_from_slice(&o.digest);
+        }
+        body.extend_from_slice(&(self.stderr.len() as u32).to_le_bytes());
+        body.extend_from_slice(&self.stderr);
+
+        let mut out = Vec::with_capacity(16 + body.len() + 32);
+        out.extend_from_slice(ENTRY_MAGIC);
+        out.extend_from_slice(&ENTRY_FORMAT.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Entry> {
+        ensure!(data.len() >= 16 + 32, "entry too short");
+        ensure!(&data[..8] == ENTRY_MAGIC, "bad entry magic");
+        let format = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        ensure!(format == ENTRY_FORMAT, "entry format {format}, expected {ENTRY_FORMAT}");
+        let body_len = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
+        ensure!(data.len() == 16 + body_len + 32, "entry length mismatch");
+        let (signed, sum) = data.split_at(16 + body_len);
+        ensure!(blake3::hash(signed).as_bytes() == sum, "entry checksum mismatch");
+        let mut r = Reader { data: &data[16..16 + body_len] };
+        let key: Digest = r.take(32)?.try_into().unwrap();
+        let duration_ns = r.u64()?;
+        let created_unix = r.u64()?;
+        let n = r.u32()? as usize;
+        ensure!(n <= 16, "too many outputs in entry");
+        let mut outputs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let kind = r.take(1)?[0];
+            let size = r.u64()?;
+            let digest: Digest = r.take(32)?.try_into().unwrap();
+            outputs.push(StoredOutput { kind, size, digest });
+        }
+        let stderr_len = r.u32()? as usize;
+        let stderr = r.take(stderr_len)?.to_vec();
+        ensure!(r.data.is_empty(), "trailing bytes in entry");
+        Ok(Entry { key, duration_ns, created_unix, outputs, stderr })
+    }
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        ensure!(self.data.len() >= n, "entry truncated");
+        let (a, b) = self.data.split_at(n);
+        self.data = b;
+        Ok(a)
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+}
+
+/// Outcome of looking an entry up.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Entry),
+    Miss,
+    /// An entry existed but failed its checksum (it has been removed).
+    Corrupt(String),
+}
+
+/// The operations every storage backend offers. Local disk implements them
+/// with files; a remote engine (HTTP CAS, Redis) maps them onto GET/PUT of
+/// `entries/<key>` and `blobs/<digest>`.
+pub trait Store {
+    fn get_entry(&self, key: &Digest) -> Result<Lookup>;
+    fn put_entry(&self, entry: &Entry) -> Result<u64>;
+    fn has_blob(&self, digest: &Digest) -> bool;
+    /// Stores bytes under their digest; returns the bytes written (0 when present).
+    fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<u64>;
+}
+
+/// The store in a local (or NFS-mounted) directory.
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// What serving a blob to an output path did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Served {
+    Written(u64),
+    /// The blob was missing or did not verify (a corrupt one is removed).
+    Unavailable(&'static str),
+}
+
+impl LocalStore {
+    pub fn new(cache_dir: &Path) -> LocalStore {
+        LocalStore { root: cache_dir.join(LAYOUT_DIR) }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The one place that decides where a blob or entry lives.
+    pub fn entry_path(&self, key: &Digest) -> PathBuf {
+        let h = hex(key);
+        self.root.join("entries").join(&h[..2]).join(&h)
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let h = hex(digest);
+        self.root.join("blobs").join(&h[..2]).join(&h)
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn ensure_tmp(&self) -> Result<PathBuf> {
+        let tmp = self.tmp_dir();
+        if !tmp.is_dir() {
+            std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        }
+        Ok(tmp)
+    }
+
+    /// Serves a blob into `dest` atomically (temp file next to `dest`, then
+    /// rename), after checking its bytes hash to `digest`.
+    pub fn serve_blob(&self, digest: &Digest, size: u64, dest: &Path, mode: ServeMode) -> Result<Served> {
+        let path = self.blob_path(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Served::Unavailable("blob missing")),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let len = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
+        if len != size {
+            self.discard_blob(&path);
+            return Ok(Served::Unavailable("blob has the wrong size"));
+        }
+        let map = map_file(&file, len).with_context(|| format!("mapping {}", path.display()))?;
+        if blake3::hash(&map).as_bytes() != digest {
+            self.discard_blob(&path);
+            return Ok(Served::Unavailable("blob digest mismatch"));
+        }
+        let dir = util::parent_dir(dest);
+        let name = dest.file_name().context("output has no file name")?.to_string_lossy().into_owned();
+        let tmp = dir.join(util::temp_name(&format!(".{name}.ltocache.")));
+        let result = (|| -> Result<()> {
+            match mode {
+                ServeMode::HardLink => {
+                    std::fs::hard_link(&path, &tmp).with_context(|| format!("linking {}", tmp.display()))?
+                }
+                ServeMode::Reflink | ServeMode::Copy => {
+                    let mut out = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?;
+                    if !(mode == ServeMode::Reflink && reflink(&file, &out)) {
+                        out.write_all(&map).with_context(|| format!("writing {}", tmp.display()))?;
+                    }
+                }
+            }
+            std::fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| Served::Written(len))
+    }
+
+    fn discard_blob(&self, path: &Path) {
+        // Another process may have replaced it with a good copy meanwhile; a
+        // removed good blob is only a future miss, a kept bad one is re-detected.
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Removes every entry and blob. Temp files of running writers are left.
+    pub fn clear(&self) -> Result<()> {
+        for sub in ["entries", "blobs"] {
+            let dir = self.root.join(sub);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts entries and bytes by walking the directory (the authoritative
+    /// size of a shared store, whatever each host's database believes).
+    pub fn scan_usage(&self) -> Result<(u64, u64, u64)> {
+        let mut files = 0;
+        let mut bytes = 0;
+        let mut entries = 0;
+        for sub in ["entries", "blobs"] {
+            let dir = self.root.join(sub);
+            let Ok(shards) = std::fs::read_dir(&dir) else { continue };
+            for shard in shards.flatten() {
+                let Ok(items) = std::fs::read_dir(shard.path()) else { continue };
+                for item in items.flatten() {
+                    if let Ok(meta) = item.metadata() {
+                        files += 1;
+                        bytes += meta.len();
+                        if sub == "entries" {
+                            entries += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((entries, files, bytes))
+    }
+}
+
+impl Store for LocalStore {
+    fn get_entry(&self, key: &Digest) -> Result<Lookup> {
+        let path = self.entry_path(key);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Miss),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        match Entry::decode(&data) {
+            Ok(entry) if &entry.key == key => Ok(Lookup::Hit(entry)),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+                Ok(Lookup::Corrupt("entry names another key".into()))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Ok(Lookup::Corrupt(e.to_string()))
+            }
+        }
+    }
+
+    fn put_entry(&self, entry: &Entry) -> Result<u64> {
+        let tmp = self.ensure_tmp()?;
+        let data = entry.encode();
+        write_atomic(&tmp, &self.entry_path(&entry.key), &data)?;
+        Ok(data.len() as u64)
+    }
+
+    fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).exists()
+    }
+
+    fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<u64> {
+        if blake3::hash(data).as_bytes() != digest {
+            bail!("refusing to store a blob under a digest it does not have");
+        }
+        if self.has_blob(digest) {
+            return Ok(0);
+        }
+        let tmp = self.ensure_tmp()?;
+        write_atomic(&tmp, &self.blob_path(digest), data)?;
+        Ok(data.len() as u64)
+    }
+}
+
+/// Clones `src`'s extents into `dst` with the FICLONE ioctl (btrfs, xfs).
+/// Returns false when the filesystem cannot, so the caller copies instead.
+fn reflink(src: &File, dst: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: both descriptors are open files we own for the call's duration;
+    // FICLONE takes the source descriptor as its integer argument.
+    unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        Entry {
+            key: [7; 32],
+            duration_ns: 123_456,
+            created_unix: 1_700_000_000,
+            outputs: vec![StoredOutput { kind: 0, size: 5, digest: *blake3::hash(b"hello").as_bytes() }],
+            stderr: b"warning: x\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn entry_round_trips_and_detects_damage() {
+        let e = sample();
+        let bytes = e.encode();
+        assert_eq!(Entry::decode(&bytes).unwrap(), e);
+        for i in [0, 9, 20, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(Entry::decode(&bad).is_err(), "flip at {i} undetected");
+        }
+        assert!(Entry::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn corrupt_blob_is_removed_and_unavailable() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(d.path());
+        let digest = *blake3::hash(b"hello").as_bytes();
+        s.put_blob(&digest, b"hello").unwrap();
+        let out = d.path().join("out.o");
+        assert_eq!(s.serve_blob(&digest, 5, &out, ServeMode::Copy).unwrap(), Served::Written(5));
+        assert_eq!(std::fs::read(&out).unwrap(), b"hello");
+        std::fs::write(s.blob_path(&digest), b"jello").unwrap();
+        assert!(matches!(s.serve_blob(&digest, 5, &out, ServeMode::Copy).unwrap(), Served::Unavailable(_)));
+        assert!(!s.blob_path(&digest).exists());
+    }
+}

@@ -1,0 +1,186 @@
+//! Small helpers that know nothing about ltocache: hex, clocks, host name,
+//! file identity, atomic file writes, mapping files.
+
+use anyhow::{Context, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+pub fn hostname() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+        let name = if rc == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            String::new()
+        };
+        // The name becomes a path component: keep it to safe characters.
+        let clean: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+        if clean.is_empty() || clean == "." || clean == ".." { "localhost".into() } else { clean }
+    })
+}
+
+/// What identifies one version of a file without reading it: the digest memo
+/// and the "changed during the compile" check compare these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+
+    pub fn of_path(path: &Path) -> std::io::Result<FileStamp> {
+        Ok(FileStamp::of(&std::fs::metadata(path)?))
+    }
+}
+
+/// A unique name for a temporary file: host, pid and a per-process counter,
+/// so that processes on different hosts sharing a directory never collide.
+pub fn temp_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = now_ns() as u64 & 0xffff_ffff;
+    format!("{prefix}{}.{}.{n}.{nanos:x}.tmp", hostname(), std::process::id())
+}
+
+/// Writes `data` to `dest` atomically: a temp file in `tmp_dir` (same
+/// filesystem), then rename. Readers see the old file or the new, never part.
+/// Returns without error when another writer renamed the same content first.
+pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
+    let tmp = tmp_dir.join(temp_name(""));
+    let result = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(data).with_context(|| format!("writing {}", tmp.display()))?;
+        // No fsync: a killed process cannot lose page-cache data, and after a
+        // power loss every reader verifies checksums (entries) and digests
+        // (blobs) before use, so a torn file is a miss, never a wrong object.
+        // An fsync per store would cost more than the whole cold-cache budget.
+        rename_into_place(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames `tmp` to `dest`, creating `dest`'s directory when missing.
+pub fn rename_into_place(tmp: &Path, dest: &Path) -> Result<()> {
+    match std::fs::rename(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::rename(tmp, dest).with_context(|| format!("renaming to {}", dest.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("renaming to {}", dest.display())),
+    }
+}
+
+/// A read-only view of a whole file: mapped when it has bytes, empty otherwise.
+pub enum Mapped {
+    Map(memmap2::Mmap),
+    Empty,
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mapped::Map(m) => m,
+            Mapped::Empty => &[],
+        }
+    }
+}
+
+/// Maps `file` read-only.
+pub fn map_file(file: &File, len: u64) -> std::io::Result<Mapped> {
+    if len == 0 {
+        return Ok(Mapped::Empty);
+    }
+    // SAFETY: the mapping is read-only and private to this process. Files we
+    // map are either cache blobs, which are never modified in place (they are
+    // replaced by rename), or build inputs; if a build edits an input in place
+    // while we hash it, the bytes we see may be torn, which the stamp check
+    // after the compile detects (the entry is then not stored).
+    unsafe { memmap2::MmapOptions::new().len(len as usize).map(file) }.map(Mapped::Map)
+}
+
+/// The directory part of a path, `.` for a bare file name.
+pub fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
+        assert_eq!(unhex("00abff").unwrap(), vec![0, 0xab, 0xff]);
+        assert!(unhex("0g").is_none());
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("sub/dest");
+        write_atomic(d.path(), &dest, b"one").unwrap();
+        write_atomic(d.path(), &dest, b"two!").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"two!");
+        // No temp file is left behind.
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).collect();
+        assert_eq!(left.len(), 1);
+    }
+}

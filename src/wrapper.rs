@@ -1,0 +1,261 @@
+//! One wrapped compile, start to finish:
+//!
+//! 1. [`crate::args`]: is this a cacheable backend? If not, count why and `exec` the compiler.
+//! 2. [`crate::compiler`] + [`crate::key`]: the key over everything the backend reads.
+//! 3. [`crate::store`]: look the key up; on a hit, serve the object and replay stderr.
+//! 4. On a miss, run the compiler ([`crate::exec`]); store its outputs only if it
+//!    succeeded and no input changed while it ran.
+//! 5. [`crate::stats`]: one transaction with the counters and memos.
+//!
+//! The rule throughout: the cache may make a compile faster, never different
+//! and never failed. Any internal problem is logged, counted, and answered by
+//! running the real compiler.
+
+use crate::args::{self, BackendInvocation, NotCacheable};
+use crate::config::Config;
+use crate::digest::FileHasher;
+use crate::exec;
+use crate::key::{self, KeyError};
+use crate::log::Logger;
+use crate::stats::{Batch, Db};
+use crate::store::{Entry, LocalStore, Lookup, Served, Store, StoredOutput};
+use crate::util::hex;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::Path;
+
+/// Entry point for `ltocache <compiler> <args...>`.
+pub fn run(compiler: String, args: Vec<OsString>) -> ! {
+    // Non-UTF-8 arguments are legal for clang but not something we analyse.
+    let Some(sargs) = args.iter().map(|a| a.to_str().map(str::to_string)).collect::<Option<Vec<String>>>() else {
+        count_and_exec(&compiler, &args, &NotCacheable::NonUtf8Argument);
+    };
+    // The fast path: front-end compiles never get past this test.
+    if !args::may_be_backend(&sargs) {
+        if let Ok(config) = Config::load() {
+            if !config.disable.value {
+                let _ = crate::stats::count_passthrough(&config.stats_db_path());
+            }
+        }
+        exec::exec_compiler(&compiler, &args);
+    }
+    let config = match Config::load() {
+        Ok(c) => c,
+        // A broken configuration must not break the build.
+        Err(_) => exec::exec_compiler(&compiler, &args),
+    };
+    if config.disable.value {
+        exec::exec_compiler(&compiler, &args);
+    }
+    let log = Logger::new(config.logfile.value.clone());
+    let analysed = args::expand_response_files(&sargs).and_then(|expanded| args::analyze(&compiler, &expanded));
+    match analysed {
+        Err(reason) => {
+            log.log(&format!("uncacheable ({reason}): {compiler}"));
+            record(&config, &log, |b| b.add(&format!("uncacheable.{}", reason.code()), 1));
+            exec::exec_compiler(&compiler, &args)
+        }
+        Ok(inv) => cached_compile(&config, &log, &inv, &args),
+    }
+}
+
+/// Counts a reason in this host's database and execs the compiler.
+fn count_and_exec(compiler: &str, args: &[OsString], reason: &NotCacheable) -> ! {
+    if let Ok(config) = Config::load() {
+        if !config.disable.value {
+            let log = Logger::new(config.logfile.value.clone());
+            record(&config, &log, |b| b.add(&format!("uncacheable.{}", reason.code()), 1));
+        }
+    }
+    exec::exec_compiler(compiler, args)
+}
+
+/// Opens the database and commits one batch; failures are logged only.
+fn record(config: &Config, log: &Logger, fill: impl FnOnce(&mut Batch)) {
+    let mut batch = Batch::default();
+    fill(&mut batch);
+    match Db::open(&config.stats_db_path()) {
+        Ok(mut db) => {
+            if let Err(e) = db.commit(&batch) {
+                log.log(&format!("stats update failed: {e:#}"));
+            }
+        }
+        Err(e) => log.log(&format!("stats database unavailable: {e:#}")),
+    }
+}
+
+fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: &[OsString]) -> ! {
+    let db = match Db::open(&config.stats_db_path()) {
+        Ok(db) => Some(db),
+        Err(e) => {
+            log.log(&format!("stats database unavailable, continuing without it: {e:#}"));
+            None
+        }
+    };
+    let mut batch = Batch::default();
+    let finish = |db: Option<Db>, batch: &Batch| {
+        if let Some(mut db) = db {
+            if let Err(e) = db.commit(batch) {
+                log.log(&format!("stats update failed: {e:#}"));
+            }
+        }
+    };
+
+    // Resolve the compiler once; if we cannot, exec reports the error as a shell would.
+    let program = match crate::compiler::resolve(&inv.compiler) {
+        Ok(p) => p,
+        Err(e) => {
+            log.log(&format!("{e:#}"));
+            batch.add("errors.compiler_not_found", 1);
+            finish(db, &batch);
+            exec::exec_compiler(&inv.compiler, args);
+        }
+    };
+
+    // Phase 1: the key.
+    let mut hasher = FileHasher::new(db.as_ref());
+    let key = crate::compiler::identity(&program, db.as_ref(), &mut batch)
+        .map_err(KeyError::Internal)
+        .and_then(|id| key::compute(inv, &id, &mut hasher, &|v| std::env::var(v).ok()));
+    let key = match key {
+        Ok(k) => k,
+        Err(KeyError::NotCacheable(reason)) => {
+            log.log(&format!("uncacheable ({reason}): {}", inv.output.display()));
+            batch.add(&format!("uncacheable.{}", reason.code()), 1);
+            finish(db, &batch);
+            exec::exec_compiler(&inv.compiler, args);
+        }
+        Err(KeyError::Internal(e)) => {
+            log.log(&format!("error computing key, running the compiler: {e:#}"));
+            batch.add("errors.key", 1);
+            finish(db, &batch);
+            exec::exec_compiler(&inv.compiler, args);
+        }
+    };
+    batch.add("bytes_hashed", hasher.bytes_hashed as i64);
+    batch.files = std::mem::take(&mut hasher.new_memos);
+    let store = LocalStore::new(&config.cache_dir.value);
+    let fields_text = || key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect::<String>();
+    let output_name = absolute(&inv.output);
+
+    // Phase 2: lookup.
+    if !config.recache.value {
+        match store.get_entry(&key.digest) {
+            Ok(Lookup::Hit(entry)) => match serve(&store, config, &entry, &inv.output) {
+                Ok(Some(bytes)) => {
+                    let _ = std::io::stderr().write_all(&entry.stderr);
+                    log.log(&format!("hit {} {}", hex(&key.digest[..8]), inv.output.display()));
+                    batch.add("hits", 1);
+                    batch.add("bytes_served", bytes as i64);
+                    batch.add("ns_saved", entry.duration_ns as i64);
+                    batch.used_entry = Some(key.digest);
+                    batch.last_compile = Some((output_name, key.digest, "hit".into(), fields_text()));
+                    finish(db, &batch);
+                    std::process::exit(0);
+                }
+                Ok(None) => {
+                    log.log(&format!("entry {} names a missing or corrupt blob: miss", hex(&key.digest[..8])));
+                    batch.add("errors.corrupt_blob", 1);
+                }
+                Err(e) => {
+                    log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
+                    batch.add("errors.serve", 1);
+                }
+            },
+            Ok(Lookup::Miss) => {}
+            Ok(Lookup::Corrupt(why)) => {
+                log.log(&format!("corrupt entry {} removed: {why}", hex(&key.digest[..8])));
+                batch.add("errors.corrupt_entry", 1);
+            }
+            Err(e) => {
+                log.log(&format!("lookup failed: {e:#}"));
+                batch.add("errors.lookup", 1);
+            }
+        }
+    }
+
+    // Phase 3: compile.
+    let finished = match exec::run_captured(&program, &inv.compiler, args) {
+        Ok(f) => f,
+        Err(e) => {
+            log.log(&format!("could not run the compiler: {e:#}"));
+            batch.add("errors.spawn", 1);
+            finish(db, &batch);
+            exec::exec_compiler(&inv.compiler, args);
+        }
+    };
+    let _ = std::io::stderr().write_all(&finished.stderr);
+    if !finished.status.success() {
+        batch.add("compile_failed", 1);
+        batch.last_compile = Some((output_name, key.digest, "failed".into(), fields_text()));
+        finish(db, &batch);
+        exec::exit_like(finished.status);
+    }
+    batch.add("misses", 1);
+    batch.add("ns_compiled", finished.duration.as_nanos() as i64);
+    batch.last_compile = Some((output_name, key.digest, "miss".into(), fields_text()));
+
+    // Phase 4: store.
+    if config.readonly.value {
+        batch.add("readonly_misses", 1);
+    } else if let Some(changed) = hasher.unchanged_since_hashing() {
+        log.log(&format!("{} changed during the compile: not stored", changed.display()));
+        batch.add("uncacheable.input_changed_during_compile", 1);
+    } else {
+        match store_outputs(&store, inv, &key.digest, &finished) {
+            Ok((entry_size, blobs)) => {
+                batch.add("stores", 1);
+                batch.stored_entry = Some((key.digest, entry_size, finished.duration.as_nanos() as u64));
+                batch.stored_blobs = blobs;
+            }
+            Err(e) => {
+                log.log(&format!("storing {} failed: {e:#}", inv.output.display()));
+                batch.add("errors.store", 1);
+            }
+        }
+    }
+    finish(db, &batch);
+    exec::exit_like(finished.status)
+}
+
+/// Serves every output of a hit. `Ok(None)` means a blob was unavailable.
+fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
+    let mut total = 0;
+    for o in &entry.outputs {
+        anyhow::ensure!(o.kind == 0, "entry has an output kind this version cannot restore");
+        match store.serve_blob(&o.digest, o.size, output, config.serve_mode.value)? {
+            Served::Written(n) => total += n,
+            Served::Unavailable(_) => return Ok(None),
+        }
+    }
+    Ok(Some(total))
+}
+
+type StoredBlobs = Vec<([u8; 32], u64)>;
+
+fn store_outputs(
+    store: &LocalStore,
+    inv: &BackendInvocation,
+    key: &[u8; 32],
+    finished: &exec::Finished,
+) -> anyhow::Result<(u64, StoredBlobs)> {
+    use anyhow::Context;
+    let data = std::fs::read(&inv.output).with_context(|| format!("reading {}", inv.output.display()))?;
+    let digest = *blake3::hash(&data).as_bytes();
+    let written = store.put_blob(&digest, &data)?;
+    let entry = Entry {
+        key: *key,
+        duration_ns: finished.duration.as_nanos() as u64,
+        created_unix: (crate::util::now_ns() / 1_000_000_000) as u64,
+        outputs: vec![StoredOutput { kind: 0, size: data.len() as u64, digest }],
+        stderr: finished.stderr.clone(),
+    };
+    let entry_size = store.put_entry(&entry)?;
+    let blobs = if written > 0 { vec![(digest, data.len() as u64)] } else { Vec::new() };
+    Ok((entry_size, blobs))
+}
+
+fn absolute(p: &Path) -> String {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    abs.to_string_lossy().into_owned()
+}
