@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the toolchain ltocache's tests, demo and benchmarks run against:
+# Debian 12's clang-19, lld-19 and llvm-19 (llvm-bcanalyzer-19, opt-19, llvm-nm-19).
+set -euo pipefail
+need=()
+for tool in clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux; do
+    bin=${tool%%:*} pkg=${tool##*:}
+    command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    # shellcheck disable=SC2046
+    $sudo apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
