@@ -7,7 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/install-deps.sh
-cargo build --release --locked -q
+bash scripts/build-release.sh >/dev/null
 LTOCACHE=$root/target/release/ltocache
 work=${DEMO_WORK:-$root/target/demo}
 mkdir -p "$work"
