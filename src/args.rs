@@ -434,6 +434,47 @@ fn mllvm_option(value: &str, flag_files: &mut Vec<FlagFile>) -> Result<(), NotCa
     Ok(())
 }
 
+/// Rewrites absolute paths under `base_dir` inside hashed arguments to paths
+/// relative to `cwd` (ccache's `base_dir`): `-I/home/a/linux/include` hashes
+/// as `-I../include` from `/home/a/linux/build`, as it would in any checkout.
+pub fn relocate_args(args: &mut [String], base_dir: &Path, cwd: &Path) {
+    let base = base_dir.to_string_lossy();
+    let base = base.trim_end_matches('/');
+    if base.is_empty() || !base_dir.is_absolute() {
+        return;
+    }
+    for arg in args.iter_mut() {
+        let Some(pos) = arg.find(base) else { continue };
+        let rest = &arg[pos + base.len()..];
+        // Only a whole path component: `/src` must not match `/srcfoo`.
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            continue;
+        }
+        let end = rest.find([' ', ',', ':', '=']).map(|i| pos + base.len() + i).unwrap_or(arg.len());
+        let abs = Path::new(&arg[pos..end]);
+        let rel = relative_to(abs, cwd);
+        *arg = format!("{}{}{}", &arg[..pos], rel.display(), &arg[end..]);
+    }
+}
+
+/// `target` expressed relative to `from` (both absolute).
+pub fn relative_to(target: &Path, from: &Path) -> PathBuf {
+    let t: Vec<_> = target.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 /// Where clang actually reads a `-fprofile-use=` style path: a directory means
 /// `default.profdata` inside it.
 pub fn profile_path(flag: &FlagFile) -> PathBuf {
@@ -495,6 +536,14 @@ mod tests {
         let b = backend(&["-fprofile-sample-use=p.prof", "-fsanitize-ignorelist=ign.txt", "--config", "x.cfg"]).unwrap();
         let paths: Vec<_> = b.flag_files.iter().map(|f| f.path.to_str().unwrap().to_string()).collect();
         assert_eq!(paths, s(&["p.prof", "ign.txt", "x.cfg"]));
+    }
+
+    #[test]
+    fn base_dir_makes_paths_relative() {
+        let mut a = s(&["-I/home/a/src/include", "-fprofile-use=/home/a/src/p.prof", "-I/home/a/srcx", "-O2"]);
+        relocate_args(&mut a, Path::new("/home/a/src"), Path::new("/home/a/src/build"));
+        assert_eq!(a, s(&["-I../include", "-fprofile-use=../p.prof", "-I/home/a/srcx", "-O2"]));
+        assert_eq!(relative_to(Path::new("/a/b"), Path::new("/a/b")), PathBuf::from("."));
     }
 
     #[test]

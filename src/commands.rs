@@ -168,20 +168,75 @@ fn json_escape(s: &str) -> String {
     o
 }
 
-/// Compares the key fields of the last compile of `output` with those of the
-/// compile before it that produced the stored entry.
+/// Says why the last compile of `output` missed: the key fields that differ
+/// from the previous compile of the same output that had another key.
 fn explain(config: &Config, output: &str) -> Result<()> {
-    let abs = {
-        let p = std::path::Path::new(output);
-        if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) }
-    };
+    let p = std::path::Path::new(output);
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
     let db = open_db(config)?;
-    let Some((_key, outcome, fields, _)) = db.last_compile(&abs.to_string_lossy())? else {
+    let Some(last) = db.last_compile(&abs.to_string_lossy())? else {
         bail!("no compile of {} is recorded on this host", abs.display());
     };
-    println!("last compile of {}: {outcome}", abs.display());
-    for line in fields.lines() {
+    println!("last compile of {}: {}", abs.display(), last.outcome);
+    let (Some(prev_outcome), Some(prev)) = (last.prev_outcome, last.prev_fields) else {
+        println!("no earlier compile of this output with another key is recorded");
+        return Ok(());
+    };
+    println!("it differs from the previous compile of this output ({prev_outcome}) in:");
+    for line in explain_diff(&prev, &last.fields) {
         println!("  {line}");
     }
     Ok(())
+}
+
+/// The human causes of the differences between two field lists.
+pub fn explain_diff(prev: &str, cur: &str) -> Vec<String> {
+    let parse = |t: &str| -> BTreeMap<String, String> {
+        t.lines().filter_map(|l| l.split_once('\t')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    let (a, b) = (parse(prev), parse(cur));
+    let mut out = Vec::new();
+    // Arguments are compared as lists: one inserted flag shifts every later
+    // position, and the user wants to hear about the flag, not the shift.
+    let args_of = |m: &BTreeMap<String, String>| -> Vec<String> {
+        let mut v: Vec<(usize, String)> = m
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("arg[")?.strip_suffix(']')?.parse().ok()?, v.clone())))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, v)| v).collect()
+    };
+    let (old_args, new_args) = (args_of(&a), args_of(&b));
+    if old_args != new_args {
+        let removed: Vec<&String> = old_args.iter().filter(|x| !new_args.contains(x)).collect();
+        let added: Vec<&String> = new_args.iter().filter(|x| !old_args.contains(x)).collect();
+        out.push(format!("an argument: removed {removed:?}, added {added:?}"));
+    }
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (old, new) = (a.get(k), b.get(k));
+        if old == new || k.starts_with("arg[") || k == "argc" {
+            continue;
+        }
+        let what = match k.as_str() {
+            "compiler" | "compiler-name" => "the compiler".to_string(),
+            k if k.starts_with("env:") => format!("environment variable {}", &k[4..]),
+            "argc" => "the number of arguments".to_string(),
+            k if k.starts_with("arg[") => "an argument".to_string(),
+            "shard" => "the index shard (summary, import list or module hashes)".to_string(),
+            "input" => "the input bitcode".to_string(),
+            "modules" => "the number of modules in the shard".to_string(),
+            k if k.starts_with("module[") => {
+                let label = new.or(old).and_then(|v| v.split_once(' ')).map(|(_, l)| l).unwrap_or("?");
+                format!("imported module {label}")
+            }
+            k if k.starts_with("file:") => format!("the file named by {}", &k[5..]),
+            k if k.starts_with("asm-include:") => format!("a file included by assembly ({})", &k[12..]),
+            "version" => "the ltocache key version".to_string(),
+            _ => k.to_string(),
+        };
+        let show = |v: Option<&String>| v.map(|s| s.chars().take(80).collect::<String>()).unwrap_or_else(|| "(absent)".into());
+        out.push(format!("{what} [{k}]: {} -> {}", show(old), show(new)));
+    }
+    out
 }

@@ -52,11 +52,14 @@ pub struct Config {
     pub logfile: Setting<Option<PathBuf>>,
     pub stats_dir: Setting<Option<PathBuf>>,
     pub serve_mode: Setting<ServeMode>,
+    /// Absolute paths under this directory are hashed relative to the current
+    /// directory, so two checkouts (or hosts) share hits.
+    pub base_dir: Setting<Option<PathBuf>>,
 }
 
 /// The keys, as written in the config file; the environment variable is
 /// `LTOCACHE_` + the key in upper case.
-pub const KEYS: &[&str] = &["disable", "readonly", "recache", "logfile", "stats_dir", "serve_mode"];
+pub const KEYS: &[&str] = &["disable", "readonly", "recache", "logfile", "stats_dir", "serve_mode", "base_dir"];
 
 fn env_name(key: &str) -> &'static str {
     match key {
@@ -66,6 +69,7 @@ fn env_name(key: &str) -> &'static str {
         "logfile" => "LTOCACHE_LOGFILE",
         "stats_dir" => "LTOCACHE_STATS_DIR",
         "serve_mode" => "LTOCACHE_SERVE_MODE",
+        "base_dir" => "LTOCACHE_BASE_DIR",
         _ => unreachable!("unknown key {key}"),
     }
 }
@@ -137,6 +141,7 @@ impl Config {
             recache: boolean("recache")?,
             logfile: path("logfile"),
             stats_dir: path("stats_dir"),
+            base_dir: path("base_dir"),
             serve_mode,
             cache_dir,
         })
@@ -166,6 +171,7 @@ impl Config {
             ("recache".into(), self.recache.value.to_string(), self.recache.origin.to_string()),
             ("logfile".into(), opt(&self.logfile.value), self.logfile.origin.to_string()),
             ("stats_dir".into(), opt(&self.stats_dir.value), self.stats_dir.origin.to_string()),
+            ("base_dir".into(), opt(&self.base_dir.value), self.base_dir.origin.to_string()),
             (
                 "serve_mode".into(),
                 format!("{:?}", self.serve_mode.value).to_lowercase(),

@@ -66,6 +66,16 @@ impl KeyBuilder {
         self.fields.push((tag.to_string(), hex(digest)));
     }
 
+    /// A digest field whose text form also names what it came from (a module
+    /// path): the label helps `explain` and is not hashed, so keys stay
+    /// independent of where the build directory is.
+    pub fn labelled_digest_field(&mut self, tag: &str, digest: &[u8; 32], label: &str) {
+        self.digest_field(tag, digest);
+        if let Some(last) = self.fields.last_mut() {
+            last.1 = format!("{} {label}", last.1);
+        }
+    }
+
     pub fn finish(self) -> Key {
         Key { digest: *self.hasher.finalize().as_bytes(), fields: self.fields }
     }
@@ -142,7 +152,7 @@ pub fn compute(
         }
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(&m.path));
         let fp = module_fingerprint(hasher, &path)?;
-        k.digest_field(&format!("module[{}]", m.id), &fp);
+        k.labelled_digest_field(&format!("module[{}]", m.id), &fp, &path.to_string_lossy());
         collect_asm(hasher, &path, &mut asm_refs)?;
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bump when the schema changes: a database of another version is rebuilt.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -33,8 +33,9 @@ CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, size INTEGER NOT NULL,
     created_ns INTEGER NOT NULL, last_used_ns INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (digest BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
 -- The key fields of the last compile of each output, for `ltocache explain`.
+-- prev_*: the last compile of the same output with a different key.
 CREATE TABLE IF NOT EXISTS last_compile (output TEXT PRIMARY KEY, key BLOB NOT NULL, outcome TEXT NOT NULL,
-    fields TEXT NOT NULL, at_ns INTEGER NOT NULL) WITHOUT ROWID;
+    fields TEXT NOT NULL, at_ns INTEGER NOT NULL, prev_key BLOB, prev_outcome TEXT, prev_fields TEXT) WITHOUT ROWID;
 ";
 
 /// A memoised file digest (and, when scanned, its assembly references).
@@ -64,6 +65,15 @@ impl Batch {
     pub fn add(&mut self, name: &str, n: i64) {
         *self.counters.entry(name.to_string()).or_insert(0) += n;
     }
+}
+
+/// The recorded key fields of an output's last compile and of the one before
+/// it that had a different key.
+pub struct LastCompile {
+    pub outcome: String,
+    pub fields: String,
+    pub prev_outcome: Option<String>,
+    pub prev_fields: Option<String>,
 }
 
 pub struct Db {
@@ -114,6 +124,10 @@ impl Db {
             // short-lived process either checkpoints on close (fsync) or
             // rebuilds the WAL index from the whole log on open.
             conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
+            // Older layouts of the derived tables are dropped; counters survive.
+            if version != 0 {
+                conn.execute_batch("DROP TABLE IF EXISTS last_compile;")?;
+            }
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -196,7 +210,12 @@ impl Db {
             }
             if let Some((output, key, outcome, fields)) = &batch.last_compile {
                 tx.execute(
-                    "INSERT OR REPLACE INTO last_compile(output, key, outcome, fields, at_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO last_compile(output, key, outcome, fields, at_ns) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(output) DO UPDATE SET
+                       prev_key = CASE WHEN key != excluded.key THEN key ELSE prev_key END,
+                       prev_outcome = CASE WHEN key != excluded.key THEN outcome ELSE prev_outcome END,
+                       prev_fields = CASE WHEN key != excluded.key THEN fields ELSE prev_fields END,
+                       key = excluded.key, outcome = excluded.outcome, fields = excluded.fields, at_ns = excluded.at_ns",
                     params![output, &key[..], outcome, fields, now],
                 )?;
             }
@@ -230,12 +249,14 @@ impl Db {
         Ok(())
     }
 
-    pub fn last_compile(&self, output: &str) -> Result<Option<(Vec<u8>, String, String, i64)>> {
+    pub fn last_compile(&self, output: &str) -> Result<Option<LastCompile>> {
         Ok(self
             .conn
-            .query_row("SELECT key, outcome, fields, at_ns FROM last_compile WHERE output = ?1", [output], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT outcome, fields, prev_outcome, prev_fields FROM last_compile WHERE output = ?1",
+                [output],
+                |r| Ok(LastCompile { outcome: r.get(0)?, fields: r.get(1)?, prev_outcome: r.get(2)?, prev_fields: r.get(3)? }),
+            )
             .optional()?)
     }
 }

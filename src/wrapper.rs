@@ -55,7 +55,12 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
             record(&config, &log, |b| b.add(&format!("uncacheable.{}", reason.code()), 1));
             exec::exec_compiler(&compiler, &args)
         }
-        Ok(inv) => cached_compile(&config, &log, &inv, &args),
+        Ok(mut inv) => {
+            if let (Some(base), Ok(cwd)) = (&config.base_dir.value, std::env::current_dir()) {
+                args::relocate_args(&mut inv.hashed_args, base, &cwd);
+            }
+            cached_compile(&config, &log, &inv, &args)
+        }
     }
 }
 

@@ -45,6 +45,31 @@ impl Fixture {
         Self::build(false)
     }
 
+    /// Another checkout of the same sources in another directory, using `other`'s cache.
+    pub fn sharing_cache_with(other: &Fixture) -> Fixture {
+        let mut f = Self::build(false);
+        f.cache = other.cache.clone();
+        f
+    }
+
+    /// Thin-links with absolute object paths (so shards name modules absolutely).
+    pub fn thin_link_absolute(&self) {
+        let objs: Vec<String> = MODULES.iter().map(|m| self.path(&format!("{m}.o")).display().to_string()).collect();
+        ok(Command::new(CLANG)
+            .current_dir(&self.dir)
+            .args(["-fuse-ld=lld", "-flto=thin", "-Wl,--thinlto-index-only", "-o", "prog"])
+            .args(&objs));
+    }
+
+    /// Backend arguments with absolute input, shard and output paths.
+    pub fn backend_args_absolute(&self, m: &str, extra: &[&str]) -> Vec<String> {
+        let p = |s: String| self.path(&s).display().to_string();
+        let mut a: Vec<String> = vec!["-O2".into(), "-c".into(), format!("-fthinlto-index={}", p(format!("{m}.o.thinlto.bc")))];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(["-x".into(), "ir".into(), p(format!("{m}.o")), "-o".into(), p(format!("{m}.final_o"))]);
+        a
+    }
+
     /// The same, but the bitcode carries a summary and no module hash
     /// (`opt -module-summary` without `-module-hash`).
     pub fn without_module_hash() -> Fixture {
