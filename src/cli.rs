@@ -32,6 +32,25 @@ pub enum Cmd {
     Clear,
     /// Show the effective settings and where each came from.
     Config,
+    /// Trim the store below its size and file limits (least recently used first),
+    /// and remove stale temp files and unreferenced blobs.
+    Cleanup {
+        /// Use this size limit instead of the configured one (e.g. 500M, 20G).
+        #[arg(long)]
+        max_size: Option<String>,
+    },
+    /// Remove entries not used for the given time (e.g. 7d, 12h).
+    Evict {
+        #[arg(long, value_name = "AGE")]
+        older_than: String,
+    },
+    /// Check every blob's digest and every entry's checksum and references.
+    /// Exits 1 when anything is broken.
+    Verify {
+        /// Remove what is broken.
+        #[arg(long)]
+        fix: bool,
+    },
     /// Say why the last compile of an output missed (or hit).
     Explain {
         /// The output path (`-o` of the backend command).
@@ -40,4 +59,5 @@ pub enum Cmd {
 }
 
 /// Names that select subcommand mode when they are the first argument.
-pub const SUBCOMMANDS: &[&str] = &["stats", "zero-stats", "clear", "config", "explain", "help"];
+pub const SUBCOMMANDS: &[&str] =
+    &["stats", "zero-stats", "clear", "config", "explain", "cleanup", "evict", "verify", "help"];

@@ -11,7 +11,58 @@ use std::fmt::Write as _;
 
 pub fn run(cmd: Cmd) -> Result<()> {
     let config = Config::load()?;
+    config.apply_umask();
+    let store = LocalStore::new(&config.cache_dir.value);
+    let need_writable = || -> Result<()> {
+        if !store.writable() {
+            bail!(
+                "cache directory {} is not writable (check its owner, group and mode, or the mount)",
+                config.cache_dir.value.display()
+            );
+        }
+        Ok(())
+    };
     match cmd {
+        Cmd::Cleanup { max_size } => {
+            need_writable()?;
+            let mut limits = config.limits();
+            if let Some(s) = max_size {
+                limits.max_size = crate::cleanup::parse_size(&s)?;
+            }
+            let r = crate::cleanup::cleanup(&store, &limits)?;
+            print_sweep(&r);
+            Ok(())
+        }
+        Cmd::Evict { older_than } => {
+            need_writable()?;
+            let age = crate::cleanup::parse_duration(&older_than)?;
+            let r = crate::cleanup::evict_older_than(&store, &config.limits(), age)?;
+            print_sweep(&r);
+            Ok(())
+        }
+        Cmd::Verify { fix } => {
+            if fix {
+                need_writable()?;
+            }
+            let r = crate::cleanup::verify(&store, fix)?;
+            println!("checked {} entries and {} blobs", r.entries, r.blobs);
+            for p in &r.bad_blobs {
+                println!("corrupt blob: {}", p.display());
+            }
+            for p in &r.bad_entries {
+                println!("corrupt entry: {}", p.display());
+            }
+            for p in &r.dangling_entries {
+                println!("entry names a missing or corrupt blob: {}", p.display());
+            }
+            if fix {
+                println!("removed {} files", r.fixed);
+            }
+            if !r.clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Stats { json } => stats(&config, json),
         Cmd::ZeroStats => {
             open_db(&config)?.zero()?;
@@ -20,7 +71,7 @@ pub fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Clear => {
-            let store = LocalStore::new(&config.cache_dir.value);
+            need_writable()?;
             store.clear()?;
             if let Ok(db) = open_db(&config) {
                 db.forget_entries()?;
@@ -36,6 +87,24 @@ pub fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Explain { output } => explain(&config, &output),
     }
+}
+
+fn print_sweep(r: &crate::cleanup::Report) {
+    if r.skipped {
+        println!("another cleanup is running; nothing done");
+        return;
+    }
+    println!(
+        "{} in {} files -> {} in {} files; removed {} entries, {} blobs, {} temp files, {} corrupt entries",
+        format_size(r.bytes_before, BINARY),
+        r.files_before,
+        format_size(r.bytes_after, BINARY),
+        r.files_after,
+        r.removed_entries,
+        r.removed_blobs,
+        r.removed_temp,
+        r.removed_corrupt
+    );
 }
 
 fn open_db(config: &Config) -> Result<Db> {
@@ -117,7 +186,11 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"backend_seconds_on_misses\": {:.6},", secs("ns_compiled"));
         let _ = writeln!(s, "  \"cache_entries\": {},", r.store_entries);
         let _ = writeln!(s, "  \"cache_files\": {},", r.store_files);
-        let _ = writeln!(s, "  \"cache_size_bytes\": {}", r.store_bytes);
+        let _ = writeln!(s, "  \"cache_size_bytes\": {},", r.store_bytes);
+        let _ = writeln!(s, "  \"max_size_bytes\": {},", config.max_size.value);
+        let _ = writeln!(s, "  \"max_files\": {},", config.max_files.value);
+        let _ = writeln!(s, "  \"cleanups\": {},", r.get("cleanups"));
+        let _ = writeln!(s, "  \"evicted_entries\": {}", r.get("evicted_entries"));
         s.push('}');
         println!("{s}");
         return Ok(());
@@ -149,6 +222,12 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         "Cache size",
         format!("{} in {} files ({} entries)", format_size(r.store_bytes, BINARY), r.store_files, r.store_entries),
     );
+    row(
+        &mut out,
+        "Size limit",
+        if config.max_size.value == 0 { "none".into() } else { format_size(config.max_size.value, BINARY) },
+    );
+    row(&mut out, "Cleanups (entries evicted)", format!("{} ({})", r.get("cleanups"), r.get("evicted_entries")));
     print!("{out}");
     Ok(())
 }

@@ -55,11 +55,25 @@ pub struct Config {
     /// Absolute paths under this directory are hashed relative to the current
     /// directory, so two checkouts (or hosts) share hits.
     pub base_dir: Setting<Option<PathBuf>>,
+    /// Bytes the store may hold before cleanup trims it (0 = unlimited).
+    pub max_size: Setting<u64>,
+    /// Files (entries + blobs) the store may hold (0 = unlimited).
+    pub max_files: Setting<u64>,
+    /// umask for cache files and directories (and, as with ccache, the compiler).
+    pub umask: Setting<Option<u32>>,
+    /// Age under which temp files and unreferenced blobs are left alone by cleanup.
+    pub grace: Setting<std::time::Duration>,
 }
+
+pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The keys, as written in the config file; the environment variable is
 /// `LTOCACHE_` + the key in upper case.
-pub const KEYS: &[&str] = &["disable", "readonly", "recache", "logfile", "stats_dir", "serve_mode", "base_dir"];
+pub const KEYS: &[&str] = &[
+    "disable", "readonly", "recache", "logfile", "stats_dir", "serve_mode", "base_dir", "max_size", "max_files", "umask",
+    "grace",
+];
 
 fn env_name(key: &str) -> &'static str {
     match key {
@@ -70,6 +84,10 @@ fn env_name(key: &str) -> &'static str {
         "stats_dir" => "LTOCACHE_STATS_DIR",
         "serve_mode" => "LTOCACHE_SERVE_MODE",
         "base_dir" => "LTOCACHE_BASE_DIR",
+        "max_size" => "LTOCACHE_MAXSIZE",
+        "max_files" => "LTOCACHE_MAXFILES",
+        "umask" => "LTOCACHE_UMASK",
+        "grace" => "LTOCACHE_GRACE",
         _ => unreachable!("unknown key {key}"),
     }
 }
@@ -135,7 +153,42 @@ impl Config {
             Some((v, origin)) => Setting { value: parse_serve_mode(&v)?, origin },
             None => Setting { value: ServeMode::Copy, origin: Origin::Default },
         };
+        let max_size = match lookup("max_size") {
+            Some((v, origin)) => {
+                Setting { value: crate::cleanup::parse_size(&v).with_context(|| format!("max_size (from {origin})"))?, origin }
+            }
+            None => Setting { value: DEFAULT_MAX_SIZE, origin: Origin::Default },
+        };
+        let max_files = match lookup("max_files") {
+            Some((v, origin)) => Setting {
+                value: v.trim().parse().with_context(|| format!("max_files (from {origin}): expected a number"))?,
+                origin,
+            },
+            None => Setting { value: 0, origin: Origin::Default },
+        };
+        let umask = match lookup("umask") {
+            Some((v, origin)) if !v.trim().is_empty() => Setting {
+                value: Some(
+                    u32::from_str_radix(v.trim(), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .with_context(|| format!("umask (from {origin}): expected an octal mask like 002, got {v:?}"))?,
+                ),
+                origin,
+            },
+            _ => Setting { value: None, origin: Origin::Default },
+        };
+        let grace = match lookup("grace") {
+            Some((v, origin)) => {
+                Setting { value: crate::cleanup::parse_duration(&v).with_context(|| format!("grace (from {origin})"))?, origin }
+            }
+            None => Setting { value: DEFAULT_GRACE, origin: Origin::Default },
+        };
         Ok(Config {
+            max_size,
+            max_files,
+            umask,
+            grace,
             disable: boolean("disable")?,
             readonly: boolean("readonly")?,
             recache: boolean("recache")?,
@@ -145,6 +198,20 @@ impl Config {
             serve_mode,
             cache_dir,
         })
+    }
+
+    pub fn limits(&self) -> crate::cleanup::Limits {
+        crate::cleanup::Limits { max_size: self.max_size.value, max_files: self.max_files.value, grace: self.grace.value }
+    }
+
+    /// Applies the configured umask to this process (and so to its children).
+    pub fn apply_umask(&self) {
+        if let Some(m) = self.umask.value {
+            // SAFETY: umask only swaps the process's file-creation mask.
+            unsafe {
+                libc::umask(m as libc::mode_t);
+            }
+        }
     }
 
     pub fn load() -> Result<Config> {
@@ -177,6 +244,14 @@ impl Config {
                 format!("{:?}", self.serve_mode.value).to_lowercase(),
                 self.serve_mode.origin.to_string(),
             ),
+            ("max_size".into(), humansize::format_size(self.max_size.value, humansize::BINARY), self.max_size.origin.to_string()),
+            ("max_files".into(), self.max_files.value.to_string(), self.max_files.origin.to_string()),
+            (
+                "umask".into(),
+                self.umask.value.map(|m| format!("{m:03o}")).unwrap_or_else(|| "(inherited)".into()),
+                self.umask.origin.to_string(),
+            ),
+            ("grace".into(), format!("{}s", self.grace.value.as_secs()), self.grace.origin.to_string()),
             ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
         ]
     }

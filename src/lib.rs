@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod bitcode;
+pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod compiler;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bump when the schema changes: a database of another version is rebuilt.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, size INTEGER NOT NULL,
     created_ns INTEGER NOT NULL, last_used_ns INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (digest BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
 -- The key fields of the last compile of each output, for `ltocache explain`.
+-- This host's estimate of a store's size: the last full scan plus what this
+-- host added since. Other hosts' additions show up at the next scan.
+CREATE TABLE IF NOT EXISTS store_estimate (cache_dir TEXT PRIMARY KEY, scanned_ns INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, files INTEGER NOT NULL) WITHOUT ROWID;
 -- prev_*: the last compile of the same output with a different key.
 CREATE TABLE IF NOT EXISTS last_compile (output TEXT PRIMARY KEY, key BLOB NOT NULL, outcome TEXT NOT NULL,
     fields TEXT NOT NULL, at_ns INTEGER NOT NULL, prev_key BLOB, prev_outcome TEXT, prev_fields TEXT) WITHOUT ROWID;
@@ -59,6 +63,24 @@ pub struct Batch {
     pub used_entry: Option<[u8; 32]>,
     /// (output path, key, outcome, fields as text)
     pub last_compile: Option<(String, [u8; 32], String, String)>,
+    pub estimate: Option<EstimateUpdate>,
+}
+
+/// How an invocation changes this host's estimate of the store's size.
+#[derive(Debug, Clone)]
+pub enum EstimateUpdate {
+    /// (cache dir, bytes, files) added by a store.
+    Add(String, u64, u64),
+    /// (cache dir, bytes, files) measured by a cleanup scan just now.
+    Scanned(String, u64, u64),
+}
+
+/// This host's view of a store's size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Estimate {
+    pub scanned_ns: i64,
+    pub bytes: u64,
+    pub files: u64,
 }
 
 impl Batch {
@@ -208,6 +230,22 @@ impl Db {
             if let Some(key) = &batch.used_entry {
                 tx.execute("UPDATE entries SET last_used_ns = ?2 WHERE key = ?1", params![&key[..], now])?;
             }
+            match &batch.estimate {
+                Some(EstimateUpdate::Add(dir, b, f)) => {
+                    tx.execute(
+                        "INSERT INTO store_estimate(cache_dir, scanned_ns, bytes, files) VALUES (?1, 0, ?2, ?3)
+                         ON CONFLICT(cache_dir) DO UPDATE SET bytes = bytes + ?2, files = files + ?3",
+                        params![dir, *b as i64, *f as i64],
+                    )?;
+                }
+                Some(EstimateUpdate::Scanned(dir, b, f)) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO store_estimate(cache_dir, scanned_ns, bytes, files) VALUES (?1, ?2, ?3, ?4)",
+                        params![dir, now, *b as i64, *f as i64],
+                    )?;
+                }
+                None => {}
+            }
             if let Some((output, key, outcome, fields)) = &batch.last_compile {
                 tx.execute(
                     "INSERT INTO last_compile(output, key, outcome, fields, at_ns) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -222,6 +260,16 @@ impl Db {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    pub fn estimate(&self, cache_dir: &str) -> Result<Estimate> {
+        Ok(self
+            .conn
+            .query_row("SELECT scanned_ns, bytes, files FROM store_estimate WHERE cache_dir = ?1", [cache_dir], |r| {
+                Ok(Estimate { scanned_ns: r.get(0)?, bytes: r.get::<_, i64>(1)? as u64, files: r.get::<_, i64>(2)? as u64 })
+            })
+            .optional()?
+            .unwrap_or_default())
     }
 
     pub fn counters(&self) -> Result<BTreeMap<String, i64>> {

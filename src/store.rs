@@ -238,6 +238,33 @@ impl LocalStore {
         result.map(|()| Served::Written(len))
     }
 
+    /// Records a use of an entry for LRU eviction by setting its mtime (atime
+    /// is not kept on `noatime` mounts). Skipped when the entry was used within
+    /// the last minute, to spare a shared filesystem one write per hit.
+    pub fn touch_entry(&self, key: &Digest) {
+        let path = self.entry_path(key);
+        let Ok(f) = File::options().append(true).open(&path) else { return };
+        let recent = f
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < std::time::Duration::from_secs(60));
+        if !recent {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// True when new files can be created in the store (false on a read-only
+    /// mount or without write permission).
+    pub fn writable(&self) -> bool {
+        // The store directory, or the nearest ancestor that exists (it will be created).
+        let Some(dir) = self.root.ancestors().find(|d| d.exists()) else { return false };
+        let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())) else { return false };
+        // SAFETY: access() reads the NUL-terminated path we own.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    }
+
     fn discard_blob(&self, path: &Path) {
         // Another process may have replaced it with a good copy meanwhile; a
         // removed good blob is only a future miss, a kept bad one is re-detected.

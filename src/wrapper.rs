@@ -90,6 +90,7 @@ fn record(config: &Config, log: &Logger, fill: impl FnOnce(&mut Batch)) {
 }
 
 fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: &[OsString]) -> ! {
+    config.apply_umask();
     let db = match Db::open(&config.stats_db_path()) {
         Ok(db) => Some(db),
         Err(e) => {
@@ -140,6 +141,8 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
     batch.files = std::mem::take(&mut hasher.new_memos);
     let store = LocalStore::new(&config.cache_dir.value);
+    // A store we cannot write to (read-only mount, foreign permissions) still serves hits.
+    let readonly = config.readonly.value || !store.writable();
     let fields_text = || key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect::<String>();
     let output_name = absolute(&inv.output);
 
@@ -154,6 +157,9 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
                     batch.add("bytes_served", bytes as i64);
                     batch.add("ns_saved", entry.duration_ns as i64);
                     batch.used_entry = Some(key.digest);
+                    if !readonly {
+                        store.touch_entry(&key.digest);
+                    }
                     batch.last_compile = Some((output_name, key.digest, "hit".into(), fields_text()));
                     finish(db, &batch);
                     std::process::exit(0);
@@ -201,7 +207,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     batch.last_compile = Some((output_name, key.digest, "miss".into(), fields_text()));
 
     // Phase 4: store.
-    if config.readonly.value {
+    if readonly {
         batch.add("readonly_misses", 1);
     } else if let Some(changed) = hasher.unchanged_since_hashing() {
         log.log(&format!("{} changed during the compile: not stored", changed.display()));
@@ -210,6 +216,8 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         match store_outputs(&store, inv, &key.digest, &finished) {
             Ok((entry_size, blobs)) => {
                 batch.add("stores", 1);
+                let added: u64 = entry_size + blobs.iter().map(|b| b.1).sum::<u64>();
+                maybe_cleanup(config, log, &store, db.as_ref(), &mut batch, added, 1 + blobs.len() as u64);
                 batch.stored_entry = Some((key.digest, entry_size, finished.duration.as_nanos() as u64));
                 batch.stored_blobs = blobs;
             }
@@ -221,6 +229,44 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     }
     finish(db, &batch);
     exec::exit_like(finished.status)
+}
+
+/// How often a host rescans the store even when its own additions keep it
+/// under the limit: other hosts' additions become visible at a scan.
+const RESCAN_INTERVAL_NS: i64 = 5 * 60 * 1_000_000_000;
+
+/// After a store: if this host's estimate of the store's size says it is over
+/// its limits (or the last scan is old), run a cleanup. One cleaner at a time;
+/// a compile that finds the lock taken carries on.
+fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, db: Option<&Db>, batch: &mut Batch, bytes: u64, files: u64) {
+    use crate::stats::EstimateUpdate;
+    let dir = config.cache_dir.value.to_string_lossy().into_owned();
+    let Some(db) = db else { return };
+    let est = db.estimate(&dir).unwrap_or_default();
+    let limits = config.limits();
+    let over = (limits.max_size > 0 && est.bytes + bytes > limits.max_size)
+        || (limits.max_files > 0 && est.files + files > limits.max_files);
+    let stale = crate::util::now_ns() - est.scanned_ns > RESCAN_INTERVAL_NS;
+    if !(over || stale) {
+        batch.estimate = Some(EstimateUpdate::Add(dir, bytes, files));
+        return;
+    }
+    match crate::cleanup::cleanup(store, &limits) {
+        Ok(r) if r.skipped => batch.estimate = Some(EstimateUpdate::Add(dir, bytes, files)),
+        Ok(r) => {
+            log.log(&format!(
+                "cleanup: {} -> {} bytes, removed {} entries, {} blobs, {} temp files",
+                r.bytes_before, r.bytes_after, r.removed_entries, r.removed_blobs, r.removed_temp
+            ));
+            batch.add("cleanups", 1);
+            batch.add("evicted_entries", r.removed_entries as i64);
+            batch.estimate = Some(EstimateUpdate::Scanned(dir, r.bytes_after, r.files_after));
+        }
+        Err(e) => {
+            log.log(&format!("cleanup failed: {e:#}"));
+            batch.add("errors.cleanup", 1);
+        }
+    }
 }
 
 /// Serves every output of a hit. `Ok(None)` means a blob was unavailable.

@@ -1,0 +1,347 @@
+//! Keeping the store within its limits: LRU eviction, orphan and temp-file
+//! sweeping, `evict --older-than`, and `verify`.
+//!
+//! Last use is recorded explicitly: a hit sets the entry's mtime (never atime,
+//! which `noatime` mounts do not keep). Blobs are shared between entries, so a
+//! blob goes only when no remaining entry names it. One cleaner runs at a time
+//! per store (a non-blocking lock on `v1/cleanup.lock`); the others skip and
+//! carry on. Every removal is of a whole file by `unlink`, so a concurrent
+//! reader sees a file or a miss, and a concurrent writer at worst loses an
+//! entry it had just written (a future miss, never a wrong object).
+
+use crate::store::{Entry, LocalStore};
+use crate::util::{hex, unhex};
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Cleanup trims to this fraction of the limit, so it does not run again at the next store.
+pub const TRIM_TO: f64 = 0.9;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes of entries and blobs; 0 = no limit.
+    pub max_size: u64,
+    /// Entry and blob files; 0 = no limit.
+    pub max_files: u64,
+    /// Temp files and unreferenced blobs younger than this are left alone:
+    /// a writer may be about to rename or reference them.
+    pub grace: Duration,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Another process held the cleanup lock; nothing was done.
+    pub skipped: bool,
+    pub bytes_before: u64,
+    pub files_before: u64,
+    pub bytes_after: u64,
+    pub files_after: u64,
+    pub entries_after: u64,
+    pub removed_entries: u64,
+    pub removed_blobs: u64,
+    pub removed_temp: u64,
+    pub removed_corrupt: u64,
+}
+
+struct EntryInfo {
+    path: PathBuf,
+    used: SystemTime,
+    size: u64,
+    blobs: Vec<[u8; 32]>,
+}
+
+struct BlobInfo {
+    path: PathBuf,
+    modified: SystemTime,
+    size: u64,
+}
+
+/// Everything in the store, read once.
+struct Inventory {
+    entries: Vec<EntryInfo>,
+    blobs: HashMap<[u8; 32], BlobInfo>,
+    corrupt_entries: Vec<PathBuf>,
+}
+
+fn list_shards(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(shards) = std::fs::read_dir(dir) else { return out };
+    for shard in shards.flatten() {
+        let Ok(items) = std::fs::read_dir(shard.path()) else { continue };
+        out.extend(items.flatten().map(|e| e.path()));
+    }
+    out
+}
+
+fn inventory(store: &LocalStore) -> Inventory {
+    let mut inv = Inventory { entries: Vec::new(), blobs: HashMap::new(), corrupt_entries: Vec::new() };
+    for path in list_shards(&store.root().join("entries")) {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(data) = std::fs::read(&path) else { continue };
+        match Entry::decode(&data) {
+            Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
+                inv.entries.push(EntryInfo {
+                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    size: meta.len(),
+                    blobs: e.outputs.iter().map(|o| o.digest).collect(),
+                    path,
+                })
+            }
+            _ => inv.corrupt_entries.push(path),
+        }
+    }
+    for path in list_shards(&store.root().join("blobs")) {
+        let Some(digest) = path.file_name().and_then(|n| n.to_str()).and_then(unhex).and_then(|d| d.try_into().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        inv.blobs.insert(
+            digest,
+            BlobInfo { modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), size: meta.len(), path },
+        );
+    }
+    inv
+}
+
+/// Takes the cleanup lock without waiting. `None` when another process holds it.
+fn try_lock(store: &LocalStore) -> Result<Option<File>> {
+    std::fs::create_dir_all(store.root()).with_context(|| format!("creating {}", store.root().display()))?;
+    let path = store.root().join("cleanup.lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+fn older_than(t: SystemTime, age: Duration, now: SystemTime) -> bool {
+    now.duration_since(t).map(|d| d >= age).unwrap_or(false)
+}
+
+/// Removes what `evict` selects (entries, least recently used first, while
+/// `evict` says so), then every blob no entry names any more and every stale
+/// temp file. `evict(bytes, files, entry)` decides per entry.
+fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &EntryInfo) -> bool) -> Result<Report> {
+    let Some(_lock) = try_lock(store)? else {
+        return Ok(Report { skipped: true, ..Report::default() });
+    };
+    let now = SystemTime::now();
+    let mut inv = inventory(store);
+    let mut r = Report::default();
+
+    for p in &inv.corrupt_entries {
+        if std::fs::remove_file(p).is_ok() {
+            r.removed_corrupt += 1;
+        }
+    }
+    let mut bytes: u64 = inv.entries.iter().map(|e| e.size).sum::<u64>() + inv.blobs.values().map(|b| b.size).sum::<u64>();
+    let mut files = (inv.entries.len() + inv.blobs.len()) as u64;
+    r.bytes_before = bytes;
+    r.files_before = files;
+
+    let mut refs: HashMap<[u8; 32], u32> = HashMap::new();
+    for e in &inv.entries {
+        for b in &e.blobs {
+            *refs.entry(*b).or_default() += 1;
+        }
+    }
+
+    inv.entries.sort_by_key(|e| e.used);
+    let mut kept = 0u64;
+    for e in &inv.entries {
+        if !evict(bytes, files, e) {
+            kept += 1;
+            continue;
+        }
+        if std::fs::remove_file(&e.path).is_err() {
+            kept += 1;
+            continue;
+        }
+        r.removed_entries += 1;
+        bytes = bytes.saturating_sub(e.size);
+        files = files.saturating_sub(1);
+        for b in &e.blobs {
+            let n = refs.get_mut(b).expect("counted above");
+            *n -= 1;
+            if *n == 0 {
+                // Its last entry is gone: the blob goes too (whatever its age;
+                // a writer that re-references it re-stores it on a miss).
+                if let Some(info) = inv.blobs.remove(b) {
+                    if std::fs::remove_file(&info.path).is_ok() {
+                        r.removed_blobs += 1;
+                        bytes = bytes.saturating_sub(info.size);
+                        files = files.saturating_sub(1);
+                    }
+                }
+            }
+        }
+    }
+
+    // Blobs no entry ever named (a writer died between blob and entry), once
+    // past the grace period in which a writer may still be about to name them.
+    let orphans: Vec<[u8; 32]> = inv
+        .blobs
+        .iter()
+        .filter(|(d, b)| refs.get(*d).copied().unwrap_or(0) == 0 && older_than(b.modified, limits.grace, now))
+        .map(|(d, _)| *d)
+        .collect();
+    for d in orphans {
+        let info = inv.blobs.remove(&d).unwrap();
+        if std::fs::remove_file(&info.path).is_ok() {
+            r.removed_blobs += 1;
+            bytes = bytes.saturating_sub(info.size);
+            files = files.saturating_sub(1);
+        }
+    }
+
+    // Temp files of writers that died (or are very slow) past the grace period.
+    if let Ok(rd) = std::fs::read_dir(store.tmp_dir()) {
+        for e in rd.flatten() {
+            let stale = e.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| older_than(t, limits.grace, now));
+            if stale && std::fs::remove_file(e.path()).is_ok() {
+                r.removed_temp += 1;
+            }
+        }
+    }
+    r.bytes_after = bytes;
+    r.files_after = files;
+    r.entries_after = kept;
+    Ok(r)
+}
+
+/// Trims the store below [`TRIM_TO`] of its limits, least recently used first.
+pub fn cleanup(store: &LocalStore, limits: &Limits) -> Result<Report> {
+    let over = |bytes: u64, files: u64, frac: f64| {
+        (limits.max_size > 0 && bytes as f64 > limits.max_size as f64 * frac)
+            || (limits.max_files > 0 && files as f64 > limits.max_files as f64 * frac)
+    };
+    // Only start evicting when over the limit; once started, go down to TRIM_TO.
+    let mut started = false;
+    sweep(store, limits, |bytes, files, _| {
+        if !started {
+            started = over(bytes, files, 1.0);
+        }
+        started && over(bytes, files, TRIM_TO)
+    })
+}
+
+/// Removes entries not used for `age`.
+pub fn evict_older_than(store: &LocalStore, limits: &Limits, age: Duration) -> Result<Report> {
+    let now = SystemTime::now();
+    sweep(store, limits, |_, _, e| older_than(e.used, age, now))
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub blobs: u64,
+    pub bad_entries: Vec<PathBuf>,
+    pub bad_blobs: Vec<PathBuf>,
+    /// Entries that name a blob that is missing or has the wrong size.
+    pub dangling_entries: Vec<PathBuf>,
+    pub fixed: u64,
+}
+
+impl VerifyReport {
+    pub fn clean(&self) -> bool {
+        self.bad_entries.is_empty() && self.bad_blobs.is_empty() && self.dangling_entries.is_empty()
+    }
+}
+
+/// Checks every blob's digest and every entry's checksum and references.
+pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
+    let mut r = VerifyReport::default();
+    let mut good_blobs: HashMap<[u8; 32], u64> = HashMap::new();
+    for path in list_shards(&store.root().join("blobs")) {
+        r.blobs += 1;
+        let name = path.file_name().and_then(|n| n.to_str()).and_then(unhex);
+        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        match name {
+            Some(d) if d.as_slice() == blake3::hash(&data).as_bytes() => {
+                good_blobs.insert(d.try_into().unwrap(), data.len() as u64);
+            }
+            _ => r.bad_blobs.push(path),
+        }
+    }
+    for path in list_shards(&store.root().join("entries")) {
+        r.entries += 1;
+        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        match Entry::decode(&data) {
+            Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
+                if e.outputs.iter().any(|o| good_blobs.get(&o.digest) != Some(&o.size)) {
+                    r.dangling_entries.push(path);
+                }
+            }
+            _ => r.bad_entries.push(path),
+        }
+    }
+    if fix {
+        for p in r.bad_blobs.iter().chain(&r.bad_entries).chain(&r.dangling_entries) {
+            if std::fs::remove_file(p).is_ok() {
+                r.fixed += 1;
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Parses `500M`, `20G`, `1.5GiB`, `4096` (K, M, G, T are powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => anyhow::bail!("invalid size {s:?}: use a number with K, M, G or T"),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// Parses `7d`, `12h`, `30m`, `45s` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        "w" => n * 7 * 86400,
+        _ => anyhow::bail!("invalid duration {s:?}: use a number with s, m, h, d or w"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert!(parse_duration("7 days").is_err());
+    }
+}
