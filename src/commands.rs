@@ -178,6 +178,7 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"uncacheable\": {},", map(&r.uncacheable));
         let _ = writeln!(s, "  \"uncacheable_total\": {},", r.uncacheable.values().sum::<i64>());
         let _ = writeln!(s, "  \"errors\": {},", map(&r.errors));
+        let _ = writeln!(s, "  \"errors_total\": {},", r.errors.values().sum::<i64>());
         let _ = writeln!(s, "  \"compile_failed\": {},", r.get("compile_failed"));
         let _ = writeln!(s, "  \"stores\": {},", r.get("stores"));
         let _ = writeln!(s, "  \"bytes_served\": {},", r.get("bytes_served"));

@@ -164,6 +164,13 @@ impl Fixture {
         c.output().unwrap()
     }
 
+    /// Runs one backend of module `m` with another compiler through ltocache.
+    pub fn cached_backend_with(&self, compiler: &Path, m: &str, extra: &[&str]) -> Output {
+        let mut c = self.ltocache();
+        c.arg(compiler).args(self.backend_args(m, &format!("{m}.final_o"), extra));
+        c.output().unwrap()
+    }
+
     /// Runs every backend through ltocache, asserting success.
     pub fn cached_backends(&self, extra: &[&str]) {
         for m in MODULES {
