@@ -9,7 +9,7 @@ use util::{Fixture, CLANG, MODULES};
 
 const HOSTS: usize = 4;
 const VARIANTS: &[&str] = &["-O2", "-O1", "-fno-PIE", "-ffunction-sections"];
-const LIMIT: u64 = 40 * 1024;
+const LIMIT: u64 = 16 * 1024;
 
 #[test]
 fn four_hosts_share_one_directory_under_a_size_limit() {
