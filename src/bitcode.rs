@@ -85,18 +85,26 @@ impl<'a> Cursor<'a> {
         }
         let end = self.bit + width as usize;
         ensure!(end <= self.data.len() * 8, "bitcode truncated");
-        let mut value: u64 = 0;
-        let mut got = 0u32;
-        let mut bit = self.bit;
-        while got < width as u32 {
-            let byte = self.data[bit / 8] as u64;
-            let off = (bit % 8) as u32;
-            let take = (8 - off).min(width as u32 - got);
-            let chunk = (byte >> off) & ((1u64 << take) - 1);
-            value |= chunk << got;
-            got += take;
-            bit += take as usize;
-        }
+        let byte = self.bit / 8;
+        let shift = (self.bit % 8) as u32;
+        // Fast path: one unaligned 8-byte load covers any field of up to 56 bits.
+        let value = if width <= 56 && byte + 8 <= self.data.len() {
+            let word = u64::from_le_bytes(self.data[byte..byte + 8].try_into().unwrap());
+            (word >> shift) & ((1u64 << width) - 1)
+        } else {
+            let mut value: u64 = 0;
+            let mut got = 0u32;
+            let mut bit = self.bit;
+            while got < width as u32 {
+                let b = self.data[bit / 8] as u64;
+                let off = (bit % 8) as u32;
+                let take = (8 - off).min(width as u32 - got);
+                value |= ((b >> off) & ((1u64 << take) - 1)) << got;
+                got += take;
+                bit += take as usize;
+            }
+            value
+        };
         self.bit = end;
         Ok(value)
     }
@@ -153,6 +161,9 @@ pub fn walk<'a>(file: &'a [u8], visitor: &mut dyn Visitor<'a>) -> Result<()> {
     let mut cur = Cursor { data, bit: 0 };
     let mut blockinfo: HashMap<u32, Vec<Abbrev>> = HashMap::new();
     let mut path = Vec::new();
+    // One record buffer for the whole walk: records are decoded into it in
+    // place, so the hot loop does not allocate.
+    let mut rec = Record::default();
     // Top level: abbreviation width 2, only ENTER_SUBBLOCK is meaningful.
     while !cur.at_end() {
         // Trailing padding shorter than an abbreviation id, or zero words, ends the stream.
@@ -167,7 +178,7 @@ pub fn walk<'a>(file: &'a [u8], visitor: &mut dyn Visitor<'a>) -> Result<()> {
             }
             bail!("unexpected abbreviation id {id} at top level");
         }
-        block(&mut cur, &mut blockinfo, &mut path, visitor)?;
+        block(&mut cur, &mut blockinfo, &mut path, &mut rec, visitor)?;
     }
     Ok(())
 }
@@ -177,6 +188,7 @@ fn block<'a>(
     cur: &mut Cursor<'a>,
     blockinfo: &mut HashMap<u32, Vec<Abbrev>>,
     path: &mut Vec<u32>,
+    rec: &mut Record<'a>,
     visitor: &mut dyn Visitor<'a>,
 ) -> Result<()> {
     ensure!(path.len() < MAX_DEPTH, "bitcode nests too deeply");
@@ -211,7 +223,7 @@ fn block<'a>(
                 path.pop();
                 return Ok(());
             }
-            ENTER_SUBBLOCK => block(cur, blockinfo, path, visitor)?,
+            ENTER_SUBBLOCK => block(cur, blockinfo, path, rec, visitor)?,
             DEFINE_ABBREV => {
                 let abbrev = read_abbrev(cur)?;
                 if block_id == BLOCKINFO_BLOCK_ID {
@@ -222,28 +234,27 @@ fn block<'a>(
                 }
             }
             _ => {
-                let record = if id == UNABBREV_RECORD {
-                    let code = cur.read_vbr(6)? as u32;
+                rec.ops.clear();
+                rec.blob = None;
+                if id == UNABBREV_RECORD {
+                    rec.code = cur.read_vbr(6)? as u32;
                     let n = cur.read_vbr(6)? as usize;
                     ensure!(n <= cur.data.len() * 8, "record too long");
-                    let mut ops = Vec::with_capacity(n);
                     for _ in 0..n {
-                        ops.push(cur.read_vbr(6)?);
+                        rec.ops.push(cur.read_vbr(6)?);
                     }
-                    Record { code, ops, blob: None }
                 } else {
                     let abbrev = abbrevs
                         .get((id - 4) as usize)
-                        .ok_or_else(|| anyhow::anyhow!("undefined abbreviation {id} in block {block_id}"))?
-                        .clone();
-                    read_abbreviated(cur, &abbrev)?
-                };
+                        .ok_or_else(|| anyhow::anyhow!("undefined abbreviation {id} in block {block_id}"))?;
+                    read_abbreviated(cur, abbrev, rec)?;
+                }
                 if block_id == BLOCKINFO_BLOCK_ID {
-                    if record.code == BLOCKINFO_CODE_SETBID {
-                        info_target = record.ops.first().map(|&v| v as u32);
+                    if rec.code == BLOCKINFO_CODE_SETBID {
+                        info_target = rec.ops.first().map(|&v| v as u32);
                     }
                 } else {
-                    visitor.record(path, &record)?;
+                    visitor.record(path, rec)?;
                 }
             }
         }
@@ -319,18 +330,21 @@ fn read_scalar(cur: &mut Cursor, op: &Op) -> Result<u64> {
     })
 }
 
-fn read_abbreviated<'a>(cur: &mut Cursor<'a>, abbrev: &[Op]) -> Result<Record<'a>> {
-    ensure!(!abbrev.is_empty(), "empty abbreviation");
-    let mut values = Vec::new();
-    let mut blob = None;
-    for op in abbrev {
+/// Decodes an abbreviated record into `rec` (whose ops are already empty).
+fn read_abbreviated<'a>(cur: &mut Cursor<'a>, abbrev: &[Op], rec: &mut Record<'a>) -> Result<()> {
+    let (first, rest) = abbrev.split_first().ok_or_else(|| anyhow::anyhow!("empty abbreviation"))?;
+    rec.code = match first {
+        Op::Array(_) | Op::Blob => bail!("abbreviation starts with an aggregate"),
+        scalar => read_scalar(cur, scalar)? as u32,
+    };
+    for op in rest {
         match op {
             Op::Array(elt) => {
                 let n = cur.read_vbr(6)? as usize;
                 ensure!(n <= cur.data.len() * 8, "array too long");
-                values.reserve(n);
+                rec.ops.reserve(n);
                 for _ in 0..n {
-                    values.push(read_scalar(cur, elt)?);
+                    rec.ops.push(read_scalar(cur, elt)?);
                 }
             }
             Op::Blob => {
@@ -338,14 +352,13 @@ fn read_abbreviated<'a>(cur: &mut Cursor<'a>, abbrev: &[Op]) -> Result<Record<'a
                 cur.align32();
                 let start = cur.bit / 8;
                 cur.skip_bytes(n)?;
-                blob = Some(&cur.data[start..start + n]);
+                rec.blob = Some(&cur.data[start..start + n]);
                 cur.align32();
             }
-            scalar => values.push(read_scalar(cur, scalar)?),
+            scalar => rec.ops.push(read_scalar(cur, scalar)?),
         }
     }
-    let code = values.remove(0) as u32;
-    Ok(Record { code, ops: values, blob })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -359,6 +372,22 @@ mod tests {
         let data = bits.to_le_bytes();
         let mut c = Cursor { data: &data, bit: 0 };
         assert_eq!(c.read_vbr(6).unwrap(), 100);
+    }
+
+    #[test]
+    fn fast_and_slow_paths_agree() {
+        let data: Vec<u8> = (0..64u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        for width in [1u8, 3, 6, 13, 32, 56, 57, 64] {
+            for start in [0usize, 1, 7, 9, 100, 300] {
+                let mut fast = Cursor { data: &data, bit: start };
+                // The slow path, forced by reading from a copy cut to exactly the needed bytes.
+                let need = (start + width as usize).div_ceil(8);
+                let mut slow = Cursor { data: &data[..need], bit: start };
+                if start + width as usize <= data.len() * 8 {
+                    assert_eq!(fast.read(width).unwrap(), slow.read(width).unwrap(), "width {width} at {start}");
+                }
+            }
+        }
     }
 
     #[test]
