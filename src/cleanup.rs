@@ -31,8 +31,77 @@ pub struct Limits {
     pub grace: Duration,
 }
 
+/// The shared size ledger in `v1/size/`: how big the store was at the last
+/// scan (`scan`: generation, bytes, files) and what each host has added since
+/// that generation (`<hostname>`: same format). Every file is replaced by
+/// rename, so any host can read a consistent value; the sum is what every host
+/// compares with the limits. A store that races a scan may be counted twice or
+/// not at all until the next scan: an estimate, corrected by every scan.
+pub mod ledger {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Record {
+        pub generation: i64,
+        pub bytes: u64,
+        pub files: u64,
+    }
+
+    fn dir(store: &LocalStore) -> PathBuf {
+        store.root().join("size")
+    }
+
+    fn parse(text: &str) -> Option<Record> {
+        let mut it = text.split_whitespace().map(|w| w.parse::<i64>().ok());
+        Some(Record { generation: it.next()??, bytes: it.next()?? as u64, files: it.next()?? as u64 })
+    }
+
+    fn write(store: &LocalStore, name: &str, r: Record) -> Result<()> {
+        std::fs::create_dir_all(store.tmp_dir()).with_context(|| format!("creating {}", store.tmp_dir().display()))?;
+        let text = format!("{} {} {}\n", r.generation, r.bytes, r.files);
+        crate::util::write_atomic(&store.tmp_dir(), &dir(store).join(name), text.as_bytes())
+    }
+
+    /// The last scan, if any host ever scanned this store.
+    pub fn scan(store: &LocalStore) -> Option<Record> {
+        std::fs::read_to_string(dir(store).join("scan")).ok().as_deref().and_then(parse)
+    }
+
+    pub fn write_scan(store: &LocalStore, r: Record) -> Result<()> {
+        write(store, "scan", r)
+    }
+
+    /// Publishes what this host added since generation `r.generation`.
+    pub fn publish(store: &LocalStore, host: &str, r: Record) -> Result<()> {
+        write(store, &format!("host.{host}"), r)
+    }
+
+    /// The sum of what other hosts added since `generation`.
+    pub fn others(store: &LocalStore, generation: i64, me: &str) -> (u64, u64) {
+        let mine = format!("host.{me}");
+        let (mut b, mut f) = (0, 0);
+        let Ok(rd) = std::fs::read_dir(dir(store)) else { return (0, 0) };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with("host.") || name == mine {
+                continue;
+            }
+            if let Some(r) = std::fs::read_to_string(e.path()).ok().as_deref().and_then(parse) {
+                if r.generation == generation {
+                    b += r.bytes;
+                    f += r.files;
+                }
+            }
+        }
+        (b, f)
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Report {
+    /// When the scan started: the generation of the ledger it wrote.
+    pub generation: i64,
     /// Another process held the cleanup lock; nothing was done.
     pub skipped: bool,
     pub bytes_before: u64,
@@ -136,8 +205,9 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
         return Ok(Report { skipped: true, ..Report::default() });
     };
     let now = SystemTime::now();
+    let generation = crate::util::now_ns();
     let mut inv = inventory(store);
-    let mut r = Report::default();
+    let mut r = Report { generation, ..Report::default() };
 
     for p in &inv.corrupt_entries {
         if std::fs::remove_file(p).is_ok() {
@@ -216,6 +286,7 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
     r.bytes_after = bytes;
     r.files_after = files;
     r.entries_after = kept;
+    ledger::write_scan(store, ledger::Record { generation, bytes, files })?;
     Ok(r)
 }
 

@@ -33,8 +33,8 @@ CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, size INTEGER NOT NULL,
     created_ns INTEGER NOT NULL, last_used_ns INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (digest BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
 -- The key fields of the last compile of each output, for `ltocache explain`.
--- This host's estimate of a store's size: the last full scan plus what this
--- host added since. Other hosts' additions show up at the next scan.
+-- What this host added to a store since the ledger generation scanned_ns
+-- (published to <store>/v1/size/host.<name> for the other hosts).
 CREATE TABLE IF NOT EXISTS store_estimate (cache_dir TEXT PRIMARY KEY, scanned_ns INTEGER NOT NULL,
     bytes INTEGER NOT NULL, files INTEGER NOT NULL) WITHOUT ROWID;
 -- prev_*: the last compile of the same output with a different key.
@@ -66,13 +66,12 @@ pub struct Batch {
     pub estimate: Option<EstimateUpdate>,
 }
 
-/// How an invocation changes this host's estimate of the store's size.
+/// How an invocation changes this host's line in the size ledger:
+/// (cache dir, ledger generation, bytes, files) added. A new generation
+/// (a scan happened) restarts the count.
 #[derive(Debug, Clone)]
 pub enum EstimateUpdate {
-    /// (cache dir, bytes, files) added by a store.
-    Add(String, u64, u64),
-    /// (cache dir, bytes, files) measured by a cleanup scan just now.
-    Scanned(String, u64, u64),
+    Add(String, i64, u64, u64),
 }
 
 /// This host's view of a store's size.
@@ -230,21 +229,15 @@ impl Db {
             if let Some(key) = &batch.used_entry {
                 tx.execute("UPDATE entries SET last_used_ns = ?2 WHERE key = ?1", params![&key[..], now])?;
             }
-            match &batch.estimate {
-                Some(EstimateUpdate::Add(dir, b, f)) => {
-                    tx.execute(
-                        "INSERT INTO store_estimate(cache_dir, scanned_ns, bytes, files) VALUES (?1, 0, ?2, ?3)
-                         ON CONFLICT(cache_dir) DO UPDATE SET bytes = bytes + ?2, files = files + ?3",
-                        params![dir, *b as i64, *f as i64],
-                    )?;
-                }
-                Some(EstimateUpdate::Scanned(dir, b, f)) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO store_estimate(cache_dir, scanned_ns, bytes, files) VALUES (?1, ?2, ?3, ?4)",
-                        params![dir, now, *b as i64, *f as i64],
-                    )?;
-                }
-                None => {}
+            if let Some(EstimateUpdate::Add(dir, generation, b, f)) = &batch.estimate {
+                tx.execute(
+                    "INSERT INTO store_estimate(cache_dir, scanned_ns, bytes, files) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(cache_dir) DO UPDATE SET
+                       bytes = CASE WHEN scanned_ns = ?2 THEN bytes + ?3 ELSE ?3 END,
+                       files = CASE WHEN scanned_ns = ?2 THEN files + ?4 ELSE ?4 END,
+                       scanned_ns = ?2",
+                    params![dir, generation, *b as i64, *f as i64],
+                )?;
             }
             if let Some((output, key, outcome, fields)) = &batch.last_compile {
                 tx.execute(

@@ -273,7 +273,7 @@ impl LocalStore {
 
     /// Removes every entry and blob. Temp files of running writers are left.
     pub fn clear(&self) -> Result<()> {
-        for sub in ["entries", "blobs"] {
+        for sub in ["entries", "blobs", "size"] {
             let dir = self.root.join(sub);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}

@@ -231,28 +231,40 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     exec::exit_like(finished.status)
 }
 
-/// How often a host rescans the store even when its own additions keep it
-/// under the limit: other hosts' additions become visible at a scan.
-const RESCAN_INTERVAL_NS: i64 = 5 * 60 * 1_000_000_000;
-
-/// After a store: if this host's estimate of the store's size says it is over
-/// its limits (or the last scan is old), run a cleanup. One cleaner at a time;
-/// a compile that finds the lock taken carries on.
+/// After a store: add it to this host's line of the shared size ledger and,
+/// if the ledger's total says the store is over its limits (or it was never
+/// scanned), run a cleanup. One cleaner at a time; a compile that finds the
+/// lock taken carries on.
 fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, db: Option<&Db>, batch: &mut Batch, bytes: u64, files: u64) {
+    use crate::cleanup::ledger;
     use crate::stats::EstimateUpdate;
     let dir = config.cache_dir.value.to_string_lossy().into_owned();
-    let Some(db) = db else { return };
-    let est = db.estimate(&dir).unwrap_or_default();
+    let host = crate::util::hostname();
     let limits = config.limits();
-    let over = (limits.max_size > 0 && est.bytes + bytes > limits.max_size)
-        || (limits.max_files > 0 && est.files + files > limits.max_files);
-    let stale = crate::util::now_ns() - est.scanned_ns > RESCAN_INTERVAL_NS;
-    if !(over || stale) {
-        batch.estimate = Some(EstimateUpdate::Add(dir, bytes, files));
+    let scan = ledger::scan(store);
+    let over = match scan {
+        None => true,
+        Some(scan) => {
+            // This host's additions since that scan: from its database (atomic
+            // across this host's parallel compiles), plus this store.
+            let mine = db.and_then(|db| db.estimate(&dir).ok()).unwrap_or_default();
+            let (mut my_bytes, mut my_files) = (bytes, files);
+            if mine.scanned_ns == scan.generation {
+                my_bytes += mine.bytes;
+                my_files += mine.files;
+            }
+            let _ = ledger::publish(store, host, ledger::Record { generation: scan.generation, bytes: my_bytes, files: my_files });
+            batch.estimate = Some(EstimateUpdate::Add(dir.clone(), scan.generation, bytes, files));
+            let (ob, of) = ledger::others(store, scan.generation, host);
+            let (total_bytes, total_files) = (scan.bytes + my_bytes + ob, scan.files + my_files + of);
+            (limits.max_size > 0 && total_bytes > limits.max_size) || (limits.max_files > 0 && total_files > limits.max_files)
+        }
+    };
+    if !over {
         return;
     }
     match crate::cleanup::cleanup(store, &limits) {
-        Ok(r) if r.skipped => batch.estimate = Some(EstimateUpdate::Add(dir, bytes, files)),
+        Ok(r) if r.skipped => {}
         Ok(r) => {
             log.log(&format!(
                 "cleanup: {} -> {} bytes, removed {} entries, {} blobs, {} temp files",
@@ -260,7 +272,8 @@ fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, db: Option<&
             ));
             batch.add("cleanups", 1);
             batch.add("evicted_entries", r.removed_entries as i64);
-            batch.estimate = Some(EstimateUpdate::Scanned(dir, r.bytes_after, r.files_after));
+            batch.estimate = Some(EstimateUpdate::Add(dir, r.generation, 0, 0));
+            let _ = ledger::publish(store, host, ledger::Record { generation: r.generation, bytes: 0, files: 0 });
         }
         Err(e) => {
             log.log(&format!("cleanup failed: {e:#}"));
