@@ -102,6 +102,7 @@ pub mod ledger {
 pub struct Report {
     /// When the scan started: the generation of the ledger it wrote.
     pub generation: i64,
+    pub ledger_written: bool,
     /// Another process held the cleanup lock; nothing was done.
     pub skipped: bool,
     pub bytes_before: u64,
@@ -286,7 +287,9 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
     r.bytes_after = bytes;
     r.files_after = files;
     r.entries_after = kept;
-    ledger::write_scan(store, ledger::Record { generation, bytes, files })?;
+    // Best effort: on a full disk the ledger may not be writable; the next
+    // cleanup (which finds no current scan) simply scans again.
+    r.ledger_written = ledger::write_scan(store, ledger::Record { generation, bytes, files }).is_ok();
     Ok(r)
 }
 

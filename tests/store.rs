@@ -196,7 +196,7 @@ fn full_disk_fails_stores_cleanly_and_space_comes_back() {
         "echo used-before=$(du -sk {cache} | cut -f1)
          $L stats --json
          $L verify
-         $L cleanup --max-size 8k
+         $L cleanup --max-size 4k
          echo tmp-left=$(ls {cache}/v1/tmp | wc -l)
          echo used-after=$(du -sk {cache} | cut -f1)\n"
     ));
