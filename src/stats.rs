@@ -140,11 +140,6 @@ impl Db {
         conn.busy_timeout(Duration::from_secs(10))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version != SCHEMA_VERSION {
-            // A rollback journal kept between transactions (TRUNCATE) costs a
-            // handful of syscalls per commit. WAL was measured slower here: each
-            // short-lived process either checkpoints on close (fsync) or
-            // rebuilds the WAL index from the whole log on open.
-            conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
             // Older layouts of the derived tables are dropped; counters survive.
             if version != 0 {
                 conn.execute_batch("DROP TABLE IF EXISTS last_compile;")?;
@@ -152,6 +147,12 @@ impl Db {
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
+        // A rollback journal kept between transactions (TRUNCATE, not deleted
+        // and re-created each time) costs a handful of syscalls per commit.
+        // Unlike WAL the mode does not persist, so it is set per connection.
+        // WAL was measured slower here: each short-lived process either
+        // checkpoints on close (fsync) or rebuilds the WAL index from the log.
+        conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
         // No fsync: a killed process cannot corrupt the file (the journal
         // rolls back), only a power cut can, and a corrupt file is rebuilt.
         // These are counters and memos, not the cache.
