@@ -164,10 +164,7 @@ fn inventory(store: &LocalStore) -> Inventory {
         }
     }
     for path in list_shards(&store.root().join("blobs")) {
-        let Some(digest) = path.file_name().and_then(|n| n.to_str()).and_then(unhex).and_then(|d| d.try_into().ok())
-        else {
-            continue;
-        };
+        let Some(digest) = blob_digest(&path) else { continue };
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         inv.blobs.insert(
             digest,
@@ -175,6 +172,12 @@ fn inventory(store: &LocalStore) -> Inventory {
         );
     }
     inv
+}
+
+/// The digest a blob file is named by (raw `<hex>` or compressed `<hex>.zst`).
+fn blob_digest(path: &Path) -> Option<[u8; 32]> {
+    let name = path.file_name()?.to_str()?;
+    unhex(name.strip_suffix(crate::store::ZSTD_SUFFIX).unwrap_or(name))?.try_into().ok()
 }
 
 /// Takes the cleanup lock without waiting. `None` when another process holds it.
@@ -339,11 +342,13 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
     let mut good_blobs: HashMap<[u8; 32], u64> = HashMap::new();
     for path in list_shards(&store.root().join("blobs")) {
         r.blobs += 1;
-        let name = path.file_name().and_then(|n| n.to_str()).and_then(unhex);
-        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        match name {
-            Some(d) if d.as_slice() == blake3::hash(&data).as_bytes() => {
-                good_blobs.insert(d.try_into().unwrap(), data.len() as u64);
+        let mut data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if path.to_string_lossy().ends_with(crate::store::ZSTD_SUFFIX) {
+            data = zstd::stream::decode_all(&data[..]).unwrap_or_default();
+        }
+        match blob_digest(&path) {
+            Some(d) if &d == blake3::hash(&data).as_bytes() => {
+                good_blobs.insert(d, data.len() as u64);
             }
             _ => r.bad_blobs.push(path),
         }

@@ -3,7 +3,6 @@
 use crate::cli::Cmd;
 use crate::config::Config;
 use crate::stats::Db;
-use crate::store::LocalStore;
 use anyhow::{bail, Context, Result};
 use humansize::{format_size, BINARY};
 use std::collections::BTreeMap;
@@ -12,7 +11,7 @@ use std::fmt::Write as _;
 pub fn run(cmd: Cmd) -> Result<()> {
     let config = Config::load()?;
     config.apply_umask();
-    let store = LocalStore::new(&config.cache_dir.value);
+    let store = config.store();
     let need_writable = || -> Result<()> {
         if !store.writable() {
             bail!(
@@ -149,7 +148,7 @@ fn report(config: &Config) -> Result<Report> {
             .collect()
     };
     let (uncacheable, errors) = (sub("uncacheable."), sub("errors."));
-    let (store_entries, store_files, store_bytes) = LocalStore::new(&config.cache_dir.value).scan_usage()?;
+    let (store_entries, store_files, store_bytes) = config.store().scan_usage()?;
     Ok(Report {
         hits: counters.get("hits").copied().unwrap_or(0),
         misses: counters.get("misses").copied().unwrap_or(0),

@@ -63,7 +63,12 @@ pub struct Config {
     pub umask: Setting<Option<u32>>,
     /// Age under which temp files and unreferenced blobs are left alone by cleanup.
     pub grace: Setting<std::time::Duration>,
+    /// zstd level for new blobs, or None to store them raw.
+    pub compression: Setting<Option<i32>>,
 }
+
+/// The zstd level used when `compression = zstd` names none (docs/benchmarks.md).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
 pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -72,7 +77,7 @@ pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(36
 /// `LTOCACHE_` + the key in upper case.
 pub const KEYS: &[&str] = &[
     "disable", "readonly", "recache", "logfile", "stats_dir", "serve_mode", "base_dir", "max_size", "max_files", "umask",
-    "grace",
+    "grace", "compression",
 ];
 
 fn env_name(key: &str) -> &'static str {
@@ -88,6 +93,7 @@ fn env_name(key: &str) -> &'static str {
         "max_files" => "LTOCACHE_MAXFILES",
         "umask" => "LTOCACHE_UMASK",
         "grace" => "LTOCACHE_GRACE",
+        "compression" => "LTOCACHE_COMPRESSION",
         _ => unreachable!("unknown key {key}"),
     }
 }
@@ -97,6 +103,22 @@ pub fn parse_bool(s: &str) -> Result<bool> {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
         other => bail!("expected a boolean (1/0, true/false, yes/no), got {other:?}"),
+    }
+}
+
+/// `off`, `zstd` (default level) or `zstd:N` (level 1..=19).
+fn parse_compression(s: &str) -> Result<Option<i32>> {
+    let s = s.trim();
+    if ["off", "none", "0", "false", "no", ""].contains(&s) {
+        return Ok(None);
+    }
+    match s.split_once(':') {
+        None if s == "zstd" => Ok(Some(DEFAULT_ZSTD_LEVEL)),
+        Some(("zstd", level)) => match level.parse::<i32>() {
+            Ok(l) if (1..=19).contains(&l) => Ok(Some(l)),
+            _ => bail!("zstd level must be 1..19, got {level:?}"),
+        },
+        _ => bail!("compression must be off, zstd or zstd:LEVEL, got {s:?}"),
     }
 }
 
@@ -184,7 +206,15 @@ impl Config {
             }
             None => Setting { value: DEFAULT_GRACE, origin: Origin::Default },
         };
+        let compression = match lookup("compression") {
+            Some((v, origin)) => Setting {
+                value: parse_compression(&v).with_context(|| format!("compression (from {origin})"))?,
+                origin,
+            },
+            None => Setting { value: None, origin: Origin::Default },
+        };
         Ok(Config {
+            compression,
             max_size,
             max_files,
             umask,
@@ -198,6 +228,11 @@ impl Config {
             serve_mode,
             cache_dir,
         })
+    }
+
+    /// The store these settings describe.
+    pub fn store(&self) -> crate::store::LocalStore {
+        crate::store::LocalStore::new(&self.cache_dir.value).with_compression(self.compression.value)
     }
 
     pub fn limits(&self) -> crate::cleanup::Limits {
@@ -252,6 +287,11 @@ impl Config {
                 self.umask.origin.to_string(),
             ),
             ("grace".into(), format!("{}s", self.grace.value.as_secs()), self.grace.origin.to_string()),
+            (
+                "compression".into(),
+                self.compression.value.map(|l| format!("zstd:{l}")).unwrap_or_else(|| "off".into()),
+                self.compression.origin.to_string(),
+            ),
             ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
         ]
     }

@@ -150,7 +150,14 @@ pub trait Store {
 /// The store in a local (or NFS-mounted) directory.
 pub struct LocalStore {
     root: PathBuf,
+    /// zstd level for new blobs; `None` stores them raw (mapped, served
+    /// without decoding — the fast path). Reading handles both kinds.
+    compression: Option<i32>,
 }
+
+/// The suffix of a zstd-compressed blob. Its name is still the blake3 of the
+/// *uncompressed* bytes, which is what a hit verifies.
+pub const ZSTD_SUFFIX: &str = ".zst";
 
 /// What serving a blob to an output path did.
 #[derive(Debug, PartialEq, Eq)]
@@ -162,7 +169,13 @@ pub enum Served {
 
 impl LocalStore {
     pub fn new(cache_dir: &Path) -> LocalStore {
-        LocalStore { root: cache_dir.join(LAYOUT_DIR) }
+        LocalStore { root: cache_dir.join(LAYOUT_DIR), compression: None }
+    }
+
+    /// Compress new blobs with zstd at `level` (None: store them raw).
+    pub fn with_compression(mut self, level: Option<i32>) -> LocalStore {
+        self.compression = level;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -178,6 +191,12 @@ impl LocalStore {
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let h = hex(digest);
         self.root.join("blobs").join(&h[..2]).join(&h)
+    }
+
+    pub fn zst_path(&self, digest: &Digest) -> PathBuf {
+        let mut p = self.blob_path(digest).into_os_string();
+        p.push(ZSTD_SUFFIX);
+        PathBuf::from(p)
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -198,7 +217,7 @@ impl LocalStore {
         let path = self.blob_path(digest);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Served::Unavailable("blob missing")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.serve_compressed(digest, size, dest),
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
         let len = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
@@ -211,22 +230,51 @@ impl LocalStore {
             self.discard_blob(&path);
             return Ok(Served::Unavailable("blob digest mismatch"));
         }
+        self.write_output(&map, Some((&path, &file)), dest, mode)
+    }
+
+    /// Serves a zstd blob: decode, verify the decoded bytes, write.
+    fn serve_compressed(&self, digest: &Digest, size: u64, dest: &Path) -> Result<Served> {
+        let path = self.zst_path(digest);
+        let packed = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Served::Unavailable("blob missing")),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let data = match zstd::bulk::decompress(&packed, size as usize) {
+            Ok(d) if d.len() as u64 == size && blake3::hash(&d).as_bytes() == digest => d,
+            _ => {
+                self.discard_blob(&path);
+                return Ok(Served::Unavailable("compressed blob does not decode to its digest"));
+            }
+        };
+        self.write_output(&data, None, dest, ServeMode::Copy)
+    }
+
+    /// Writes verified bytes to a temp file next to `dest` and renames it into
+    /// place. `source` (the raw blob) enables reflinks and hard links.
+    fn write_output(&self, bytes: &[u8], source: Option<(&Path, &File)>, dest: &Path, mode: ServeMode) -> Result<Served> {
+        let len = bytes.len() as u64;
         let dir = util::parent_dir(dest);
         let name = dest.file_name().context("output has no file name")?.to_string_lossy().into_owned();
         let tmp = dir.join(util::temp_name(&format!(".{name}.ltocache.")));
         let result = (|| -> Result<()> {
-            match mode {
-                ServeMode::HardLink => {
-                    std::fs::hard_link(&path, &tmp).with_context(|| format!("linking {}", tmp.display()))?
+            match (mode, source) {
+                (ServeMode::HardLink, Some((path, _))) => {
+                    std::fs::hard_link(path, &tmp).with_context(|| format!("linking {}", tmp.display()))?
                 }
-                ServeMode::Reflink | ServeMode::Copy => {
+                _ => {
                     let mut out = OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .open(&tmp)
                         .with_context(|| format!("creating {}", tmp.display()))?;
-                    if !(mode == ServeMode::Reflink && reflink(&file, &out)) {
-                        out.write_all(&map).with_context(|| format!("writing {}", tmp.display()))?;
+                    let cloned = match (mode, source) {
+                        (ServeMode::Reflink, Some((_, file))) => reflink(file, &out),
+                        _ => false,
+                    };
+                    if !cloned {
+                        out.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
                     }
                 }
             }
@@ -339,7 +387,7 @@ impl Store for LocalStore {
     }
 
     fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).exists()
+        self.blob_path(digest).exists() || self.zst_path(digest).exists()
     }
 
     fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<u64> {
@@ -350,6 +398,14 @@ impl Store for LocalStore {
             return Ok(0);
         }
         let tmp = self.ensure_tmp()?;
+        if let Some(level) = self.compression {
+            let packed = zstd::bulk::compress(data, level).context("compressing a blob")?;
+            // Incompressible outputs stay raw (and keep the mapped fast path).
+            if packed.len() < data.len() {
+                write_atomic(&tmp, &self.zst_path(digest), &packed)?;
+                return Ok(packed.len() as u64);
+            }
+        }
         write_atomic(&tmp, &self.blob_path(digest), data)?;
         Ok(data.len() as u64)
     }
@@ -390,6 +446,27 @@ mod tests {
             assert!(Entry::decode(&bad).is_err(), "flip at {i} undetected");
         }
         assert!(Entry::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn compressed_blobs_round_trip_and_verify() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(d.path()).with_compression(Some(3));
+        let data = b"ltocache ".repeat(1000);
+        let digest = *blake3::hash(&data).as_bytes();
+        let written = s.put_blob(&digest, &data).unwrap();
+        assert!(written < data.len() as u64 / 10, "{written}");
+        assert!(s.zst_path(&digest).exists() && !s.blob_path(&digest).exists());
+        let out = d.path().join("o");
+        assert_eq!(s.serve_blob(&digest, data.len() as u64, &out, ServeMode::Copy).unwrap(), Served::Written(9000));
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        // A damaged frame is detected and removed.
+        let mut packed = std::fs::read(s.zst_path(&digest)).unwrap();
+        let n = packed.len();
+        packed[n / 2] ^= 0x55;
+        std::fs::write(s.zst_path(&digest), packed).unwrap();
+        assert!(matches!(s.serve_blob(&digest, 9000, &out, ServeMode::Copy).unwrap(), Served::Unavailable(_)));
+        assert!(!s.has_blob(&digest));
     }
 
     #[test]

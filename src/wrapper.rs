@@ -140,7 +140,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
     batch.files = std::mem::take(&mut hasher.new_memos);
-    let store = LocalStore::new(&config.cache_dir.value);
+    let store = config.store();
     // A store we cannot write to (read-only mount, foreign permissions) still serves hits.
     let readonly = config.readonly.value || !store.writable();
     let fields_text = || key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect::<String>();

@@ -237,3 +237,29 @@ fn umask_and_setgid_directories_make_a_group_shared_cache() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("umask"));
 }
+
+#[test]
+fn compressed_store_serves_identical_objects() {
+    let f = Fixture::new();
+    let run = |f: &Fixture| {
+        for m in MODULES {
+            let mut c = f.ltocache();
+            c.env("LTOCACHE_COMPRESSION", "zstd:3").arg(CLANG).args(f.backend_args(m, &format!("{m}.final_o"), &[]));
+            ok(&mut c);
+        }
+    };
+    run(&f);
+    run(&f);
+    assert_eq!(f.stat("hits"), MODULES.len() as i64);
+    assert!(f.blob_files().iter().any(|p| p.to_string_lossy().ends_with(".zst")), "objects compress");
+    for m in MODULES {
+        assert_eq!(f.read(&format!("{m}.final_o")), f.fresh_object(m, &[]));
+    }
+    ok(f.ltocache().arg("verify"));
+    // An uncompressed reader (compression off) serves the compressed blobs too.
+    f.cached_backends(&[]);
+    assert_eq!(f.stat("hits"), 2 * MODULES.len() as i64);
+    // Bad settings are refused with a clear message.
+    let bad = f.ltocache().env("LTOCACHE_COMPRESSION", "zstd:99").arg("config").output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("compression"));
+}
