@@ -72,21 +72,28 @@ impl<'a> FileHasher<'a> {
     }
 
     fn hash_uncached(&mut self, path: &Path, want_asm: bool) -> Result<Hashed> {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
-        self.seen.push((path.to_path_buf(), stamp));
-
+        // The memo check needs only a stat; the file is opened when it must be read.
+        let stamp = FileStamp::of_path(path).with_context(|| format!("stat {}", path.display()))?;
         let memo = match self.db {
             Some(db) => db.lookup_file(&stamp).unwrap_or(None),
             None => None,
         };
-        if let Some(m) = memo.filter(|m| trusted(m)) {
+        if let Some(m) = memo.filter(trusted) {
             match (&m.asm, want_asm) {
-                (_, false) => return Ok(Hashed { stamp, digest: m.digest, asm: None }),
-                (Some(a), true) => return Ok(Hashed { stamp, digest: m.digest, asm: Some(decode_asm(a)) }),
+                (_, false) => {
+                    self.seen.push((path.to_path_buf(), stamp));
+                    return Ok(Hashed { stamp, digest: m.digest, asm: None });
+                }
+                (Some(a), true) => {
+                    self.seen.push((path.to_path_buf(), stamp));
+                    return Ok(Hashed { stamp, digest: m.digest, asm: Some(decode_asm(a)) });
+                }
                 (None, true) => {}
             }
         }
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
+        self.seen.push((path.to_path_buf(), stamp));
 
         let started = now_ns();
         let data = map_file(&file, stamp.size).with_context(|| format!("mapping {}", path.display()))?;
