@@ -3,7 +3,7 @@
 # Debian 12's clang-19, lld-19 and llvm-19 (llvm-bcanalyzer-19, opt-19, llvm-nm-19).
 set -euo pipefail
 need=()
-for tool in clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux; do
+for tool in clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux mkfs.xfs:xfsprogs filefrag:e2fsprogs; do
     bin=${tool%%:*} pkg=${tool##*:}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -263,3 +263,35 @@ fn compressed_store_serves_identical_objects() {
     let bad = f.ltocache().env("LTOCACHE_COMPRESSION", "zstd:99").arg("config").output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("compression"));
 }
+
+#[test]
+fn reflink_mode_shares_extents_on_xfs() {
+    // A real reflink-capable filesystem: XFS on a loop device, in a private
+    // mount namespace. The build directory and the cache both live on it.
+    let f = Fixture::new();
+    let img = f.dir.with_file_name("xfs.img");
+    std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    ok(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&img));
+    let mnt = f.dir.with_file_name("xfs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let args = |m: &str| f.backend_args(m, &format!("{m}.final_o"), &[]).join(" ");
+    let text = in_mount_namespace(
+        &f,
+        &format!(
+            "mount -o loop {img} {mnt}
+             cp -a . {mnt}/build && cd {mnt}/build
+             export LTOCACHE_DIR={mnt}/cache LTOCACHE_SERVE_MODE=reflink LTOCACHE_STATS_DIR={mnt}/stats
+             $L {CLANG} {vec}; rm vec.final_o; $L {CLANG} {vec}
+             cmp vec.final_o vec.fresh_o && echo same-bytes
+             filefrag -v vec.final_o | grep -q shared && echo extents-shared
+             $L stats --json",
+            img = img.display(),
+            mnt = mnt.display(),
+            vec = args("vec"),
+        )
+        .replace("cmp vec.final_o vec.fresh_o", &format!("{CLANG} {} && cmp vec.final_o vec.fresh_o", f.backend_args("vec", "vec.fresh_o", &[]).join(" "))),
+    );
+    assert_eq!(util::stat_of(&text, "hits"), 1, "{text}");
+    assert!(text.contains("same-bytes"), "{text}");
+    assert!(text.contains("extents-shared"), "a reflinked hit shares the blob's extents: {text}");
+}
