@@ -22,6 +22,12 @@ fn main() {
         ltocache::wrapper::run(compiler, argv.split_off(2));
     }
 
+    // Subcommands print to pipes (`ltocache stats | head`): a closed pipe ends
+    // the process quietly, as for any Unix tool, instead of panicking.
+    // SAFETY: restoring the default SIGPIPE disposition before any output.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = ltocache::cli::Cli::parse();
     if let Err(e) = ltocache::commands::run(cli.command) {
         eprintln!("ltocache: {e:#}");

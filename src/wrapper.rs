@@ -120,9 +120,15 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
 
     // Phase 1: the key.
     let mut hasher = FileHasher::new(db.as_ref());
+    if let Some(db) = &db {
+        db.begin_read();
+    }
     let key = crate::compiler::identity(&program, db.as_ref(), &mut batch)
         .map_err(KeyError::Internal)
         .and_then(|id| key::compute(inv, &id, &mut hasher, &|v| std::env::var(v).ok()));
+    if let Some(db) = &db {
+        db.end_read();
+    }
     let key = match key {
         Ok(k) => k,
         Err(KeyError::NotCacheable(reason)) => {
