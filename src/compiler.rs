@@ -21,16 +21,17 @@ pub fn resolve(name: &str) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Compare by (device, inode): one stat instead of resolving every symlink.
+    let me = std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino()));
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
         let candidate = dir.join(name);
         let Ok(meta) = std::fs::metadata(&candidate) else { continue };
-        use std::os::unix::fs::PermissionsExt;
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
             continue;
         }
-        if me.is_some() && candidate.canonicalize().ok() == me {
+        if me == Some((meta.dev(), meta.ino())) {
             continue;
         }
         return Ok(candidate);
@@ -77,9 +78,13 @@ fn decode_paths(stamps: &[u8]) -> Option<Vec<PathBuf>> {
 
 /// The compiler's identity digest, from the memo when every covered file
 /// still has the stamp it had; recomputed (and queued for the memo) otherwise.
+///
+/// The memo is keyed by the path as resolved from PATH, and its first tracked
+/// file is that path: `stat` follows the symlink, so retargeting it (or
+/// upgrading the binary behind it) changes the stamp. The steady state
+/// therefore resolves no symlinks at all.
 pub fn identity(compiler: &Path, db: Option<&Db>, batch: &mut Batch) -> Result<[u8; 32]> {
-    let real = compiler.canonicalize().with_context(|| format!("resolving {}", compiler.display()))?;
-    let key = real.to_string_lossy().into_owned();
+    let key = compiler.to_string_lossy().into_owned();
     if let Some(db) = db {
         if let Ok(Some((stamps, id))) = db.lookup_compiler(&key) {
             if let Some(paths) = decode_paths(&stamps) {
@@ -89,8 +94,10 @@ pub fn identity(compiler: &Path, db: Option<&Db>, batch: &mut Batch) -> Result<[
             }
         }
     }
+    let real = compiler.canonicalize().with_context(|| format!("resolving {}", compiler.display()))?;
     let libs = loaded_llvm_libraries(&real);
-    let files = tracked_files(&real, &libs);
+    let mut files = vec![compiler.to_path_buf()];
+    files.extend(tracked_files(&real, &libs));
     let stamps = encode_stamps(&files)?;
     let id = compute_identity(&real, &libs)?;
     // Only memoise if nothing changed while we were reading.

@@ -60,7 +60,6 @@ pub struct Batch {
     /// (key, entry file size, duration)
     pub stored_entry: Option<([u8; 32], u64, u64)>,
     pub stored_blobs: Vec<([u8; 32], u64)>,
-    pub used_entry: Option<[u8; 32]>,
     /// (output path, key, outcome, fields as text)
     pub last_compile: Option<(String, [u8; 32], String, String)>,
     pub estimate: Option<EstimateUpdate>,
@@ -157,8 +156,6 @@ impl Db {
         // rolls back), only a power cut can, and a corrupt file is rebuilt.
         // These are counters and memos, not the cache.
         conn.pragma_update(None, "synchronous", "OFF")?;
-        // Verify the file really is a database now rather than at first write.
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
         Ok(Db { conn, path: path.to_path_buf() })
     }
 
@@ -242,9 +239,6 @@ impl Db {
             for (digest, size) in &batch.stored_blobs {
                 tx.execute("INSERT OR IGNORE INTO blobs(digest, size) VALUES (?1, ?2)", params![&digest[..], *size as i64])?;
             }
-            if let Some(key) = &batch.used_entry {
-                tx.execute("UPDATE entries SET last_used_ns = ?2 WHERE key = ?1", params![&key[..], now])?;
-            }
             if let Some(EstimateUpdate::Add(dir, generation, b, f)) = &batch.estimate {
                 tx.execute(
                     "INSERT INTO store_estimate(cache_dir, scanned_ns, bytes, files) VALUES (?1, ?2, ?3, ?4)
@@ -262,7 +256,8 @@ impl Db {
                        prev_key = CASE WHEN key != excluded.key THEN key ELSE prev_key END,
                        prev_outcome = CASE WHEN key != excluded.key THEN outcome ELSE prev_outcome END,
                        prev_fields = CASE WHEN key != excluded.key THEN fields ELSE prev_fields END,
-                       key = excluded.key, outcome = excluded.outcome, fields = excluded.fields, at_ns = excluded.at_ns",
+                       key = excluded.key, outcome = excluded.outcome, fields = excluded.fields, at_ns = excluded.at_ns
+                     WHERE key != excluded.key OR outcome != excluded.outcome",
                     params![output, &key[..], outcome, fields, now],
                 )?;
             }

@@ -281,6 +281,16 @@ impl LocalStore {
                     }
                 }
             }
+            // Remove the old output first: renaming over an existing file makes
+            // ext4 (auto_da_alloc) flush the new file's data, about 0.6 ms per hit
+            // here. The build expects the output to be absent or being rewritten
+            // during its compile anyway.
+            match std::fs::remove_file(dest) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing the old {}", dest.display()))
+                }
+                _ => {}
+            }
             std::fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))
         })();
         if result.is_err() {

@@ -162,7 +162,6 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
                     batch.add("hits", 1);
                     batch.add("bytes_served", bytes as i64);
                     batch.add("ns_saved", entry.duration_ns as i64);
-                    batch.used_entry = Some(key.digest);
                     if !readonly {
                         store.touch_entry(&key.digest);
                     }
