@@ -339,6 +339,7 @@ class GroundTruth:
         except (FileNotFoundError, ValueError):
             self.incbin_memo = {}
         self.prev_ref = {}  # obj -> sha of the plain backend's object in the previous state
+        self.last_detail = {}  # obj -> signature parts of the previous state
 
     def incbins(self, root, obj, obj_sha):
         if obj_sha not in self.incbin_memo:
@@ -384,9 +385,18 @@ class GroundTruth:
     def required(self, sigs):
         return {m for m, s in sigs.items() if s not in self.seen.get(m, set())}
 
-    def commit(self, sigs):
+    def reasons(self, required, detail):
+        """For each required miss, which parts differ from the previous state ('new' if unseen)."""
+        out = {}
+        for m in required:
+            prev = self.last_detail.get(m)
+            out[m] = ["new"] if prev is None else [k for k in detail[m] if prev[k] != detail[m][k]]
+        return out
+
+    def commit(self, sigs, detail):
         for m, s in sigs.items():
             self.seen.setdefault(m, set()).add(s)
+        self.last_detail = detail
 
 
 def hits_from_log(path):
@@ -445,6 +455,11 @@ def cmd_backends(a):
         tl = dist.thin_link()
         sigs, detail = gt.signatures(dist, extra)
         required = gt.required(sigs)
+        reasons = gt.reasons(required, detail)
+        reason_counts = {}
+        for rs in reasons.values():
+            for r in rs:
+                reason_counts[r] = reason_counts.get(r, 0) + 1
 
         log(f"({label}) {desc}: {len(dist.bitcode)} backends; thin link {tl:.2f} s")
         ref = run_pass(dist, "ref", a.jobs, plain_env, extra)
@@ -520,7 +535,7 @@ def cmd_backends(a):
         if st.get("errors"):
             problems.append(f"({label}) errors: {st.get('errors')}")
 
-        gt.commit(sigs)
+        gt.commit(sigs, detail)
         row.update(
             wall=cached["wall"], cpu=cached["cpu"], hits=len(hits), misses=len(not_served),
             required=len(required), extra=len(extra_misses), missing=len(missing_misses),
@@ -533,11 +548,17 @@ def cmd_backends(a):
                                           "backend_seconds_saved", "backend_seconds_on_misses",
                                           "cache_entries", "cache_size_bytes")},
             required_sample=sorted(required)[:8],
+            reason_counts=reason_counts,
+            reasons={m: reasons[m] for m in sorted(reasons)[:20]} if len(reasons) <= 20 else None,
         )
         rows.append(row)
         log(f"    cache: {len(hits)} hits, {len(not_served)} misses (ground truth needs {len(required)}), "
             f"{cached['wall']:.1f} s wall, {cached['cpu']:.1f} s CPU; no cache {ref['wall']:.1f} s; "
             f"cmp diffs {row['cmp_diff']}; {sym}")
+        log(f"    why the ground truth needs misses (parts changed): {reason_counts}")
+        if len(reasons) <= 10:
+            for m in sorted(reasons):
+                log(f"      {m}: {', '.join(reasons[m])}")
         if st.get("uncacheable") or st.get("errors"):
             log(f"    stats: uncacheable {st.get('uncacheable')} errors {st.get('errors')}")
         return dist
@@ -562,6 +583,9 @@ def cmd_backends(a):
     configs_missed = "kernel/configs.o" in set(d.bitcode) and e_row["hits"] is not None and \
         "kernel/configs.thinlto-native.o" not in hits_from_log(os.path.join(logdir, "ltocache-e.log"))
     e_row["configs_o_missed"] = configs_missed
+    if (e_row.get("reasons") or {}).get("kernel/configs.o") != ["incbin"]:
+        problems.append(f"(e) expected kernel/configs.o to need a miss for its .incbin data alone, got "
+                        f"{(e_row.get('reasons') or {}).get('kernel/configs.o')}")
     if not configs_missed:
         problems.append("(e) kernel/configs.o was served from the cache after its .incbin data changed")
 
@@ -609,14 +633,16 @@ def print_backend_table(r):
     log(f"Kernel 6.1 tinyconfig (x86_64, 64BIT, LTO_CLANG_THIN, IKCONFIG), distributed backends, "
         f"-j{r['jobs']}; {r['clang']}; {r['ltocache']}")
     log("")
-    log("| scenario | backends | hits | misses | ground-truth misses | extra | objects changed | "
+    log("| scenario | backends | hits | misses | ground-truth misses (parts changed) | extra | objects changed | "
         "wall s | CPU s | no-cache wall s (same state) | speed-up (wall) | CPU vs no cache | cmp diffs |")
     log("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
         speed = x["nocache_wall"] / x["wall"] if x["wall"] else None
         cpu_ratio = x["cpu"] / x["nocache_cpu"] if x["nocache_cpu"] else None
+        why = ", ".join(f"{k} {v}" for k, v in sorted((x.get("reason_counts") or {}).items()))
         log(f"| ({x['label']}) {x['desc']} | {x['backends']} | {fmt(x['hits'], '{}')} | "
-            f"{fmt(x['misses'], '{}')} | {fmt(x['required'], '{}')} | {fmt(x.get('extra'), '{}')} | "
+            f"{fmt(x['misses'], '{}')} | {fmt(x['required'], '{}')}{f' ({why})' if why else ''} | "
+            f"{fmt(x.get('extra'), '{}')} | "
             f"{fmt(x['objects_changed'], '{}')} | {x['wall']:.2f} | {x['cpu']:.2f} | {x['nocache_wall']:.2f} | "
             f"{fmt(speed, '{:.1f}×')} | {fmt(cpu_ratio, '{:.1%}')} | {fmt(x.get('cmp_diff'), '{}')} |")
     log("")
@@ -625,6 +651,9 @@ def print_backend_table(r):
     h = r["hit_latency_ms"]
     log(f"Hit latency (all {h['n']} hits, -j{r['jobs']}, wrapper process start to exit): "
         f"p50 {h['p50']:.1f} ms, p90 {h['p90']:.1f} ms")
+    per = "; ".join(f"({x['label']}) {x['hit_p50_ms']:.1f}/{x['hit_p90_ms']:.1f}" for x in rows
+                    if x.get("hit_p50_ms") is not None)
+    log(f"Hit latency p50/p90 ms per scenario: {per}")
     for x in rows:
         if x.get("symbols"):
             log(f"({x['label']}) final ld.lld -r: {x['symbols']}")
@@ -679,7 +708,7 @@ def cmd_frontend(a):
             compiles = passthrough(ltocache, env) - before if v == "wrapped" else None
             results["full"][v] = {"wall": w, "cpu": c, "compiles": compiles}
             log(f"  full {v}: {w:.1f} s wall, {c:.1f} s CPU"
-                + (f", {compiles} compiles through the wrapper" if compiles is not None else ""))
+                + (f", {compiles} wrapper invocations" if compiles is not None else ""))
     else:
         # Bring both trees up to date (a CC change rebuilds everything once).
         for v, t in trees.items():
@@ -710,7 +739,7 @@ def cmd_frontend(a):
                 compiles = passthrough(ltocache, env) - before if v == "wrapped" else None
                 results["subset"][v].append({"wall": w, "cpu": c, "touched": n, "compiles": compiles})
                 log(f"  subset rep {rep} {v}: {w:.1f} s wall, {c:.1f} s CPU"
-                    + (f", {compiles} compiles through the wrapper" if compiles is not None else ""))
+                    + (f", {compiles} wrapper invocations" if compiles is not None else ""))
 
     # Per-exec cost: the wrapper in front of /bin/true with a real kernel command line,
     # against /bin/true alone and against `env true` (the floor for any exec'ing wrapper).
@@ -759,9 +788,10 @@ def print_frontend_table(r):
     log("")
     log(f"Front-end compiles, CC=clang-19 vs CC=\"ltocache clang-19\", -j{r['jobs']}")
     log("")
-    log("| build | compiles via wrapper | plain wall s | wrapped wall s | wall overhead | plain CPU s | "
-        "wrapped CPU s | CPU overhead |")
-    log("|---|---|---|---|---|---|---|---|")
+    if r["subset"]["plain"] or r["full"]:
+        log("| build | wrapper invocations | plain wall s | wrapped wall s | wall overhead | plain CPU s | "
+            "wrapped CPU s | CPU overhead |")
+        log("|---|---|---|---|---|---|---|---|")
     sub = r["subset"]
     if sub["plain"]:
         med = lambda xs, k: statistics.median(x[k] for x in xs)
