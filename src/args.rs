@@ -119,6 +119,7 @@ const SEPARATE_VALUE: &[&str] = &[
 /// driver) reads. `-fprofile-use=` may name a directory; see [`profile_path`].
 const FILE_FLAGS: &[&str] = &[
     "-fprofile-sample-use=",
+    "-fauto-profile=",
     "-fprofile-use=",
     "-fprofile-instr-use=",
     "-fprofile-instrument-use-path=",
@@ -141,7 +142,18 @@ const FILE_FLAGS: &[&str] = &[
 /// Flags that make the compile write files besides `-o` (or print
 /// non-reproducible text). Caching them would drop or fake those outputs.
 const EXTRA_OUTPUT_PREFIXES: &[&str] = &[
+    // All split-DWARF forms: even `=single` writes the -o name into the object.
     "-gsplit-dwarf",
+    "-split-dwarf",
+    "-opt-record",
+    "-stats-file",
+    "-ftest-coverage",
+    "--coverage",
+    "-fprofile-arcs",
+    "-coverage-",
+    "-header-include-file",
+    "-diagnostic-log-file",
+    "-dependency-dot",
     "-fsave-optimization-record",
     "-foptimization-record-file",
     "-ftime-trace",
@@ -161,7 +173,8 @@ const EXTRA_OUTPUT_PREFIXES: &[&str] = &[
 /// are hashed. Any other `-mllvm` option whose name suggests a file or an
 /// output makes the command uncacheable.
 const MLLVM_FILE_OPTIONS: &[&str] = &["-sample-profile-file", "-profile-file", "-import-cutoff-file"];
-const MLLVM_SUSPICIOUS: &[&str] = &["file", "path", "output", "dir", "list", "remarks", "stats", "time-passes", "print"];
+const MLLVM_SUSPICIOUS: &[&str] =
+    &["file", "path", "output", "dir", "list", "remarks", "stats", "time-passes", "print", "replay", "dump", "csv", "yaml"];
 
 /// Expands `@file` arguments the way clang does on Unix: GNU quoting, nested
 /// files resolved relative to the file that names them.
@@ -292,6 +305,17 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
                     // A cc1 option: the same rules as a driver option, plus
                     // `-load <plugin>` whose plugin is hashed.
                     refuse_flag(value)?;
+                    if value.starts_with("-emit-") {
+                        return Err(NotCacheable::NotACompile(format!("-Xclang {value}")));
+                    }
+                    if value == "-mllvm" {
+                        // `-Xclang -mllvm -Xclang <option>`: the same rules as `-mllvm <option>`.
+                        if let (Some(x), Some(opt)) = (args.get(i), args.get(i + 1)) {
+                            if x == "-Xclang" {
+                                mllvm_option(opt, &mut flag_files)?;
+                            }
+                        }
+                    }
                     if value == "-load" || value == "-plugin" || value == "-add-plugin" {
                         if value == "-load" {
                             match (args.get(i), args.get(i + 1)) {
@@ -342,6 +366,9 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
             if !d.is_empty() && !d.starts_with('-') {
                 asm_search_dirs.push(PathBuf::from(d));
             }
+        } else if arg == "-fprofile-use" || arg == "-fprofile-instr-use" {
+            // Without a value clang reads ./default.profdata.
+            flag_files.push(FlagFile { flag: format!("{arg}="), path: PathBuf::from("default.profdata") });
         } else if let Some(f) = file_flag(arg) {
             flag_files.push(f);
         } else if let Some(v) = arg.strip_prefix("-mllvm=") {
@@ -393,7 +420,6 @@ fn refuse_flag(arg: &str) -> Result<(), NotCacheable> {
         "-E" | "-S" | "-###" | "-M" | "-MM" | "-fsyntax-only" | "--analyze" | "-v" | "--verbose" | "-fdriver-only"
         | "-emit-ast" | "--precompile" => return Err(NotCacheable::NotACompile(arg.into())),
         "-fno-integrated-as" | "-no-integrated-as" => return Err(NotCacheable::UnsupportedOption(arg.into())),
-        "-gsplit-dwarf=single" => return Ok(()),
         _ => {}
     }
     if arg.starts_with("-save-temps") {
@@ -402,7 +428,7 @@ fn refuse_flag(arg: &str) -> Result<(), NotCacheable> {
     if arg.starts_with("-print-") || arg.starts_with("--print-") || arg.starts_with("-dump") {
         return Err(NotCacheable::NotACompile(arg.into()));
     }
-    if arg.starts_with("-working-directory") {
+    if arg.starts_with("-working-directory") || arg.contains("vfsoverlay") || arg.starts_with("--rsp-quoting") {
         return Err(NotCacheable::UnsupportedOption(arg.into()));
     }
     if EXTRA_OUTPUT_PREFIXES.iter().any(|p| arg.starts_with(p)) {
@@ -431,7 +457,37 @@ fn mllvm_option(value: &str, flag_files: &mut Vec<FlagFile>) -> Result<(), NotCa
     if MLLVM_SUSPICIOUS.iter().any(|s| lname.contains(s)) {
         return Err(NotCacheable::UnsupportedOption(format!("-mllvm {value}")));
     }
+    // Any other option whose value names an existing file may read it (LLVM
+    // has hundreds of options; their names do not say): hash its contents.
+    if !val.is_empty() && Path::new(val).is_file() {
+        flag_files.push(FlagFile { flag: format!("-mllvm {name}="), path: PathBuf::from(val) });
+    }
     Ok(())
+}
+
+/// A clang configuration file and every file it includes with `@file`
+/// (resolved relative to the including file), in reading order. Files that
+/// cannot be read are listed too: hashing them fails, which makes the
+/// command uncacheable rather than risky.
+pub fn config_closure(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() && out.len() < 64 {
+        let cur = out[i].clone();
+        i += 1;
+        let Ok(text) = std::fs::read_to_string(&cur) else { continue };
+        let text: String = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+        for tok in tokenize_gnu(&text) {
+            if let Some(name) = tok.strip_prefix('@') {
+                let p = Path::new(name);
+                let p = if p.is_relative() { cur.parent().unwrap_or(Path::new(".")).join(p) } else { p.to_path_buf() };
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Rewrites absolute paths under `base_dir` inside hashed arguments to paths
@@ -516,6 +572,18 @@ mod tests {
         assert_eq!(backend(&["-o", "x"]).unwrap_err(), NotCacheable::SeveralOutputs);
         assert_eq!(backend(&["-save-temps"]).unwrap_err(), NotCacheable::SaveTemps);
         assert_eq!(backend(&["-gsplit-dwarf"]).unwrap_err().code(), "extra_output");
+        assert_eq!(backend(&["-gsplit-dwarf=single"]).unwrap_err().code(), "extra_output");
+        assert_eq!(backend(&["-Xclang", "-split-dwarf-output", "-Xclang", "x.dwo"]).unwrap_err().code(), "extra_output");
+        assert_eq!(backend(&["-Xclang", "-opt-record-file", "-Xclang", "x.yaml"]).unwrap_err().code(), "extra_output");
+        assert_eq!(backend(&["-Xclang", "-emit-llvm-only"]).unwrap_err().code(), "not_a_compile");
+        assert_eq!(backend(&["--coverage"]).unwrap_err().code(), "extra_output");
+        assert_eq!(backend(&["-Xclang", "-ivfsoverlayov.yaml"]).unwrap_err().code(), "unsupported_option");
+        assert_eq!(backend(&["-ivfsoverlay", "ov.yaml"]).unwrap_err().code(), "unsupported_option");
+        assert_eq!(
+            backend(&["-Xclang", "-mllvm", "-Xclang", "-forceattrs-csv-path=x"]).unwrap_err().code(),
+            "unsupported_option"
+        );
+        assert_eq!(backend(&["-mllvm", "-cgscc-inline-replay=r.txt"]).unwrap_err().code(), "unsupported_option");
         assert_eq!(backend(&["-fno-integrated-as"]).unwrap_err().code(), "unsupported_option");
         assert_eq!(backend(&["-mllvm", "-pass-remarks-output=x"]).unwrap_err().code(), "unsupported_option");
         let no_x = analyze("clang", &s(&["-c", "-fthinlto-index=a.o.thinlto.bc", "a.o", "-o", "x"]));
@@ -536,6 +604,9 @@ mod tests {
         let b = backend(&["-fprofile-sample-use=p.prof", "-fsanitize-ignorelist=ign.txt", "--config", "x.cfg"]).unwrap();
         let paths: Vec<_> = b.flag_files.iter().map(|f| f.path.to_str().unwrap().to_string()).collect();
         assert_eq!(paths, s(&["p.prof", "ign.txt", "x.cfg"]));
+        let b = backend(&["-fauto-profile=a.prof", "-fprofile-use"]).unwrap();
+        let paths: Vec<_> = b.flag_files.iter().map(|f| f.path.to_str().unwrap().to_string()).collect();
+        assert_eq!(paths, s(&["a.prof", "default.profdata"]));
     }
 
     #[test]

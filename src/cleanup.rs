@@ -151,6 +151,16 @@ fn inventory(store: &LocalStore) -> Inventory {
     for path in list_shards(&store.root().join("entries")) {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         let Ok(data) = std::fs::read(&path) else { continue };
+        if Entry::format_of(&data).is_some_and(|f| f != crate::store::ENTRY_FORMAT) {
+            // Another version's entry: kept, evicted by age with no blob references known.
+            inv.entries.push(EntryInfo {
+                used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                size: meta.len(),
+                blobs: Vec::new(),
+                path,
+            });
+            continue;
+        }
         match Entry::decode(&data) {
             Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
                 inv.entries.push(EntryInfo {
@@ -356,6 +366,9 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
     for path in list_shards(&store.root().join("entries")) {
         r.entries += 1;
         let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if Entry::format_of(&data).is_some_and(|f| f != crate::store::ENTRY_FORMAT) {
+            continue; // another ltocache version's entry
+        }
         match Entry::decode(&data) {
             Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
                 if e.outputs.iter().any(|o| good_blobs.get(&o.digest) != Some(&o.size)) {

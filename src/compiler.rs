@@ -96,10 +96,18 @@ pub fn identity(compiler: &Path, db: Option<&Db>, batch: &mut Batch) -> Result<[
     }
     let real = compiler.canonicalize().with_context(|| format!("resolving {}", compiler.display()))?;
     let libs = loaded_llvm_libraries(&real);
+    let cfgs = default_config_files(compiler, &real);
     let mut files = vec![compiler.to_path_buf()];
     files.extend(tracked_files(&real, &libs));
+    // The invoked path's directory too (clang looks there with
+    // -no-canonical-prefixes), and every config file, whose edits in place
+    // change no directory's mtime.
+    if let Some(dir) = compiler.parent().filter(|d| Some(*d) != real.parent()) {
+        files.push(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() });
+    }
+    files.extend(cfgs.iter().filter(|p| p.exists()).cloned());
     let stamps = encode_stamps(&files)?;
-    let id = compute_identity(&real, &libs)?;
+    let id = compute_identity(&real, &libs, &cfgs)?;
     // Only memoise if nothing changed while we were reading.
     if encode_stamps(&files)? == stamps {
         batch.compiler = Some((key, stamps, id));
@@ -127,7 +135,33 @@ fn loaded_llvm_libraries(real: &Path) -> Vec<PathBuf> {
     libs
 }
 
-fn compute_identity(real: &Path, libs: &[PathBuf]) -> Result<[u8; 32]> {
+/// Default configuration files clang may load: `*.cfg` beside the real binary
+/// and beside the invoked path, with everything they `@include`.
+fn default_config_files(invoked: &Path, real: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = real.parent().map(Path::to_path_buf).into_iter().collect();
+    if let Some(d) = invoked.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dirs.iter().any(|x| x == d) {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        let mut cfgs: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cfg")).collect())
+            .unwrap_or_default();
+        cfgs.sort();
+        for cfg in cfgs {
+            for f in crate::args::config_closure(&cfg) {
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn compute_identity(real: &Path, libs: &[PathBuf], cfgs: &[PathBuf]) -> Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     h.update(b"ltocache-compiler-v1\0");
     let add_file = |h: &mut blake3::Hasher, tag: &str, p: &Path| -> Result<()> {
@@ -141,16 +175,14 @@ fn compute_identity(real: &Path, libs: &[PathBuf]) -> Result<[u8; 32]> {
     for lib in libs {
         add_file(&mut h, "library", lib)?;
     }
-    // Default configuration files live next to the binary (`clang.cfg`,
-    // `<triple>-clang.cfg`, ...): any of them changes what the driver does.
-    if let Some(dir) = real.parent() {
-        let mut cfgs: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cfg")).collect())
-            .unwrap_or_default();
-        cfgs.sort();
-        for cfg in cfgs {
-            h.update(cfg.file_name().unwrap().as_bytes());
-            add_file(&mut h, "config", &cfg)?;
+    // Default configuration files (`clang.cfg`, `<triple>-clang.cfg`, ...) and
+    // their includes: any of them changes what the driver does.
+    for cfg in cfgs {
+        h.update(cfg.as_os_str().as_bytes());
+        if cfg.exists() {
+            add_file(&mut h, "config", cfg)?;
+        } else {
+            h.update(b"absent");
         }
     }
     let out = Command::new(real).arg("--version").output().with_context(|| format!("running {} --version", real.display()))?;

@@ -9,7 +9,7 @@
 
 use crate::shard::{self, AsmRef};
 use crate::stats::{Db, FileMemo};
-use crate::util::{map_file, now_ns, FileStamp};
+use crate::util::{now_ns, FileStamp};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::collections::HashMap;
@@ -72,8 +72,10 @@ impl<'a> FileHasher<'a> {
     }
 
     fn hash_uncached(&mut self, path: &Path, want_asm: bool) -> Result<Hashed> {
-        // The memo check needs only a stat; the file is opened when it must be read.
-        let stamp = FileStamp::of_path(path).with_context(|| format!("stat {}", path.display()))?;
+        // open + fstat, not stat: on NFS, open revalidates the attributes
+        // (close-to-open consistency) where stat may answer from a stale cache.
+        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
         let memo = match self.db {
             Some(db) => db.lookup_file(&stamp).unwrap_or(None),
             None => None,
@@ -91,12 +93,13 @@ impl<'a> FileHasher<'a> {
                 (None, true) => {}
             }
         }
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
         self.seen.push((path.to_path_buf(), stamp));
 
         let started = now_ns();
-        let data = map_file(&file, stamp.size).with_context(|| format!("mapping {}", path.display()))?;
+        // read, not mmap: a build that truncates an input while we hash it
+        // must not kill us with SIGBUS (the stamp check below catches it).
+        let mut data = Vec::with_capacity(stamp.size as usize);
+        std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
         let digest = *blake3::hash(&data).as_bytes();
         self.bytes_hashed += data.len() as u64;
         let asm = if want_asm { Some(shard::asm_refs(&data).with_context(|| path.display().to_string())?) } else { None };
@@ -127,6 +130,10 @@ fn encode_asm(refs: &[AsmRef]) -> Vec<u8> {
                 out.push(b'F');
                 out.extend_from_slice(name);
             }
+            AsmRef::Include(name) => {
+                out.push(b'I');
+                out.extend_from_slice(name);
+            }
             AsmRef::Unresolvable(text) => {
                 out.push(b'U');
                 out.extend(text.bytes().filter(|&b| b != 0));
@@ -142,6 +149,7 @@ fn decode_asm(data: &[u8]) -> Vec<AsmRef> {
         .filter(|s| !s.is_empty())
         .map(|s| match s[0] {
             b'F' => AsmRef::File(s[1..].to_vec()),
+            b'I' => AsmRef::Include(s[1..].to_vec()),
             _ => AsmRef::Unresolvable(String::from_utf8_lossy(&s[1..]).into_owned()),
         })
         .collect()
@@ -153,7 +161,11 @@ mod tests {
 
     #[test]
     fn asm_memo_round_trips() {
-        let refs = vec![AsmRef::File(b"a/b.bin".to_vec()), AsmRef::Unresolvable(".incbin \\f".into())];
+        let refs = vec![
+            AsmRef::File(b"a/b.bin".to_vec()),
+            AsmRef::Include(b"m.s".to_vec()),
+            AsmRef::Unresolvable(".incbin \\f".into()),
+        ];
         assert_eq!(decode_asm(&encode_asm(&refs)), refs);
         assert!(decode_asm(&encode_asm(&[])).is_empty());
     }

@@ -21,27 +21,39 @@ pub fn exec_compiler(compiler: &str, args: &[OsString]) -> ! {
 
 pub struct Finished {
     pub status: ExitStatus,
+    pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub duration: Duration,
 }
 
-/// Runs the compiler with stdin and stdout inherited and stderr captured.
+/// Runs the compiler with stdin inherited and stdout and stderr captured
+/// (both are printed by the caller; stdout output makes the result uncacheable).
 pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Finished> {
     let start = Instant::now();
     let mut child = Command::new(program)
         .arg0(arg0)
         .args(args)
         .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
+    // Read stdout on a thread so neither pipe can fill up and stall clang.
+    let out_pipe = child.stdout.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut p) = out_pipe {
+            let _ = p.read_to_end(&mut v);
+        }
+        v
+    });
     let mut stderr = Vec::new();
     if let Some(mut pipe) = child.stderr.take() {
         pipe.read_to_end(&mut stderr).context("reading the compiler's stderr")?;
     }
+    let stdout = out_thread.join().unwrap_or_default();
     let status = child.wait().context("waiting for the compiler")?;
-    Ok(Finished { status, stderr, duration: start.elapsed() })
+    Ok(Finished { status, stdout, stderr, duration: start.elapsed() })
 }
 
 /// Exits the way the compiler did: same code, or the same signal.

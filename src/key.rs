@@ -159,43 +159,67 @@ pub fn compute(
     // Files named by flags.
     for f in &inv.flag_files {
         let path = profile_path(f);
-        let h = hasher.hash(&path, false).map_err(|e| unreadable(&path, e))?;
-        k.digest_field(&format!("file:{}", f.flag), &h.digest);
+        // A config file's `@includes` are read too.
+        let files = if f.flag.starts_with("--config") { crate::args::config_closure(&path) } else { vec![path] };
+        for (i, path) in files.iter().enumerate() {
+            let h = hasher.hash(path, false).map_err(|e| unreadable(path, e))?;
+            let tag = if i == 0 { format!("file:{}", f.flag) } else { format!("file:{}@{i}", f.flag) };
+            k.digest_field(&tag, &h.digest);
+        }
     }
 
     // Files pulled in by `.incbin`/`.include`. The assembler tries the name as
     // given (relative to the current directory), then each search directory;
     // hashing every candidate's presence and contents makes the key change
     // when which file wins would change.
-    asm_refs.dedup();
-    for r in &asm_refs {
-        match r {
+    // `.include`d assembly is scanned in turn (to a fixed depth): a nested
+    // `.incbin` must be covered too.
+    let mut queue: std::collections::VecDeque<(AsmRef, usize)> = asm_refs.into_iter().map(|r| (r, 0)).collect();
+    let mut done: Vec<AsmRef> = Vec::new();
+    while let Some((r, depth)) = queue.pop_front() {
+        if done.contains(&r) {
+            continue;
+        }
+        done.push(r.clone());
+        let (name, is_include) = match &r {
             AsmRef::Unresolvable(text) => {
                 return Err(KeyError::NotCacheable(NotCacheable::UnresolvedAsmInclude(text.clone())));
             }
-            AsmRef::File(name) => {
-                let rel = PathBuf::from(std::ffi::OsStr::from_bytes(name));
-                let mut candidates = vec![rel.clone()];
-                if rel.is_relative() {
-                    candidates.extend(inv.asm_search_dirs.iter().map(|d| d.join(&rel)));
-                }
-                let mut found = false;
-                for (i, c) in candidates.iter().enumerate() {
-                    let tag = format!("asm-include:{}#{i}", String::from_utf8_lossy(name));
-                    if c.exists() {
-                        let h = hasher.hash(c, false).map_err(|e| unreadable(c, e))?;
-                        k.digest_field(&tag, &h.digest);
-                        found = true;
-                    } else {
-                        k.field(&tag, b"absent");
+            AsmRef::File(name) => (name, false),
+            AsmRef::Include(name) => (name, true),
+        };
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(name));
+        let mut candidates = vec![rel.clone()];
+        if rel.is_relative() {
+            candidates.extend(inv.asm_search_dirs.iter().map(|d| d.join(&rel)));
+        }
+        let mut found = false;
+        for (i, c) in candidates.iter().enumerate() {
+            let tag = format!("asm-include:{}#{i}", String::from_utf8_lossy(name));
+            if c.exists() {
+                let h = hasher.hash(c, false).map_err(|e| unreadable(c, e))?;
+                k.digest_field(&tag, &h.digest);
+                if is_include && !found {
+                    if depth >= 8 {
+                        return Err(KeyError::NotCacheable(NotCacheable::UnresolvedAsmInclude(format!(
+                            "{}: .include nests too deeply",
+                            c.display()
+                        ))));
                     }
+                    let text = std::fs::read(c).map_err(|e| unreadable(c, e.into()))?;
+                    let mut nested = Vec::new();
+                    shard::scan_asm(&text, &mut nested);
+                    queue.extend(nested.into_iter().map(|n| (n, depth + 1)));
                 }
-                if !found {
-                    return Err(KeyError::NotCacheable(NotCacheable::UnresolvedAsmInclude(
-                        String::from_utf8_lossy(name).into_owned(),
-                    )));
-                }
+                found = true;
+            } else {
+                k.field(&tag, b"absent");
             }
+        }
+        if !found {
+            return Err(KeyError::NotCacheable(NotCacheable::UnresolvedAsmInclude(
+                String::from_utf8_lossy(name).into_owned(),
+            )));
         }
     }
     Ok(k.finish())

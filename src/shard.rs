@@ -104,7 +104,10 @@ pub fn read_shard(data: &[u8]) -> Result<Shard> {
 /// A file that assembly in a module pulls in (`.incbin "f"` or `.include "f"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AsmRef {
+    /// `.incbin "f"`: bytes pulled into the object.
     File(Vec<u8>),
+    /// `.include "f"`: more assembly, which may have directives of its own.
+    Include(Vec<u8>),
     /// A directive whose operand is not a plain string literal (macro argument,
     /// symbol, ...): we cannot tell what it reads, so the command is uncacheable.
     Unresolvable(String),
@@ -178,6 +181,7 @@ pub fn scan_asm(text: &[u8], out: &mut Vec<AsmRef>) {
                 i += 1;
             }
             match parse_string_literal(&text[i..]) {
+                Some(name) if !name.is_empty() && directive == b".include" => out.push(AsmRef::Include(name)),
                 Some(name) if !name.is_empty() => out.push(AsmRef::File(name)),
                 _ => out.push(AsmRef::Unresolvable(
                     String::from_utf8_lossy(&text[pos..text.len().min(pos + 80)]).into_owned(),
@@ -245,7 +249,7 @@ mod tests {
     fn finds_incbin_with_literal_name() {
         assert_eq!(refs("\t.incbin \"kernel/config_data.gz\"\n"), vec![AsmRef::File(b"kernel/config_data.gz".to_vec())]);
         assert_eq!(refs(".INCBIN \"a\\\\b\", 4, 8"), vec![AsmRef::File(b"a\\b".to_vec())]);
-        assert_eq!(refs(".include \"macros.s\""), vec![AsmRef::File(b"macros.s".to_vec())]);
+        assert_eq!(refs(".include \"macros.s\""), vec![AsmRef::Include(b"macros.s".to_vec())]);
     }
 
     #[test]

@@ -79,6 +79,11 @@ impl Entry {
         out
     }
 
+    /// The format version of an entry file, if it has our magic.
+    pub fn format_of(data: &[u8]) -> Option<u32> {
+        (data.len() >= 12 && &data[..8] == ENTRY_MAGIC).then(|| u32::from_le_bytes(data[8..12].try_into().unwrap()))
+    }
+
     pub fn decode(data: &[u8]) -> Result<Entry> {
         ensure!(data.len() >= 16 + 32, "entry too short");
         ensure!(&data[..8] == ENTRY_MAGIC, "bad entry magic");
@@ -260,10 +265,10 @@ impl LocalStore {
         let tmp = dir.join(util::temp_name(&format!(".{name}.ltocache.")));
         let result = (|| -> Result<()> {
             match (mode, source) {
-                (ServeMode::HardLink, Some((path, _))) => {
-                    std::fs::hard_link(path, &tmp).with_context(|| format!("linking {}", tmp.display()))?
-                }
+                (ServeMode::HardLink, Some((path, _))) if std::fs::hard_link(path, &tmp).is_ok() => {}
                 _ => {
+                    // Copy (also the fallback when a hard link is impossible:
+                    // another filesystem, or no permission).
                     let mut out = OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -312,7 +317,14 @@ impl LocalStore {
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < std::time::Duration::from_secs(60));
         if !recent {
-            let _ = f.set_modified(std::time::SystemTime::now());
+            use std::os::fd::AsRawFd;
+            // futimens(fd, NULL): "now" by the file's own clock (the server's
+            // on NFS), allowed to any user with write access, unlike setting
+            // an explicit time, which only the owner may do.
+            // SAFETY: a valid descriptor we own; NULL means "set both to now".
+            unsafe {
+                libc::futimens(f.as_raw_fd(), std::ptr::null());
+            }
         }
     }
 
@@ -379,6 +391,11 @@ impl Store for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Miss),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        // Another ltocache version sharing the store wrote this: a miss, and
+        // its file is left for that version (the key version differs anyway).
+        if Entry::format_of(&data).is_some_and(|f| f != ENTRY_FORMAT) {
+            return Ok(Lookup::Miss);
+        }
         match Entry::decode(&data) {
             Ok(entry) if &entry.key == key => Ok(Lookup::Hit(entry)),
             Ok(_) => {

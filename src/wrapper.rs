@@ -118,6 +118,19 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         }
     };
 
+    // The output must be a regular file or absent: a device (`-o /dev/null`)
+    // would be replaced on a hit, and its "contents" are not the object.
+    let output_before = match std::fs::symlink_metadata(&inv.output) {
+        Ok(m) if !m.is_file() => {
+            let reason = NotCacheable::UnsupportedOption(format!("output {} is not a regular file", inv.output.display()));
+            batch.add(&format!("uncacheable.{}", reason.code()), 1);
+            finish(db, &batch);
+            exec::exec_compiler(&inv.compiler, args);
+        }
+        Ok(m) => Some(crate::util::FileStamp::of(&m)),
+        Err(_) => None,
+    };
+
     // Phase 1: the key.
     let mut hasher = FileHasher::new(db.as_ref());
     if let Some(db) = &db {
@@ -200,6 +213,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             exec::exec_compiler(&inv.compiler, args);
         }
     };
+    let _ = std::io::stdout().write_all(&finished.stdout);
     let _ = std::io::stderr().write_all(&finished.stderr);
     if !finished.status.success() {
         batch.add("compile_failed", 1);
@@ -217,6 +231,14 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     } else if let Some(changed) = hasher.unchanged_since_hashing() {
         log.log(&format!("{} changed during the compile: not stored", changed.display()));
         batch.add("uncacheable.input_changed_during_compile", 1);
+    } else if !finished.stdout.is_empty() {
+        // A hit replays stderr only; a compile that printed to stdout is not stored.
+        batch.add("uncacheable.wrote_stdout", 1);
+    } else if !written_by_compile(&inv.output, output_before) {
+        // The object at -o is not one this compile wrote (e.g. a cc1 option
+        // suppressed the object): storing it would serve a stale file.
+        log.log(&format!("{} was not written by the compile: not stored", inv.output.display()));
+        batch.add("uncacheable.output_not_written", 1);
     } else {
         match store_outputs(&store, inv, &key.digest, &finished) {
             Ok((entry_size, blobs)) => {
@@ -284,6 +306,14 @@ fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, db: Option<&
             log.log(&format!("cleanup failed: {e:#}"));
             batch.add("errors.cleanup", 1);
         }
+    }
+}
+
+/// True when `output` is a regular file that the compile created or replaced.
+fn written_by_compile(output: &Path, before: Option<crate::util::FileStamp>) -> bool {
+    match std::fs::symlink_metadata(output) {
+        Ok(m) if m.is_file() => before != Some(crate::util::FileStamp::of(&m)),
+        _ => false,
     }
 }
 

@@ -1,0 +1,146 @@
+//! Regression tests for stale hits and broken builds found in review, each
+//! named after the bug it pins down. Every one of them failed before its fix.
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+use util::{ok, Fixture, CLANG};
+
+#[test]
+fn fauto_profile_alias_file_is_hashed() {
+    let f = Fixture::new();
+    f.write("sp.txt", "vec_sum:1000:10\n 1: 100\n");
+    let flags = ["-fauto-profile=sp.txt"];
+    f.cached_backend("vec", &flags);
+    f.write("sp.txt", "vec_max:1000:10\n 1: 100\n");
+    f.cached_backend("vec", &flags);
+    assert_eq!(f.stat("misses"), 2, "an edited -fauto-profile file must miss");
+    assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &flags));
+}
+
+#[test]
+fn bare_fprofile_use_reads_default_profdata() {
+    let f = Fixture::new();
+    // No default.profdata: clang fails, and so must the wrapped compile (no hit).
+    let out = f.cached_backend("vec", &["-fprofile-use"]);
+    assert!(!out.status.success());
+    assert_eq!(f.stat("unreadable_input"), 1);
+}
+
+#[test]
+fn mllvm_replay_file_option_is_not_cached_blindly() {
+    let f = Fixture::new();
+    f.write("replay.txt", "");
+    let flags = ["-mllvm", "-cgscc-inline-replay=replay.txt"];
+    let out = f.cached_backend("main", &flags);
+    assert!(out.status.success());
+    assert_eq!(f.stat("unsupported_option"), 1);
+    assert!(f.entry_files().is_empty());
+}
+
+#[test]
+fn dev_null_output_is_never_stored_or_replaced() {
+    let f = Fixture::new();
+    let mut c = f.ltocache();
+    c.arg(CLANG).args(f.backend_args("vec", "/dev/null", &[]));
+    ok(&mut c);
+    assert!(f.entry_files().is_empty(), "a /dev/null compile must not be stored");
+    f.cached_backend("vec", &[]);
+    assert_eq!(f.stat("hits"), 0);
+    assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &[]));
+    let meta = std::fs::metadata("/dev/null").unwrap();
+    assert!(!meta.is_file(), "/dev/null is still a device");
+}
+
+#[test]
+fn config_file_includes_are_hashed() {
+    let f = Fixture::new();
+    f.write("my.cfg", "@inner.cfg\n");
+    f.write("inner.cfg", "-ffunction-sections\n");
+    let flags = ["--config=./my.cfg"];
+    f.cached_backend("vec", &flags);
+    f.write("inner.cfg", "-fdata-sections\n");
+    f.cached_backend("vec", &flags);
+    assert_eq!(f.stat("misses"), 2, "an edited @included config must miss");
+    assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &flags));
+}
+
+#[test]
+fn default_config_beside_a_symlinked_compiler_is_hashed() {
+    let f = Fixture::new();
+    let bin = f.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink("/usr/lib/llvm-19/bin/clang", bin.join("clang-19")).unwrap();
+    std::fs::write(bin.join("clang.cfg"), "-ffunction-sections\n").unwrap();
+    let run = |f: &Fixture| {
+        let mut c = f.ltocache();
+        c.arg(bin.join("clang-19")).arg("-no-canonical-prefixes").args(f.backend_args("vec", "vec.final_o", &[]));
+        ok(&mut c);
+    };
+    run(&f);
+    std::fs::write(bin.join("clang.cfg"), "-fdata-sections\n").unwrap();
+    run(&f);
+    assert_eq!(f.stat("misses"), 2, "an edited default config must miss");
+}
+
+#[test]
+fn incbin_inside_an_included_asm_file_is_hashed() {
+    let f = Fixture::new();
+    f.write("nest.c", "__asm__(\".section .rodata\\n.include \\\"inc.s\\\"\\n.text\\n\");\nint nest(void) { return 1; }\n");
+    f.write("inc.s", ".incbin \"nested.bin\"\n");
+    f.write("nested.bin", "AAAA");
+    ok(Command::new(CLANG).current_dir(&f.dir).args(["-O2", "-flto=thin", "-c", "nest.c", "-o", "nest.o"]));
+    ok(Command::new(CLANG)
+        .current_dir(&f.dir)
+        .args(["-fuse-ld=lld", "-flto=thin", "-shared", "-Wl,--thinlto-index-only", "-o", "nest.so", "nest.o"]));
+    f.cached_backend("nest", &[]);
+    f.write("nested.bin", "BBBB");
+    f.cached_backend("nest", &[]);
+    assert_eq!(f.stat("misses"), 2, "a nested .incbin change must miss");
+    assert_eq!(f.read("nest.final_o"), f.fresh_object("nest", &[]));
+}
+
+#[test]
+fn a_hit_by_another_user_records_last_use() {
+    let f = Fixture::new();
+    f.cached_backend("vec", &[]);
+    let entry = f.entry_files().pop().unwrap();
+    std::fs::File::options().append(true).open(&entry).unwrap().set_modified(SystemTime::now() - Duration::from_secs(86400)).unwrap();
+    // A group-shared cache: everything writable by others, used by uid 65534.
+    ok(Command::new("chmod").args(["-R", "a+rwX"]).arg(f.dir.parent().unwrap()));
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(util::ltocache_bin())
+        .arg(CLANG)
+        .args(f.backend_args("vec", "vec.other_o", &[]))
+        .current_dir(&f.dir)
+        .env("LTOCACHE_DIR", &f.cache)
+        .env("LTOCACHE_STATS_DIR", f.dir.join("other-stats"));
+    ok(&mut c);
+    let age = std::fs::metadata(&entry).unwrap().modified().unwrap().elapsed().unwrap();
+    assert!(age < Duration::from_secs(600), "the hit must have touched the entry (age {age:?})");
+    assert_eq!(f.read("vec.other_o"), f.fresh_object("vec", &[]));
+}
+
+#[test]
+fn a_compile_that_prints_to_stdout_is_not_stored() {
+    // Behaviour that does not depend on clang: a fake backend that prints.
+    let f = Fixture::new();
+    let fake = f.dir.join("printcc");
+    std::fs::write(
+        &fake,
+        "#!/bin/bash\nfor a in \"$@\"; do [ \"$a\" = --version ] && { echo printcc; exit 0; }; done\n\
+         out=\"\"; prev=\"\"; for a in \"$@\"; do [ \"$prev\" = -o ] && out=$a; prev=$a; done\necho 'statistics on stdout'\necho obj > \"$out\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for _ in 0..2 {
+        let out = f.cached_backend_with(&fake, "vec", &[]);
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "statistics on stdout\n", "stdout passes through");
+    }
+    assert_eq!(f.stat("hits"), 0, "what a hit cannot replay is not stored");
+    assert_eq!(f.stat("wrote_stdout"), 2);
+}
