@@ -79,9 +79,12 @@ impl Entry {
         out
     }
 
-    /// The format version of an entry file, if it has our magic.
+    /// The format version of an entry file, if it has our magic and a
+    /// plausible version (garbage after the magic is corruption, not a version).
     pub fn format_of(data: &[u8]) -> Option<u32> {
-        (data.len() >= 12 && &data[..8] == ENTRY_MAGIC).then(|| u32::from_le_bytes(data[8..12].try_into().unwrap()))
+        (data.len() >= 12 && &data[..8] == ENTRY_MAGIC)
+            .then(|| u32::from_le_bytes(data[8..12].try_into().unwrap()))
+            .filter(|&f| f <= 0xffff)
     }
 
     pub fn decode(data: &[u8]) -> Result<Entry> {
