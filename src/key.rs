@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// Any change to what goes into the key, or how, must bump this: old entries
 /// then simply stop matching instead of being served under new rules.
-pub const KEY_VERSION: u32 = 1;
+pub const KEY_VERSION: u32 = 2;
 
 /// Environment variables that change what the clang driver does.
 const HASHED_ENV: &[&str] = &["CCC_OVERRIDE_OPTIONS", "CLANG_NO_DEFAULT_CONFIG", "CCC_ADD_ARGS"];

@@ -528,6 +528,20 @@ mod tests {
     }
 
     #[test]
+    fn another_versions_entry_is_a_miss_and_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(d.path());
+        let e = sample();
+        s.put_entry(&e).unwrap();
+        let path = s.entry_path(&e.key);
+        let mut data = std::fs::read(&path).unwrap();
+        data[8] = 2; // format 2, as a newer ltocache sharing the store would write
+        std::fs::write(&path, &data).unwrap();
+        assert!(matches!(s.get_entry(&e.key).unwrap(), Lookup::Miss));
+        assert!(path.exists(), "another version's entry is left alone");
+    }
+
+    #[test]
     fn corrupt_blob_is_removed_and_unavailable() {
         let d = tempfile::tempdir().unwrap();
         let s = LocalStore::new(d.path());
