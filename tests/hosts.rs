@@ -37,6 +37,7 @@ fn four_hosts_share_one_directory_under_a_size_limit() {
                 .env("L", util::ltocache_bin())
                 .env("LTOCACHE_DIR", &f.cache)
                 .env("LTOCACHE_MAXSIZE", LIMIT.to_string())
+                .env("LTOCACHE_COMPRESSION", "off")
                 .env_remove("LTOCACHE_STATS_DIR")
                 .env_remove("LTOCACHE_RECACHE")
                 .env_remove("LTOCACHE_READONLY")

@@ -132,6 +132,7 @@ fn in_mount_namespace(f: &Fixture, script: &str) -> String {
         .current_dir(&f.dir)
         .env("LTOCACHE_DIR", &f.cache)
         .env("L", util::ltocache_bin())
+        .env("LTOCACHE_COMPRESSION", "off")
         .env_remove("LTOCACHE_READONLY")
         .env_remove("LTOCACHE_STATS_DIR")
         .output()
@@ -244,7 +245,8 @@ fn compressed_store_serves_identical_objects() {
     let run = |f: &Fixture| {
         for m in MODULES {
             let mut c = f.ltocache();
-            c.env("LTOCACHE_COMPRESSION", "zstd:3").arg(CLANG).args(f.backend_args(m, &format!("{m}.final_o"), &[]));
+            // The default (no setting) compresses.
+            c.env_remove("LTOCACHE_COMPRESSION").arg(CLANG).args(f.backend_args(m, &format!("{m}.final_o"), &[]));
             ok(&mut c);
         }
     };
@@ -256,6 +258,7 @@ fn compressed_store_serves_identical_objects() {
         assert_eq!(f.read(&format!("{m}.final_o")), f.fresh_object(m, &[]));
     }
     ok(f.ltocache().arg("verify"));
+    assert!(String::from_utf8(ok(f.ltocache().env_remove("LTOCACHE_COMPRESSION").arg("config")).stdout).unwrap().contains("zstd:1"));
     // An uncompressed reader (compression off) serves the compressed blobs too.
     f.cached_backends(&[]);
     assert_eq!(f.stat("hits"), 2 * MODULES.len() as i64);

@@ -153,6 +153,9 @@ impl Fixture {
             .env_remove("LTOCACHE_READONLY")
             .env_remove("LTOCACHE_RECACHE")
             .env_remove("LTOCACHE_STATS_DIR")
+            // Raw blobs, so tests can damage and inspect them byte for byte;
+            // compression has its own tests.
+            .env("LTOCACHE_COMPRESSION", "off")
             .env("LTOCACHE_LOGFILE", self.cache.with_file_name("ltocache.log"));
         c
     }
