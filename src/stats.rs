@@ -83,6 +83,10 @@ pub struct Estimate {
 
 impl Batch {
     pub fn add(&mut self, name: &str, n: i64) {
+        // A zero would cost an UPSERT in the commit and change nothing.
+        if n == 0 {
+            return;
+        }
         *self.counters.entry(name.to_string()).or_insert(0) += n;
     }
 }
