@@ -2,6 +2,7 @@
 # Installs the toolchain ltocache's tests, demo and benchmarks run against:
 # Debian 12's clang-19, lld-19 and llvm-19 (llvm-bcanalyzer-19, opt-19, llvm-nm-19).
 set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
 for tool in clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux mkfs.xfs:xfsprogs filefrag:e2fsprogs; do
     bin=${tool%%:*} pkg=${tool##*:}

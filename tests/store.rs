@@ -125,9 +125,16 @@ fn verify_reports_and_fixes_broken_files() {
     }
 }
 
+/// PATH with the system directories a non-login root shell may lack
+/// (mkfs.xfs and filefrag live in /usr/sbin).
+fn path_with_sbin() -> String {
+    format!("{}:/usr/local/sbin:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default())
+}
+
 /// Runs a shell script in a private mount namespace (so mounts vanish with it).
 fn in_mount_namespace(f: &Fixture, script: &str) -> String {
     let out = Command::new("unshare")
+        .env("PATH", path_with_sbin())
         .args(["-m", "--propagation", "private", "bash", "-euo", "pipefail", "-c", script])
         .current_dir(&f.dir)
         .env("LTOCACHE_DIR", &f.cache)
@@ -274,7 +281,7 @@ fn reflink_mode_shares_extents_on_xfs() {
     let f = Fixture::new();
     let img = f.dir.with_file_name("xfs.img");
     std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
-    ok(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&img));
+    ok(Command::new("mkfs.xfs").env("PATH", path_with_sbin()).args(["-q", "-m", "reflink=1"]).arg(&img));
     let mnt = f.dir.with_file_name("xfs");
     std::fs::create_dir_all(&mnt).unwrap();
     let args = |m: &str| f.backend_args(m, &format!("{m}.final_o"), &[]).join(" ");
