@@ -305,3 +305,18 @@ fn reflink_mode_shares_extents_on_xfs() {
     assert!(text.contains("same-bytes"), "{text}");
     assert!(text.contains("extents-shared"), "a reflinked hit shares the blob's extents: {text}");
 }
+
+#[test]
+fn max_files_limit_is_kept() {
+    let f = Fixture::new();
+    for m in MODULES {
+        let mut c = f.ltocache();
+        c.env("LTOCACHE_MAXFILES", "6").arg(CLANG).args(f.backend_args(m, &format!("{m}.final_o"), &[]));
+        ok(&mut c);
+    }
+    let files = f.entry_files().len() + f.blob_files().len();
+    // Tolerance: one store (an entry and its blob) between a store and its cleanup.
+    assert!(files <= 6 + 2, "{files} files with max_files = 6");
+    assert!(f.stat("evicted_entries") > 0);
+    ok(f.ltocache().arg("verify"));
+}
