@@ -32,8 +32,11 @@ fn corpus() -> (tempfile::TempDir, PathBuf) {
     for &k in IMPORTS {
         let decls: String = (0..k).map(|i| format!("int f{i}(int);")).collect();
         let calls: String = (0..k).map(|i| format!("s += f{i}(s);")).collect();
-        std::fs::write(dir.join(format!("main{k}.c")), format!("{decls}\nint main{k}(int s) {{ {calls} return s; }}\n"))
-            .unwrap();
+        std::fs::write(
+            dir.join(format!("main{k}.c")),
+            format!("{decls}\nint main{k}(int s) {{ {calls} return s; }}\n"),
+        )
+        .unwrap();
         objs.push(format!("main{k}"));
     }
     let mut children = Vec::new();
@@ -74,7 +77,9 @@ fn bench_shard(c: &mut Criterion, dir: &Path) {
         let data = std::fs::read(dir.join(format!("main{k}.o.thinlto.bc"))).unwrap();
         assert_eq!(ltocache::shard::read_shard(&data).unwrap().modules.len(), k + 1);
         g.throughput(Throughput::Bytes(data.len() as u64));
-        g.bench_with_input(BenchmarkId::new("imports", k), &data, |b, d| b.iter(|| ltocache::shard::read_shard(d).unwrap()));
+        g.bench_with_input(BenchmarkId::new("imports", k), &data, |b, d| {
+            b.iter(|| ltocache::shard::read_shard(d).unwrap())
+        });
     }
     g.finish();
 }

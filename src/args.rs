@@ -106,13 +106,64 @@ pub struct BackendInvocation {
 
 /// The options that take the following argument as their value.
 const SEPARATE_VALUE: &[&str] = &[
-    "-o", "-x", "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-idirafter", "-iquote", "-iprefix",
-    "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-isystem-after", "-cxx-isystem", "-MF", "-MT", "-MQ",
-    "-mllvm", "-Xclang", "-Xlinker", "-Xassembler", "-Xpreprocessor", "-target", "-arch", "-z", "-L", "-l", "-u",
-    "-T", "-F", "-include-pch", "-ivfsoverlay", "--param", "-A", "-e", "-Xopenmp-target", "-dependency-file",
-    "-MJ", "-serialize-diagnostics", "--serialize-diagnostics", "--sysroot", "-B", "--gcc-toolchain", "--config",
-    "-working-directory", "-aux-triple", "-main-file-name", "-G", "-Xarch_device", "-Xarch_host",
-    "-Xcuda-fatbinary", "-Xcuda-ptxas", "-Xoffload-linker", "--target", "-fmodule-file", "-Xanalyzer",
+    "-o",
+    "-x",
+    "-I",
+    "-D",
+    "-U",
+    "-include",
+    "-imacros",
+    "-isystem",
+    "-idirafter",
+    "-iquote",
+    "-iprefix",
+    "-iwithprefix",
+    "-iwithprefixbefore",
+    "-isysroot",
+    "-isystem-after",
+    "-cxx-isystem",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-mllvm",
+    "-Xclang",
+    "-Xlinker",
+    "-Xassembler",
+    "-Xpreprocessor",
+    "-target",
+    "-arch",
+    "-z",
+    "-L",
+    "-l",
+    "-u",
+    "-T",
+    "-F",
+    "-include-pch",
+    "-ivfsoverlay",
+    "--param",
+    "-A",
+    "-e",
+    "-Xopenmp-target",
+    "-dependency-file",
+    "-MJ",
+    "-serialize-diagnostics",
+    "--serialize-diagnostics",
+    "--sysroot",
+    "-B",
+    "--gcc-toolchain",
+    "--config",
+    "-working-directory",
+    "-aux-triple",
+    "-main-file-name",
+    "-G",
+    "-Xarch_device",
+    "-Xarch_host",
+    "-Xcuda-fatbinary",
+    "-Xcuda-ptxas",
+    "-Xoffload-linker",
+    "--target",
+    "-fmodule-file",
+    "-Xanalyzer",
 ];
 
 /// Joined flags (`-flag=path`) whose value is a file the backend (or the
@@ -173,8 +224,21 @@ const EXTRA_OUTPUT_PREFIXES: &[&str] = &[
 /// are hashed. Any other `-mllvm` option whose name suggests a file or an
 /// output makes the command uncacheable.
 const MLLVM_FILE_OPTIONS: &[&str] = &["-sample-profile-file", "-profile-file", "-import-cutoff-file"];
-const MLLVM_SUSPICIOUS: &[&str] =
-    &["file", "path", "output", "dir", "list", "remarks", "stats", "time-passes", "print", "replay", "dump", "csv", "yaml"];
+const MLLVM_SUSPICIOUS: &[&str] = &[
+    "file",
+    "path",
+    "output",
+    "dir",
+    "list",
+    "remarks",
+    "stats",
+    "time-passes",
+    "print",
+    "replay",
+    "dump",
+    "csv",
+    "yaml",
+];
 
 /// Expands `@file` arguments the way clang does on Unix: GNU quoting, nested
 /// files resolved relative to the file that names them.
@@ -561,7 +625,10 @@ mod tests {
         assert_eq!(b.input, PathBuf::from("a.o"));
         assert_eq!(b.shard, PathBuf::from("a.o.thinlto.bc"));
         assert_eq!(b.output, PathBuf::from("a.final_o"));
-        assert_eq!(b.hashed_args, s(&["-O2", "-c", "-fthinlto-index=<shard>", "-x", "ir", "<input>", "-o", "<output>"]));
+        assert_eq!(
+            b.hashed_args,
+            s(&["-O2", "-c", "-fthinlto-index=<shard>", "-x", "ir", "<input>", "-o", "<output>"])
+        );
     }
 
     #[test]
@@ -573,7 +640,10 @@ mod tests {
         assert_eq!(backend(&["-save-temps"]).unwrap_err(), NotCacheable::SaveTemps);
         assert_eq!(backend(&["-gsplit-dwarf"]).unwrap_err().code(), "extra_output");
         assert_eq!(backend(&["-gsplit-dwarf=single"]).unwrap_err().code(), "extra_output");
-        assert_eq!(backend(&["-Xclang", "-split-dwarf-output", "-Xclang", "x.dwo"]).unwrap_err().code(), "extra_output");
+        assert_eq!(
+            backend(&["-Xclang", "-split-dwarf-output", "-Xclang", "x.dwo"]).unwrap_err().code(),
+            "extra_output"
+        );
         assert_eq!(backend(&["-Xclang", "-opt-record-file", "-Xclang", "x.yaml"]).unwrap_err().code(), "extra_output");
         assert_eq!(backend(&["-Xclang", "-emit-llvm-only"]).unwrap_err().code(), "not_a_compile");
         assert_eq!(backend(&["--coverage"]).unwrap_err().code(), "extra_output");
@@ -601,7 +671,8 @@ mod tests {
 
     #[test]
     fn file_flags_are_collected() {
-        let b = backend(&["-fprofile-sample-use=p.prof", "-fsanitize-ignorelist=ign.txt", "--config", "x.cfg"]).unwrap();
+        let b =
+            backend(&["-fprofile-sample-use=p.prof", "-fsanitize-ignorelist=ign.txt", "--config", "x.cfg"]).unwrap();
         let paths: Vec<_> = b.flag_files.iter().map(|f| f.path.to_str().unwrap().to_string()).collect();
         assert_eq!(paths, s(&["p.prof", "ign.txt", "x.cfg"]));
         let b = backend(&["-fauto-profile=a.prof", "-fprofile-use"]).unwrap();

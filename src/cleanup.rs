@@ -228,7 +228,8 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
             r.removed_corrupt += 1;
         }
     }
-    let mut bytes: u64 = inv.entries.iter().map(|e| e.size).sum::<u64>() + inv.blobs.values().map(|b| b.size).sum::<u64>();
+    let mut bytes: u64 =
+        inv.entries.iter().map(|e| e.size).sum::<u64>() + inv.blobs.values().map(|b| b.size).sum::<u64>();
     let mut files = (inv.entries.len() + inv.blobs.len()) as u64;
     r.bytes_before = bytes;
     r.files_before = files;
@@ -291,7 +292,8 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
     // Temp files of writers that died (or are very slow) past the grace period.
     if let Ok(rd) = std::fs::read_dir(store.tmp_dir()) {
         for e in rd.flatten() {
-            let stale = e.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| older_than(t, limits.grace, now));
+            let stale =
+                e.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| older_than(t, limits.grace, now));
             if stale && std::fs::remove_file(e.path()).is_ok() {
                 r.removed_temp += 1;
             }

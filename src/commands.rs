@@ -173,7 +173,11 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"cache_dir\": \"{}\",", json_escape(&config.cache_dir.value.display().to_string()));
         let _ = writeln!(s, "  \"hits\": {},", r.hits);
         let _ = writeln!(s, "  \"misses\": {},", r.misses);
-        let _ = writeln!(s, "  \"hit_rate_percent\": {},", r.hit_rate().map(|v| format!("{v:.2}")).unwrap_or("null".into()));
+        let _ = writeln!(
+            s,
+            "  \"hit_rate_percent\": {},",
+            r.hit_rate().map(|v| format!("{v:.2}")).unwrap_or("null".into())
+        );
         let _ = writeln!(s, "  \"uncacheable\": {},", map(&r.uncacheable));
         let _ = writeln!(s, "  \"uncacheable_total\": {},", r.uncacheable.values().sum::<i64>());
         let _ = writeln!(s, "  \"errors\": {},", map(&r.errors));
@@ -314,7 +318,8 @@ pub fn explain_diff(prev: &str, cur: &str) -> Vec<String> {
             "version" => "the ltocache key version".to_string(),
             _ => k.to_string(),
         };
-        let show = |v: Option<&String>| v.map(|s| s.chars().take(80).collect::<String>()).unwrap_or_else(|| "(absent)".into());
+        let show =
+            |v: Option<&String>| v.map(|s| s.chars().take(80).collect::<String>()).unwrap_or_else(|| "(absent)".into());
         out.push(format!("{what} [{k}]: {} -> {}", show(old), show(new)));
     }
     out

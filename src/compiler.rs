@@ -185,7 +185,10 @@ fn compute_identity(real: &Path, libs: &[PathBuf], cfgs: &[PathBuf]) -> Result<[
             h.update(b"absent");
         }
     }
-    let out = Command::new(real).arg("--version").output().with_context(|| format!("running {} --version", real.display()))?;
+    let out = Command::new(real)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", real.display()))?;
     h.update(b"version");
     h.update(&out.stdout);
     Ok(*h.finalize().as_bytes())

@@ -78,8 +78,18 @@ pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(36
 /// The keys, as written in the config file; the environment variable is
 /// `LTOCACHE_` + the key in upper case.
 pub const KEYS: &[&str] = &[
-    "disable", "readonly", "recache", "logfile", "stats_dir", "serve_mode", "base_dir", "max_size", "max_files", "umask",
-    "grace", "compression",
+    "disable",
+    "readonly",
+    "recache",
+    "logfile",
+    "stats_dir",
+    "serve_mode",
+    "base_dir",
+    "max_size",
+    "max_files",
+    "umask",
+    "grace",
+    "compression",
 ];
 
 fn env_name(key: &str) -> &'static str {
@@ -160,10 +170,9 @@ impl Config {
         };
         let boolean = |key: &str| -> Result<Setting<bool>> {
             Ok(match lookup(key) {
-                Some((v, origin)) => Setting {
-                    value: parse_bool(&v).with_context(|| format!("{key} (from {origin})"))?,
-                    origin,
-                },
+                Some((v, origin)) => {
+                    Setting { value: parse_bool(&v).with_context(|| format!("{key} (from {origin})"))?, origin }
+                }
                 None => Setting { value: false, origin: Origin::Default },
             })
         };
@@ -178,9 +187,10 @@ impl Config {
             None => Setting { value: ServeMode::Copy, origin: Origin::Default },
         };
         let max_size = match lookup("max_size") {
-            Some((v, origin)) => {
-                Setting { value: crate::cleanup::parse_size(&v).with_context(|| format!("max_size (from {origin})"))?, origin }
-            }
+            Some((v, origin)) => Setting {
+                value: crate::cleanup::parse_size(&v).with_context(|| format!("max_size (from {origin})"))?,
+                origin,
+            },
             None => Setting { value: DEFAULT_MAX_SIZE, origin: Origin::Default },
         };
         let max_files = match lookup("max_files") {
@@ -190,22 +200,21 @@ impl Config {
             },
             None => Setting { value: 0, origin: Origin::Default },
         };
-        let umask = match lookup("umask") {
-            Some((v, origin)) if !v.trim().is_empty() => Setting {
-                value: Some(
-                    u32::from_str_radix(v.trim(), 8)
-                        .ok()
-                        .filter(|m| *m <= 0o777)
-                        .with_context(|| format!("umask (from {origin}): expected an octal mask like 002, got {v:?}"))?,
-                ),
+        let umask =
+            match lookup("umask") {
+                Some((v, origin)) if !v.trim().is_empty() => Setting {
+                    value: Some(u32::from_str_radix(v.trim(), 8).ok().filter(|m| *m <= 0o777).with_context(|| {
+                        format!("umask (from {origin}): expected an octal mask like 002, got {v:?}")
+                    })?),
+                    origin,
+                },
+                _ => Setting { value: None, origin: Origin::Default },
+            };
+        let grace = match lookup("grace") {
+            Some((v, origin)) => Setting {
+                value: crate::cleanup::parse_duration(&v).with_context(|| format!("grace (from {origin})"))?,
                 origin,
             },
-            _ => Setting { value: None, origin: Origin::Default },
-        };
-        let grace = match lookup("grace") {
-            Some((v, origin)) => {
-                Setting { value: crate::cleanup::parse_duration(&v).with_context(|| format!("grace (from {origin})"))?, origin }
-            }
             None => Setting { value: DEFAULT_GRACE, origin: Origin::Default },
         };
         let compression = match lookup("compression") {
@@ -243,7 +252,11 @@ impl Config {
     }
 
     pub fn limits(&self) -> crate::cleanup::Limits {
-        crate::cleanup::Limits { max_size: self.max_size.value, max_files: self.max_files.value, grace: self.grace.value }
+        crate::cleanup::Limits {
+            max_size: self.max_size.value,
+            max_files: self.max_files.value,
+            grace: self.grace.value,
+        }
     }
 
     /// Applies the configured umask to this process (and so to its children).
@@ -286,7 +299,11 @@ impl Config {
                 format!("{:?}", self.serve_mode.value).to_lowercase(),
                 self.serve_mode.origin.to_string(),
             ),
-            ("max_size".into(), humansize::format_size(self.max_size.value, humansize::BINARY), self.max_size.origin.to_string()),
+            (
+                "max_size".into(),
+                humansize::format_size(self.max_size.value, humansize::BINARY),
+                self.max_size.origin.to_string(),
+            ),
             ("max_files".into(), self.max_files.value.to_string(), self.max_files.origin.to_string()),
             (
                 "umask".into(),
@@ -338,11 +355,8 @@ mod tests {
     fn environment_wins_over_file_and_file_over_default() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE_NAME), "readonly = true\nrecache = yes # comment\n").unwrap();
-        let env: HashMap<&str, String> = [
-            ("LTOCACHE_DIR", dir.path().display().to_string()),
-            ("LTOCACHE_RECACHE", "0".to_string()),
-        ]
-        .into();
+        let env: HashMap<&str, String> =
+            [("LTOCACHE_DIR", dir.path().display().to_string()), ("LTOCACHE_RECACHE", "0".to_string())].into();
         let c = Config::load_with(&|k| env.get(k).cloned()).unwrap();
         assert!(c.readonly.value);
         assert!(matches!(c.readonly.origin, Origin::File(_)));

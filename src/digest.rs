@@ -11,8 +11,8 @@ use crate::shard::{self, AsmRef};
 use crate::stats::{Db, FileMemo};
 use crate::util::{now_ns, FileStamp};
 use anyhow::{bail, Context, Result};
-use std::fs::File;
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// A file changed less than this long before it was hashed is hashed again
@@ -102,7 +102,8 @@ impl<'a> FileHasher<'a> {
         std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
         let digest = *blake3::hash(&data).as_bytes();
         self.bytes_hashed += data.len() as u64;
-        let asm = if want_asm { Some(shard::asm_refs(&data).with_context(|| path.display().to_string())?) } else { None };
+        let asm =
+            if want_asm { Some(shard::asm_refs(&data).with_context(|| path.display().to_string())?) } else { None };
         drop(data);
         let after = FileStamp::of(&file.metadata()?);
         if after != stamp {

@@ -247,7 +247,10 @@ mod tests {
 
     #[test]
     fn finds_incbin_with_literal_name() {
-        assert_eq!(refs("\t.incbin \"kernel/config_data.gz\"\n"), vec![AsmRef::File(b"kernel/config_data.gz".to_vec())]);
+        assert_eq!(
+            refs("\t.incbin \"kernel/config_data.gz\"\n"),
+            vec![AsmRef::File(b"kernel/config_data.gz".to_vec())]
+        );
         assert_eq!(refs(".INCBIN \"a\\\\b\", 4, 8"), vec![AsmRef::File(b"a\\b".to_vec())]);
         assert_eq!(refs(".include \"macros.s\""), vec![AsmRef::Include(b"macros.s".to_vec())]);
     }

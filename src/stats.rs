@@ -196,7 +196,8 @@ impl Db {
             .optional()?;
         Ok(row.and_then(|(size, mtime, ctime, hashed_ns, digest, asm)| {
             let digest: [u8; 32] = digest.try_into().ok()?;
-            let memo_stamp = FileStamp { dev: stamp.dev, ino: stamp.ino, size: size as u64, mtime_ns: mtime, ctime_ns: ctime };
+            let memo_stamp =
+                FileStamp { dev: stamp.dev, ino: stamp.ino, size: size as u64, mtime_ns: mtime, ctime_ns: ctime };
             (memo_stamp == *stamp).then_some(FileMemo { stamp: memo_stamp, hashed_ns, digest, asm })
         }))
     }
@@ -225,7 +226,14 @@ impl Db {
             for f in &batch.files {
                 let s = &f.stamp;
                 stmt.execute(params![
-                    s.dev as i64, s.ino as i64, s.size as i64, s.mtime_ns, s.ctime_ns, f.hashed_ns, &f.digest[..], f.asm
+                    s.dev as i64,
+                    s.ino as i64,
+                    s.size as i64,
+                    s.mtime_ns,
+                    s.ctime_ns,
+                    f.hashed_ns,
+                    &f.digest[..],
+                    f.asm
                 ])?;
             }
             if let Some((path, stamps, id)) = &batch.compiler {
@@ -241,7 +249,10 @@ impl Db {
                 )?;
             }
             for (digest, size) in &batch.stored_blobs {
-                tx.execute("INSERT OR IGNORE INTO blobs(digest, size) VALUES (?1, ?2)", params![&digest[..], *size as i64])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO blobs(digest, size) VALUES (?1, ?2)",
+                    params![&digest[..], *size as i64],
+                )?;
             }
             if let Some(EstimateUpdate::Add(dir, generation, b, f)) = &batch.estimate {
                 tx.execute(
@@ -274,7 +285,11 @@ impl Db {
         Ok(self
             .conn
             .query_row("SELECT scanned_ns, bytes, files FROM store_estimate WHERE cache_dir = ?1", [cache_dir], |r| {
-                Ok(Estimate { scanned_ns: r.get(0)?, bytes: r.get::<_, i64>(1)? as u64, files: r.get::<_, i64>(2)? as u64 })
+                Ok(Estimate {
+                    scanned_ns: r.get(0)?,
+                    bytes: r.get::<_, i64>(1)? as u64,
+                    files: r.get::<_, i64>(2)? as u64,
+                })
             })
             .optional()?
             .unwrap_or_default())
@@ -289,7 +304,9 @@ impl Db {
     /// (entries, bytes) this host has stored, as recorded here.
     pub fn stored_usage(&self) -> Result<(i64, i64)> {
         let (n, e): (i64, i64) =
-            self.conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM entries", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            self.conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM entries", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         let b: i64 = self.conn.query_row("SELECT coalesce(sum(size), 0) FROM blobs", [], |r| r.get(0))?;
         Ok((n, e + b))
     }
@@ -311,7 +328,14 @@ impl Db {
             .query_row(
                 "SELECT outcome, fields, prev_outcome, prev_fields FROM last_compile WHERE output = ?1",
                 [output],
-                |r| Ok(LastCompile { outcome: r.get(0)?, fields: r.get(1)?, prev_outcome: r.get(2)?, prev_fields: r.get(3)? }),
+                |r| {
+                    Ok(LastCompile {
+                        outcome: r.get(0)?,
+                        fields: r.get(1)?,
+                        prev_outcome: r.get(2)?,
+                        prev_fields: r.get(3)?,
+                    })
+                },
             )
             .optional()?)
     }

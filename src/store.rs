@@ -261,7 +261,13 @@ impl LocalStore {
 
     /// Writes verified bytes to a temp file next to `dest` and renames it into
     /// place. `source` (the raw blob) enables reflinks and hard links.
-    fn write_output(&self, bytes: &[u8], source: Option<(&Path, &File)>, dest: &Path, mode: ServeMode) -> Result<Served> {
+    fn write_output(
+        &self,
+        bytes: &[u8],
+        source: Option<(&Path, &File)>,
+        dest: &Path,
+        mode: ServeMode,
+    ) -> Result<Served> {
         let len = bytes.len() as u64;
         let dir = util::parent_dir(dest);
         let name = dest.file_name().context("output has no file name")?.to_string_lossy().into_owned();
@@ -336,7 +342,9 @@ impl LocalStore {
     pub fn writable(&self) -> bool {
         // The store directory, or the nearest ancestor that exists (it will be created).
         let Some(dir) = self.root.ancestors().find(|d| d.exists()) else { return false };
-        let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())) else { return false };
+        let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())) else {
+            return false;
+        };
         // SAFETY: access() reads the NUL-terminated path we own.
         unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
     }

@@ -45,7 +45,11 @@ pub fn hostname() -> &'static str {
         // The name becomes a path component: keep it to safe characters.
         let clean: String =
             name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-        if clean.is_empty() || clean == "." || clean == ".." { "localhost".into() } else { clean }
+        if clean.is_empty() || clean == "." || clean == ".." {
+            "localhost".into()
+        } else {
+            clean
+        }
     })
 }
 

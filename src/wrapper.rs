@@ -122,7 +122,8 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     // would be replaced on a hit, and its "contents" are not the object.
     let output_before = match std::fs::symlink_metadata(&inv.output) {
         Ok(m) if !m.is_file() => {
-            let reason = NotCacheable::UnsupportedOption(format!("output {} is not a regular file", inv.output.display()));
+            let reason =
+                NotCacheable::UnsupportedOption(format!("output {} is not a regular file", inv.output.display()));
             batch.add(&format!("uncacheable.{}", reason.code()), 1);
             finish(db, &batch);
             exec::exec_compiler(&inv.compiler, args);
@@ -262,7 +263,15 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
 /// if the ledger's total says the store is over its limits (or it was never
 /// scanned), run a cleanup. One cleaner at a time; a compile that finds the
 /// lock taken carries on.
-fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, db: Option<&Db>, batch: &mut Batch, bytes: u64, files: u64) {
+fn maybe_cleanup(
+    config: &Config,
+    log: &Logger,
+    store: &LocalStore,
+    db: Option<&Db>,
+    batch: &mut Batch,
+    bytes: u64,
+    files: u64,
+) {
     use crate::cleanup::ledger;
     use crate::stats::EstimateUpdate;
     let dir = config.cache_dir.value.to_string_lossy().into_owned();
@@ -280,11 +289,16 @@ fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, db: Option<&
                 my_bytes += mine.bytes;
                 my_files += mine.files;
             }
-            let _ = ledger::publish(store, host, ledger::Record { generation: scan.generation, bytes: my_bytes, files: my_files });
+            let _ = ledger::publish(
+                store,
+                host,
+                ledger::Record { generation: scan.generation, bytes: my_bytes, files: my_files },
+            );
             batch.estimate = Some(EstimateUpdate::Add(dir.clone(), scan.generation, bytes, files));
             let (ob, of) = ledger::others(store, scan.generation, host);
             let (total_bytes, total_files) = (scan.bytes + my_bytes + ob, scan.files + my_files + of);
-            (limits.max_size > 0 && total_bytes > limits.max_size) || (limits.max_files > 0 && total_files > limits.max_files)
+            (limits.max_size > 0 && total_bytes > limits.max_size)
+                || (limits.max_files > 0 && total_files > limits.max_files)
         }
     };
     if !over {

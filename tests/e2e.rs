@@ -196,7 +196,8 @@ fn which(name: &str) -> std::path::PathBuf {
 fn failing_compile_is_not_cached_and_passes_status_and_stderr_through() {
     let f = Fixture::new();
     let extra = ["-Werror=unused-command-line-argument", "-I", "inc"];
-    let direct = Command::new(CLANG).current_dir(&f.dir).args(f.backend_args("vec", "vec.final_o", &extra)).output().unwrap();
+    let direct =
+        Command::new(CLANG).current_dir(&f.dir).args(f.backend_args("vec", "vec.final_o", &extra)).output().unwrap();
     assert!(!direct.status.success());
     for _ in 0..2 {
         let out = f.cached_backend("vec", &extra);
@@ -305,7 +306,11 @@ fn build_succeeds_when_the_cache_directory_is_unusable() {
     c.env("LTOCACHE_DIR", f.path("not-a-dir/cache")).arg(CLANG).args(f.backend_args("vec", "vec.final_o", &[]));
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "the cache's trouble must not show in the build: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "the cache's trouble must not show in the build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &[]));
 }
 

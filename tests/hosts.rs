@@ -81,12 +81,8 @@ fn four_hosts_share_one_directory_under_a_size_limit() {
 
     // The limit holds within the stated tolerance: each host may be one store
     // past it between a store and its cleanup.
-    let size: u64 = first
-        .entry_files()
-        .iter()
-        .chain(first.blob_files().iter())
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
+    let size: u64 =
+        first.entry_files().iter().chain(first.blob_files().iter()).map(|p| std::fs::metadata(p).unwrap().len()).sum();
     let largest_store = first.blob_files().iter().map(|p| std::fs::metadata(p).unwrap().len()).max().unwrap()
         + first.entry_files().iter().map(|p| std::fs::metadata(p).unwrap().len()).max().unwrap();
     let bound = LIMIT + HOSTS as u64 * largest_store;

@@ -88,13 +88,22 @@ fn default_config_beside_a_symlinked_compiler_is_hashed() {
 #[test]
 fn incbin_inside_an_included_asm_file_is_hashed() {
     let f = Fixture::new();
-    f.write("nest.c", "__asm__(\".section .rodata\\n.include \\\"inc.s\\\"\\n.text\\n\");\nint nest(void) { return 1; }\n");
+    f.write(
+        "nest.c",
+        "__asm__(\".section .rodata\\n.include \\\"inc.s\\\"\\n.text\\n\");\nint nest(void) { return 1; }\n",
+    );
     f.write("inc.s", ".incbin \"nested.bin\"\n");
     f.write("nested.bin", "AAAA");
     ok(Command::new(CLANG).current_dir(&f.dir).args(["-O2", "-flto=thin", "-c", "nest.c", "-o", "nest.o"]));
-    ok(Command::new(CLANG)
-        .current_dir(&f.dir)
-        .args(["-fuse-ld=lld", "-flto=thin", "-shared", "-Wl,--thinlto-index-only", "-o", "nest.so", "nest.o"]));
+    ok(Command::new(CLANG).current_dir(&f.dir).args([
+        "-fuse-ld=lld",
+        "-flto=thin",
+        "-shared",
+        "-Wl,--thinlto-index-only",
+        "-o",
+        "nest.so",
+        "nest.o",
+    ]));
     f.cached_backend("nest", &[]);
     f.write("nested.bin", "BBBB");
     f.cached_backend("nest", &[]);
@@ -107,7 +116,12 @@ fn a_hit_by_another_user_records_last_use() {
     let f = Fixture::new();
     f.cached_backend("vec", &[]);
     let entry = f.entry_files().pop().unwrap();
-    std::fs::File::options().append(true).open(&entry).unwrap().set_modified(SystemTime::now() - Duration::from_secs(86400)).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&entry)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(86400))
+        .unwrap();
     // A group-shared cache: everything writable by others, used by uid 65534.
     ok(Command::new("chmod").args(["-R", "a+rwX"]).arg(f.dir.parent().unwrap()));
     let mut c = Command::new("setpriv");

@@ -119,7 +119,14 @@ fn explain_names_each_cause_of_a_miss() {
     let objs: Vec<String> = MODULES.iter().map(|m| format!("{m}.o")).collect();
     ok(std::process::Command::new(CLANG)
         .current_dir(&f.dir)
-        .args(["-fuse-ld=lld", "-flto=thin", "-Wl,--thinlto-index-only", "-Wl,-mllvm,-import-instr-limit=0", "-o", "prog"])
+        .args([
+            "-fuse-ld=lld",
+            "-flto=thin",
+            "-Wl,--thinlto-index-only",
+            "-Wl,-mllvm,-import-instr-limit=0",
+            "-o",
+            "prog",
+        ])
         .args(&objs));
     f.cached_backend("str", &["-O1"]);
     let e = explain(&f, "str.final_o");

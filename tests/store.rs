@@ -29,7 +29,11 @@ fn cleanup_evicts_least_recently_used_first_and_trims_below_the_limit() {
     }
     f.cached_backend("main", &[]);
     assert_eq!(f.stat("hits"), 1);
-    let main_entry = f.entry_files().into_iter().find(|p| p.metadata().unwrap().modified().unwrap().elapsed().unwrap() < Duration::from_secs(600)).expect("the hit touched its entry");
+    let main_entry = f
+        .entry_files()
+        .into_iter()
+        .find(|p| p.metadata().unwrap().modified().unwrap().elapsed().unwrap() < Duration::from_secs(600))
+        .expect("the hit touched its entry");
 
     let total = store_bytes(&f);
     let limit = total * 2 / 3;
@@ -265,7 +269,9 @@ fn compressed_store_serves_identical_objects() {
         assert_eq!(f.read(&format!("{m}.final_o")), f.fresh_object(m, &[]));
     }
     ok(f.ltocache().arg("verify"));
-    assert!(String::from_utf8(ok(f.ltocache().env_remove("LTOCACHE_COMPRESSION").arg("config")).stdout).unwrap().contains("zstd:1"));
+    assert!(String::from_utf8(ok(f.ltocache().env_remove("LTOCACHE_COMPRESSION").arg("config")).stdout)
+        .unwrap()
+        .contains("zstd:1"));
     // An uncompressed reader (compression off) serves the compressed blobs too.
     f.cached_backends(&[]);
     assert_eq!(f.stat("hits"), 2 * MODULES.len() as i64);
@@ -299,7 +305,10 @@ fn reflink_mode_shares_extents_on_xfs() {
             mnt = mnt.display(),
             vec = args("vec"),
         )
-        .replace("cmp vec.final_o vec.fresh_o", &format!("{CLANG} {} && cmp vec.final_o vec.fresh_o", f.backend_args("vec", "vec.fresh_o", &[]).join(" "))),
+        .replace(
+            "cmp vec.final_o vec.fresh_o",
+            &format!("{CLANG} {} && cmp vec.final_o vec.fresh_o", f.backend_args("vec", "vec.fresh_o", &[]).join(" ")),
+        ),
     );
     assert_eq!(util::stat_of(&text, "hits"), 1, "{text}");
     assert!(text.contains("same-bytes"), "{text}");

@@ -21,12 +21,7 @@ pub fn fixture_src() -> PathBuf {
 /// Runs a command and panics with its output when it fails.
 pub fn ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -64,7 +59,8 @@ impl Fixture {
     /// Backend arguments with absolute input, shard and output paths.
     pub fn backend_args_absolute(&self, m: &str, extra: &[&str]) -> Vec<String> {
         let p = |s: String| self.path(&s).display().to_string();
-        let mut a: Vec<String> = vec!["-O2".into(), "-c".into(), format!("-fthinlto-index={}", p(format!("{m}.o.thinlto.bc")))];
+        let mut a: Vec<String> =
+            vec!["-O2".into(), "-c".into(), format!("-fthinlto-index={}", p(format!("{m}.o.thinlto.bc")))];
         a.extend(extra.iter().map(|s| s.to_string()));
         a.extend(["-x".into(), "ir".into(), p(format!("{m}.o")), "-o".into(), p(format!("{m}.final_o"))]);
         a
@@ -114,16 +110,29 @@ impl Fixture {
 
     pub fn frontend(&self, m: &str) {
         if self.without_module_hash {
-            ok(Command::new(CLANG)
-                .current_dir(&self.dir)
-                .args(["-O2", "-emit-llvm", "-c", &format!("{m}.c"), "-o", &format!("{m}.nosum.bc")]));
-            ok(Command::new("opt-19")
-                .current_dir(&self.dir)
-                .args(["-module-summary", &format!("{m}.nosum.bc"), "-o", &format!("{m}.o")]));
+            ok(Command::new(CLANG).current_dir(&self.dir).args([
+                "-O2",
+                "-emit-llvm",
+                "-c",
+                &format!("{m}.c"),
+                "-o",
+                &format!("{m}.nosum.bc"),
+            ]));
+            ok(Command::new("opt-19").current_dir(&self.dir).args([
+                "-module-summary",
+                &format!("{m}.nosum.bc"),
+                "-o",
+                &format!("{m}.o"),
+            ]));
         } else {
-            ok(Command::new(CLANG)
-                .current_dir(&self.dir)
-                .args(["-O2", "-flto=thin", "-c", &format!("{m}.c"), "-o", &format!("{m}.o")]));
+            ok(Command::new(CLANG).current_dir(&self.dir).args([
+                "-O2",
+                "-flto=thin",
+                "-c",
+                &format!("{m}.c"),
+                "-o",
+                &format!("{m}.o"),
+            ]));
         }
     }
 
