@@ -102,14 +102,12 @@ pub mod ledger {
 pub struct Report {
     /// When the scan started: the generation of the ledger it wrote.
     pub generation: i64,
-    pub ledger_written: bool,
     /// Another process held the cleanup lock; nothing was done.
     pub skipped: bool,
     pub bytes_before: u64,
     pub files_before: u64,
     pub bytes_after: u64,
     pub files_after: u64,
-    pub entries_after: u64,
     pub removed_entries: u64,
     pub removed_blobs: u64,
     pub removed_temp: u64,
@@ -136,19 +134,9 @@ struct Inventory {
     corrupt_entries: Vec<PathBuf>,
 }
 
-fn list_shards(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(shards) = std::fs::read_dir(dir) else { return out };
-    for shard in shards.flatten() {
-        let Ok(items) = std::fs::read_dir(shard.path()) else { continue };
-        out.extend(items.flatten().map(|e| e.path()));
-    }
-    out
-}
-
 fn inventory(store: &LocalStore) -> Inventory {
     let mut inv = Inventory { entries: Vec::new(), blobs: HashMap::new(), corrupt_entries: Vec::new() };
-    for path in list_shards(&store.root().join("entries")) {
+    for path in store.files("entries") {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         let Ok(data) = std::fs::read(&path) else { continue };
         if Entry::format_of(&data).is_some_and(|f| f != crate::store::ENTRY_FORMAT) {
@@ -173,7 +161,7 @@ fn inventory(store: &LocalStore) -> Inventory {
             _ => inv.corrupt_entries.push(path),
         }
     }
-    for path in list_shards(&store.root().join("blobs")) {
+    for path in store.files("blobs") {
         let Some(digest) = blob_digest(&path) else { continue };
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         inv.blobs.insert(
@@ -242,14 +230,11 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
     }
 
     inv.entries.sort_by_key(|e| e.used);
-    let mut kept = 0u64;
     for e in &inv.entries {
         if !evict(bytes, files, e) {
-            kept += 1;
             continue;
         }
         if std::fs::remove_file(&e.path).is_err() {
-            kept += 1;
             continue;
         }
         r.removed_entries += 1;
@@ -301,10 +286,9 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
     }
     r.bytes_after = bytes;
     r.files_after = files;
-    r.entries_after = kept;
     // Best effort: on a full disk the ledger may not be writable; the next
     // cleanup (which finds no current scan) simply scans again.
-    r.ledger_written = ledger::write_scan(store, ledger::Record { generation, bytes, files }).is_ok();
+    let _ = ledger::write_scan(store, ledger::Record { generation, bytes, files });
     Ok(r)
 }
 
@@ -352,7 +336,7 @@ impl VerifyReport {
 pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
     let mut r = VerifyReport::default();
     let mut good_blobs: HashMap<[u8; 32], u64> = HashMap::new();
-    for path in list_shards(&store.root().join("blobs")) {
+    for path in store.files("blobs") {
         r.blobs += 1;
         let mut data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if path.to_string_lossy().ends_with(crate::store::ZSTD_SUFFIX) {
@@ -365,7 +349,7 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
             _ => r.bad_blobs.push(path),
         }
     }
-    for path in list_shards(&store.root().join("entries")) {
+    for path in store.files("entries") {
         r.entries += 1;
         let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if Entry::format_of(&data).is_some_and(|f| f != crate::store::ENTRY_FORMAT) {

@@ -121,6 +121,8 @@ struct Report {
     store_entries: u64,
     store_files: u64,
     store_bytes: u64,
+    /// (entries, bytes) this host stored, from its database.
+    stored_here: (i64, i64),
 }
 
 impl Report {
@@ -148,7 +150,8 @@ fn report(config: &Config) -> Result<Report> {
             .collect()
     };
     let (uncacheable, errors) = (sub("uncacheable."), sub("errors."));
-    let (store_entries, store_files, store_bytes) = config.store().scan_usage()?;
+    let (store_entries, store_files, store_bytes) = config.store().scan_usage();
+    let stored_here = db.stored_usage()?;
     Ok(Report {
         hits: counters.get("hits").copied().unwrap_or(0),
         misses: counters.get("misses").copied().unwrap_or(0),
@@ -158,6 +161,7 @@ fn report(config: &Config) -> Result<Report> {
         store_entries,
         store_files,
         store_bytes,
+        stored_here,
     })
 }
 
@@ -191,6 +195,8 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"cache_entries\": {},", r.store_entries);
         let _ = writeln!(s, "  \"cache_files\": {},", r.store_files);
         let _ = writeln!(s, "  \"cache_size_bytes\": {},", r.store_bytes);
+        let _ = writeln!(s, "  \"stored_by_this_host_entries\": {},", r.stored_here.0);
+        let _ = writeln!(s, "  \"stored_by_this_host_bytes\": {},", r.stored_here.1);
         let _ = writeln!(s, "  \"max_size_bytes\": {},", config.max_size.value);
         let _ = writeln!(s, "  \"max_files\": {},", config.max_files.value);
         let _ = writeln!(s, "  \"cleanups\": {},", r.get("cleanups"));
@@ -225,6 +231,11 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         &mut out,
         "Cache size",
         format!("{} in {} files ({} entries)", format_size(r.store_bytes, BINARY), r.store_files, r.store_entries),
+    );
+    row(
+        &mut out,
+        "Stored by this host",
+        format!("{} in {} entries", format_size(r.stored_here.1 as u64, BINARY), r.stored_here.0),
     );
     row(
         &mut out,

@@ -118,6 +118,19 @@ pub fn parse_bool(s: &str) -> Result<bool> {
     }
 }
 
+/// An octal mask such as `002`; empty means "inherit".
+fn parse_umask(v: &str) -> Result<Option<u32>> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    u32::from_str_radix(v, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .map(Some)
+        .with_context(|| format!("expected an octal mask like 002, got {v:?}"))
+}
+
 /// `off`, `zstd` (default level) or `zstd:N` (level 1..=19).
 fn parse_compression(s: &str) -> Result<Option<i32>> {
     let s = s.trim();
@@ -168,67 +181,38 @@ impl Config {
             }
             file_entries.iter().find(|(k, _)| k == key).map(|(_, v)| (v.clone(), Origin::File(file_path.clone())))
         };
-        let boolean = |key: &str| -> Result<Setting<bool>> {
-            Ok(match lookup(key) {
+        // A setting parsed from its text, or its default; errors name the
+        // setting and where its value came from.
+        fn parsed<T>(
+            found: Option<(String, Origin)>,
+            key: &str,
+            default: T,
+            parse: impl Fn(&str) -> Result<T>,
+        ) -> Result<Setting<T>> {
+            Ok(match found {
                 Some((v, origin)) => {
-                    Setting { value: parse_bool(&v).with_context(|| format!("{key} (from {origin})"))?, origin }
+                    Setting { value: parse(&v).with_context(|| format!("{key} (from {origin})"))?, origin }
                 }
-                None => Setting { value: false, origin: Origin::Default },
+                None => Setting { value: default, origin: Origin::Default },
             })
-        };
+        }
+        let boolean = |key: &str| parsed(lookup(key), key, false, parse_bool);
         let path = |key: &str| -> Setting<Option<PathBuf>> {
             match lookup(key) {
                 Some((v, origin)) if !v.is_empty() => Setting { value: Some(PathBuf::from(v)), origin },
                 _ => Setting { value: None, origin: Origin::Default },
             }
         };
-        let serve_mode = match lookup("serve_mode") {
-            Some((v, origin)) => Setting { value: parse_serve_mode(&v)?, origin },
-            None => Setting { value: ServeMode::Copy, origin: Origin::Default },
-        };
-        let max_size = match lookup("max_size") {
-            Some((v, origin)) => Setting {
-                value: crate::cleanup::parse_size(&v).with_context(|| format!("max_size (from {origin})"))?,
-                origin,
-            },
-            None => Setting { value: DEFAULT_MAX_SIZE, origin: Origin::Default },
-        };
-        let max_files = match lookup("max_files") {
-            Some((v, origin)) => Setting {
-                value: v.trim().parse().with_context(|| format!("max_files (from {origin}): expected a number"))?,
-                origin,
-            },
-            None => Setting { value: 0, origin: Origin::Default },
-        };
-        let umask =
-            match lookup("umask") {
-                Some((v, origin)) if !v.trim().is_empty() => Setting {
-                    value: Some(u32::from_str_radix(v.trim(), 8).ok().filter(|m| *m <= 0o777).with_context(|| {
-                        format!("umask (from {origin}): expected an octal mask like 002, got {v:?}")
-                    })?),
-                    origin,
-                },
-                _ => Setting { value: None, origin: Origin::Default },
-            };
-        let grace = match lookup("grace") {
-            Some((v, origin)) => Setting {
-                value: crate::cleanup::parse_duration(&v).with_context(|| format!("grace (from {origin})"))?,
-                origin,
-            },
-            None => Setting { value: DEFAULT_GRACE, origin: Origin::Default },
-        };
-        let compression = match lookup("compression") {
-            Some((v, origin)) => Setting {
-                value: parse_compression(&v).with_context(|| format!("compression (from {origin})"))?,
-                origin,
-            },
-            // Compressed by default, except where hits share the blob's extents
-            // or inode (reflink, hardlink), which needs raw blobs.
-            None => Setting {
-                value: (serve_mode.value == ServeMode::Copy).then_some(DEFAULT_ZSTD_LEVEL),
-                origin: Origin::Default,
-            },
-        };
+        let serve_mode = parsed(lookup("serve_mode"), "serve_mode", ServeMode::Copy, parse_serve_mode)?;
+        let max_size = parsed(lookup("max_size"), "max_size", DEFAULT_MAX_SIZE, crate::cleanup::parse_size)?;
+        let max_files =
+            parsed(lookup("max_files"), "max_files", 0, |v| v.trim().parse::<u64>().context("expected a number"))?;
+        let umask = parsed(lookup("umask"), "umask", None, parse_umask)?;
+        let grace = parsed(lookup("grace"), "grace", DEFAULT_GRACE, crate::cleanup::parse_duration)?;
+        // Compressed by default, except where hits share the blob's extents or
+        // inode (reflink, hardlink), which needs raw blobs.
+        let default_compression = (serve_mode.value == ServeMode::Copy).then_some(DEFAULT_ZSTD_LEVEL);
+        let compression = parsed(lookup("compression"), "compression", default_compression, parse_compression)?;
         Ok(Config {
             compression,
             max_size,

@@ -60,55 +60,29 @@ impl<'a> FileHasher<'a> {
 
     /// Reads a whole small file (the shard), recording its stamp like a hashed one.
     pub fn read_tracked(&mut self, path: &Path) -> Result<Vec<u8>> {
-        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let stamp = FileStamp::of(&file.metadata()?);
-        let mut data = Vec::with_capacity(stamp.size as usize);
-        std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
-        if FileStamp::of(&file.metadata()?) != stamp {
-            bail!("{} changed while it was being read", path.display());
-        }
+        let (file, stamp) = open_stamped(path)?;
         self.seen.push((path.to_path_buf(), stamp));
-        Ok(data)
+        read_unchanged(path, file, stamp)
     }
 
     fn hash_uncached(&mut self, path: &Path, want_asm: bool) -> Result<Hashed> {
-        // open + fstat, not stat: on NFS, open revalidates the attributes
-        // (close-to-open consistency) where stat may answer from a stale cache.
-        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
-        let memo = match self.db {
-            Some(db) => db.lookup_file(&stamp).unwrap_or(None),
-            None => None,
-        };
-        if let Some(m) = memo.filter(trusted) {
-            match (&m.asm, want_asm) {
-                (_, false) => {
-                    self.seen.push((path.to_path_buf(), stamp));
-                    return Ok(Hashed { stamp, digest: m.digest, asm: None });
-                }
-                (Some(a), true) => {
-                    self.seen.push((path.to_path_buf(), stamp));
-                    return Ok(Hashed { stamp, digest: m.digest, asm: Some(decode_asm(a)) });
-                }
-                (None, true) => {}
-            }
-        }
+        let (file, stamp) = open_stamped(path)?;
         self.seen.push((path.to_path_buf(), stamp));
+        let memo = self.db.and_then(|db| db.lookup_file(&stamp).unwrap_or(None)).filter(trusted);
+        match memo {
+            Some(m) if !want_asm => return Ok(Hashed { stamp, digest: m.digest, asm: None }),
+            Some(FileMemo { digest, asm: Some(a), .. }) => {
+                return Ok(Hashed { stamp, digest, asm: Some(decode_asm(&a)) })
+            }
+            _ => {}
+        }
 
         let started = now_ns();
-        // read, not mmap: a build that truncates an input while we hash it
-        // must not kill us with SIGBUS (the stamp check below catches it).
-        let mut data = Vec::with_capacity(stamp.size as usize);
-        std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
+        let data = read_unchanged(path, file, stamp)?;
         let digest = *blake3::hash(&data).as_bytes();
         self.bytes_hashed += data.len() as u64;
         let asm =
             if want_asm { Some(shard::asm_refs(&data).with_context(|| path.display().to_string())?) } else { None };
-        drop(data);
-        let after = FileStamp::of(&file.metadata()?);
-        if after != stamp {
-            bail!("{} changed while it was being hashed", path.display());
-        }
         self.new_memos.push(FileMemo { stamp, hashed_ns: started, digest, asm: asm.as_deref().map(encode_asm) });
         Ok(Hashed { stamp, digest, asm })
     }
@@ -117,6 +91,27 @@ impl<'a> FileHasher<'a> {
     pub fn unchanged_since_hashing(&self) -> Option<PathBuf> {
         self.seen.iter().find(|(p, s)| FileStamp::of_path(p).ok().as_ref() != Some(s)).map(|(p, _)| p.clone())
     }
+}
+
+/// Opens a file and takes its stamp with fstat — not stat: on NFS, open
+/// revalidates the attributes (close-to-open consistency) where stat may
+/// answer from a stale cache.
+fn open_stamped(path: &Path) -> Result<(File, FileStamp)> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
+    Ok((file, stamp))
+}
+
+/// Reads the whole file and checks it still has `stamp`: bytes read while a
+/// build rewrote the file are refused. (read, not mmap: a file truncated under
+/// us must not kill the wrapper with SIGBUS.)
+fn read_unchanged(path: &Path, mut file: File, stamp: FileStamp) -> Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(stamp.size as usize);
+    std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
+    if FileStamp::of(&file.metadata()?) != stamp {
+        bail!("{} changed while it was being read", path.display());
+    }
+    Ok(data)
 }
 
 fn trusted(m: &FileMemo) -> bool {

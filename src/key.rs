@@ -84,8 +84,11 @@ impl KeyBuilder {
 /// A per-module fingerprint: today the digest of the module's whole bitcode.
 /// Precise invalidation will replace it with a digest over only the
 /// definitions the importer pulls in; the key's shape does not change.
-pub fn module_fingerprint(hasher: &mut FileHasher, path: &Path) -> Result<[u8; 32], KeyError> {
+/// The module's assembly references are appended to `asm` (one read of the
+/// file gives both).
+pub fn module_fingerprint(hasher: &mut FileHasher, path: &Path, asm: &mut Vec<AsmRef>) -> Result<[u8; 32], KeyError> {
     let h = hasher.hash(path, true).map_err(|e| unreadable(path, e))?;
+    asm.extend(h.asm.unwrap_or_default());
     Ok(h.digest)
 }
 
@@ -135,13 +138,11 @@ pub fn compute(
     k.digest_field("shard", &shard.canonical_digest);
 
     let input_bytes = inv.input.as_os_str().as_bytes();
-    let input_fp = module_fingerprint(hasher, &inv.input)?;
-    k.digest_field("input", &input_fp);
-
     // Modules whose assembly must be scanned: the input and every import
     // (an imported function's inline asm is compiled into this object).
     let mut asm_refs: Vec<AsmRef> = Vec::new();
-    collect_asm(hasher, &inv.input, &mut asm_refs)?;
+    let input_fp = module_fingerprint(hasher, &inv.input, &mut asm_refs)?;
+    k.digest_field("input", &input_fp);
 
     k.field("modules", shard.modules.len().to_string().as_bytes());
     for m in &shard.modules {
@@ -151,9 +152,8 @@ pub fn compute(
             continue;
         }
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(&m.path));
-        let fp = module_fingerprint(hasher, &path)?;
+        let fp = module_fingerprint(hasher, &path, &mut asm_refs)?;
         k.labelled_digest_field(&format!("module[{}]", m.id), &fp, &path.to_string_lossy());
-        collect_asm(hasher, &path, &mut asm_refs)?;
     }
 
     // Files named by flags.
@@ -223,12 +223,6 @@ pub fn compute(
         }
     }
     Ok(k.finish())
-}
-
-fn collect_asm(hasher: &mut FileHasher, path: &Path, out: &mut Vec<AsmRef>) -> Result<(), KeyError> {
-    let h = hasher.hash(path, true).map_err(|e| unreadable(path, e))?;
-    out.extend(h.asm.unwrap_or_default());
-    Ok(())
 }
 
 #[cfg(test)]

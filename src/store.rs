@@ -313,28 +313,56 @@ impl LocalStore {
         result.map(|()| Served::Written(len))
     }
 
-    /// Records a use of an entry for LRU eviction by setting its mtime (atime
-    /// is not kept on `noatime` mounts). Skipped when the entry was used within
-    /// the last minute, to spare a shared filesystem one write per hit.
-    pub fn touch_entry(&self, key: &Digest) {
-        let path = self.entry_path(key);
-        let Ok(f) = File::options().append(true).open(&path) else { return };
-        let recent = f
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < std::time::Duration::from_secs(60));
-        if !recent {
-            use std::os::fd::AsRawFd;
-            // futimens(fd, NULL): "now" by the file's own clock (the server's
-            // on NFS), allowed to any user with write access, unlike setting
-            // an explicit time, which only the owner may do.
-            // SAFETY: a valid descriptor we own; NULL means "set both to now".
-            unsafe {
-                libc::futimens(f.as_raw_fd(), std::ptr::null());
-            }
+    /// Records a use of an entry for LRU eviction by setting its mtime to "now"
+    /// (atime is not kept on `noatime` mounts). Skipped when `last_use` (from
+    /// the lookup) is within the last minute, to spare a shared filesystem one
+    /// write per hit.
+    pub fn touch_entry(&self, key: &Digest, last_use: Option<std::time::SystemTime>) {
+        if last_use.and_then(|t| t.elapsed().ok()).is_some_and(|age| age < std::time::Duration::from_secs(60)) {
+            return;
         }
+        let Ok(path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.entry_path(key).as_os_str()))
+        else {
+            return;
+        };
+        // utimensat(..., NULL): "now" by the file's own clock (the server's on
+        // NFS), allowed to any user with write access, unlike setting an
+        // explicit time, which only the owner may do.
+        // SAFETY: a NUL-terminated path we own; NULL times means "set both to now".
+        unsafe {
+            libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0);
+        }
+    }
+
+    /// Looks an entry up and also returns its last use (mtime), read from the
+    /// same open file, for [`LocalStore::touch_entry`].
+    pub fn get_entry_and_last_use(&self, key: &Digest) -> Result<(Lookup, Option<std::time::SystemTime>)> {
+        let path = self.entry_path(key);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Lookup::Miss, None)),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let last_use = file.metadata().and_then(|m| m.modified()).ok();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
+        // Another ltocache version sharing the store wrote this: a miss, and
+        // its file is left for that version (the key version differs anyway).
+        if Entry::format_of(&data).is_some_and(|f| f != ENTRY_FORMAT) {
+            return Ok((Lookup::Miss, last_use));
+        }
+        let lookup = match Entry::decode(&data) {
+            Ok(entry) if &entry.key == key => Lookup::Hit(entry),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+                Lookup::Corrupt("entry names another key".into())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Lookup::Corrupt(e.to_string())
+            }
+        };
+        Ok((lookup, last_use))
     }
 
     /// True when new files can be created in the store (false on a read-only
@@ -368,56 +396,33 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Counts entries and bytes by walking the directory (the authoritative
-    /// size of a shared store, whatever each host's database believes).
-    pub fn scan_usage(&self) -> Result<(u64, u64, u64)> {
-        let mut files = 0;
-        let mut bytes = 0;
-        let mut entries = 0;
-        for sub in ["entries", "blobs"] {
-            let dir = self.root.join(sub);
-            let Ok(shards) = std::fs::read_dir(&dir) else { continue };
-            for shard in shards.flatten() {
-                let Ok(items) = std::fs::read_dir(shard.path()) else { continue };
-                for item in items.flatten() {
-                    if let Ok(meta) = item.metadata() {
-                        files += 1;
-                        bytes += meta.len();
-                        if sub == "entries" {
-                            entries += 1;
-                        }
-                    }
-                }
-            }
+    /// Every file under `entries/` or `blobs/` (`sub`), across the
+    /// two-hex-digit fan-out directories.
+    pub fn files(&self, sub: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let Ok(shards) = std::fs::read_dir(self.root.join(sub)) else { return out };
+        for shard in shards.flatten() {
+            let Ok(items) = std::fs::read_dir(shard.path()) else { continue };
+            out.extend(items.flatten().map(|e| e.path()));
         }
-        Ok((entries, files, bytes))
+        out
+    }
+
+    /// (entries, files, bytes) by walking the directory: the authoritative
+    /// size of a shared store, whatever each host's database believes.
+    pub fn scan_usage(&self) -> (u64, u64, u64) {
+        let size = |paths: Vec<PathBuf>| -> (u64, u64) {
+            paths.iter().filter_map(|p| std::fs::metadata(p).ok()).fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+        };
+        let (entries, entry_bytes) = size(self.files("entries"));
+        let (blobs, blob_bytes) = size(self.files("blobs"));
+        (entries, entries + blobs, entry_bytes + blob_bytes)
     }
 }
 
 impl Store for LocalStore {
     fn get_entry(&self, key: &Digest) -> Result<Lookup> {
-        let path = self.entry_path(key);
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Miss),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        // Another ltocache version sharing the store wrote this: a miss, and
-        // its file is left for that version (the key version differs anyway).
-        if Entry::format_of(&data).is_some_and(|f| f != ENTRY_FORMAT) {
-            return Ok(Lookup::Miss);
-        }
-        match Entry::decode(&data) {
-            Ok(entry) if &entry.key == key => Ok(Lookup::Hit(entry)),
-            Ok(_) => {
-                let _ = std::fs::remove_file(&path);
-                Ok(Lookup::Corrupt("entry names another key".into()))
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                Ok(Lookup::Corrupt(e.to_string()))
-            }
-        }
+        self.get_entry_and_last_use(key).map(|(lookup, _)| lookup)
     }
 
     fn put_entry(&self, entry: &Entry) -> Result<u64> {

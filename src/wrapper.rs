@@ -50,11 +50,7 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
     let log = Logger::new(config.logfile.value.clone());
     let analysed = args::expand_response_files(&sargs).and_then(|expanded| args::analyze(&compiler, &expanded));
     match analysed {
-        Err(reason) => {
-            log.log(&format!("uncacheable ({reason}): {compiler}"));
-            record(&config, &log, |b| b.add(&format!("uncacheable.{}", reason.code()), 1));
-            exec::exec_compiler(&compiler, &args)
-        }
+        Err(reason) => uncacheable(&config, &log, &compiler, &args, &reason),
         Ok(mut inv) => {
             if let (Some(base), Ok(cwd)) = (&config.base_dir.value, std::env::current_dir()) {
                 args::relocate_args(&mut inv.hashed_args, base, &cwd);
@@ -66,46 +62,49 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
 
 /// Counts a reason in this host's database and execs the compiler.
 fn count_and_exec(compiler: &str, args: &[OsString], reason: &NotCacheable) -> ! {
-    if let Ok(config) = Config::load() {
-        if !config.disable.value {
+    match Config::load() {
+        Ok(config) if !config.disable.value => {
             let log = Logger::new(config.logfile.value.clone());
-            record(&config, &log, |b| b.add(&format!("uncacheable.{}", reason.code()), 1));
+            uncacheable(&config, &log, compiler, args, reason)
         }
+        _ => exec::exec_compiler(compiler, args),
     }
+}
+
+/// Logs and counts why a command is not cached, then execs the compiler.
+fn uncacheable(config: &Config, log: &Logger, compiler: &str, args: &[OsString], reason: &NotCacheable) -> ! {
+    log.log(&format!("uncacheable ({reason}): {compiler}"));
+    let mut batch = Batch::default();
+    batch.add(&format!("uncacheable.{}", reason.code()), 1);
+    commit(log, open_db(config, log), &batch);
     exec::exec_compiler(compiler, args)
 }
 
-/// Opens the database and commits one batch; failures are logged only.
-fn record(config: &Config, log: &Logger, fill: impl FnOnce(&mut Batch)) {
-    let mut batch = Batch::default();
-    fill(&mut batch);
-    match Db::open(&config.stats_db_path()) {
-        Ok(mut db) => {
-            if let Err(e) = db.commit(&batch) {
-                log.log(&format!("stats update failed: {e:#}"));
-            }
+/// This host's database, or None (logged) when it cannot be opened: the
+/// compile goes on without memos and counters.
+fn open_db(config: &Config, log: &Logger) -> Option<Db> {
+    Db::open(&config.stats_db_path()).map_err(|e| log.log(&format!("stats database unavailable: {e:#}"))).ok()
+}
+
+/// Commits one invocation's batch; a failure is logged only.
+fn commit(log: &Logger, db: Option<Db>, batch: &Batch) {
+    if let Some(mut db) = db {
+        if let Err(e) = db.commit(batch) {
+            log.log(&format!("stats update failed: {e:#}"));
         }
-        Err(e) => log.log(&format!("stats database unavailable: {e:#}")),
     }
+}
+
+/// Commits what was counted so far and runs the real compiler in our place.
+fn fall_back(log: &Logger, db: Option<Db>, batch: &Batch, inv: &BackendInvocation, args: &[OsString]) -> ! {
+    commit(log, db, batch);
+    exec::exec_compiler(&inv.compiler, args)
 }
 
 fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: &[OsString]) -> ! {
     config.apply_umask();
-    let db = match Db::open(&config.stats_db_path()) {
-        Ok(db) => Some(db),
-        Err(e) => {
-            log.log(&format!("stats database unavailable, continuing without it: {e:#}"));
-            None
-        }
-    };
+    let db = open_db(config, log);
     let mut batch = Batch::default();
-    let finish = |db: Option<Db>, batch: &Batch| {
-        if let Some(mut db) = db {
-            if let Err(e) = db.commit(batch) {
-                log.log(&format!("stats update failed: {e:#}"));
-            }
-        }
-    };
 
     // Resolve the compiler once; if we cannot, exec reports the error as a shell would.
     let program = match crate::compiler::resolve(&inv.compiler) {
@@ -113,8 +112,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         Err(e) => {
             log.log(&format!("{e:#}"));
             batch.add("errors.compiler_not_found", 1);
-            finish(db, &batch);
-            exec::exec_compiler(&inv.compiler, args);
+            fall_back(log, db, &batch, inv, args);
         }
     };
 
@@ -125,8 +123,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             let reason =
                 NotCacheable::UnsupportedOption(format!("output {} is not a regular file", inv.output.display()));
             batch.add(&format!("uncacheable.{}", reason.code()), 1);
-            finish(db, &batch);
-            exec::exec_compiler(&inv.compiler, args);
+            fall_back(log, db, &batch, inv, args);
         }
         Ok(m) => Some(crate::util::FileStamp::of(&m)),
         Err(_) => None,
@@ -148,39 +145,36 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         Err(KeyError::NotCacheable(reason)) => {
             log.log(&format!("uncacheable ({reason}): {}", inv.output.display()));
             batch.add(&format!("uncacheable.{}", reason.code()), 1);
-            finish(db, &batch);
-            exec::exec_compiler(&inv.compiler, args);
+            fall_back(log, db, &batch, inv, args);
         }
         Err(KeyError::Internal(e)) => {
             log.log(&format!("error computing key, running the compiler: {e:#}"));
             batch.add("errors.key", 1);
-            finish(db, &batch);
-            exec::exec_compiler(&inv.compiler, args);
+            fall_back(log, db, &batch, inv, args);
         }
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
     batch.files = std::mem::take(&mut hasher.new_memos);
     let store = config.store();
-    // A store we cannot write to (read-only mount, foreign permissions) still serves hits.
-    let readonly = config.readonly.value || !store.writable();
     let fields_text = || key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect::<String>();
     let output_name = absolute(&inv.output);
 
     // Phase 2: lookup.
     if !config.recache.value {
-        match store.get_entry(&key.digest) {
-            Ok(Lookup::Hit(entry)) => match serve(&store, config, &entry, &inv.output) {
+        match store.get_entry_and_last_use(&key.digest) {
+            Ok((Lookup::Hit(entry), last_use)) => match serve(&store, config, &entry, &inv.output) {
                 Ok(Some(bytes)) => {
                     let _ = std::io::stderr().write_all(&entry.stderr);
                     log.log(&format!("hit {} {}", hex(&key.digest[..8]), inv.output.display()));
                     batch.add("hits", 1);
                     batch.add("bytes_served", bytes as i64);
                     batch.add("ns_saved", entry.duration_ns as i64);
-                    if !readonly {
-                        store.touch_entry(&key.digest);
+                    if !config.readonly.value {
+                        // Fails harmlessly on a read-only store.
+                        store.touch_entry(&key.digest, last_use);
                     }
                     batch.last_compile = Some((output_name, key.digest, "hit".into(), fields_text()));
-                    finish(db, &batch);
+                    commit(log, db, &batch);
                     std::process::exit(0);
                 }
                 Ok(None) => {
@@ -192,8 +186,8 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
                     batch.add("errors.serve", 1);
                 }
             },
-            Ok(Lookup::Miss) => {}
-            Ok(Lookup::Corrupt(why)) => {
+            Ok((Lookup::Miss, _)) => {}
+            Ok((Lookup::Corrupt(why), _)) => {
                 log.log(&format!("corrupt entry {} removed: {why}", hex(&key.digest[..8])));
                 batch.add("errors.corrupt_entry", 1);
             }
@@ -210,8 +204,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         Err(e) => {
             log.log(&format!("could not run the compiler: {e:#}"));
             batch.add("errors.spawn", 1);
-            finish(db, &batch);
-            exec::exec_compiler(&inv.compiler, args);
+            fall_back(log, db, &batch, inv, args);
         }
     };
     let _ = std::io::stdout().write_all(&finished.stdout);
@@ -219,15 +212,16 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     if !finished.status.success() {
         batch.add("compile_failed", 1);
         batch.last_compile = Some((output_name, key.digest, "failed".into(), fields_text()));
-        finish(db, &batch);
+        commit(log, db, &batch);
         exec::exit_like(finished.status);
     }
     batch.add("misses", 1);
     batch.add("ns_compiled", finished.duration.as_nanos() as i64);
     batch.last_compile = Some((output_name, key.digest, "miss".into(), fields_text()));
 
-    // Phase 4: store.
-    if readonly {
+    // Phase 4: store. A store we cannot write to (read-only mount, foreign
+    // permissions) still served hits above; here it is read-only.
+    if config.readonly.value || !store.writable() {
         batch.add("readonly_misses", 1);
     } else if let Some(changed) = hasher.unchanged_since_hashing() {
         log.log(&format!("{} changed during the compile: not stored", changed.display()));
@@ -255,7 +249,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             }
         }
     }
-    finish(db, &batch);
+    commit(log, db, &batch);
     exec::exit_like(finished.status)
 }
 
