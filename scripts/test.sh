@@ -7,7 +7,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
 # --lib --bins --tests: every test target (there are no doc tests).
-cargo test --release --locked --lib --bins --tests 2>&1 | tee "$log"
+cargo test --release --locked --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run, summed over every test binary.

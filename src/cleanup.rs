@@ -76,6 +76,40 @@ pub mod ledger {
         write(store, &format!("host.{host}"), r)
     }
 
+    /// Adds a store's bytes and files to what this host added since
+    /// `generation` and returns the new total, to be published. The running
+    /// total lives in a host-local file (`state_dir`) under an exclusive
+    /// `flock`, so this host's parallel compiles add up exactly; a new
+    /// generation (a scan happened) restarts it. A torn file reads as zero:
+    /// the estimate is low until the next scan, nothing worse.
+    pub fn add_mine(state_dir: &Path, store: &LocalStore, generation: i64, bytes: u64, files: u64) -> Result<Record> {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        let name = blake3::hash(store.root().as_os_str().as_encoded_bytes());
+        let path = state_dir.join(format!("ledger-{}", crate::util::hex(&name.as_bytes()[..8])));
+        std::fs::create_dir_all(state_dir)?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.lock()?;
+        let mut text = String::new();
+        let _ = f.read_to_string(&mut text);
+        let mut r = match parse(&text) {
+            Some(old) if old.generation == generation => old,
+            _ => Record { generation, bytes: 0, files: 0 },
+        };
+        r.bytes += bytes;
+        r.files += files;
+        // Fixed width, so an overwrite never leaves a longer old tail behind.
+        let line = format!("{:<63}\n", format!("{} {} {}", r.generation, r.bytes, r.files));
+        f.write_all_at(line.as_bytes(), 0)?;
+        Ok(r)
+    }
+
     /// The sum of what other hosts added since `generation`.
     pub fn others(store: &LocalStore, generation: i64, me: &str) -> (u64, u64) {
         let mine = format!("host.{me}");

@@ -106,9 +106,12 @@ fn print_sweep(r: &crate::cleanup::Report) {
     );
 }
 
+/// This host's database with its journal folded in, so it has every record.
 fn open_db(config: &Config) -> Result<Db> {
     let path = config.stats_db_path();
-    Db::open(&path).with_context(|| format!("opening the stats database {}", path.display()))
+    let mut db = Db::open(&path).with_context(|| format!("opening the stats database {}", path.display()))?;
+    crate::journal::fold(&config.state_dir(), &mut db, true).context("folding the stats journal")?;
+    Ok(db)
 }
 
 /// The numbers `stats` reports, computed once for both output forms.

@@ -8,7 +8,6 @@
 //! spawns two processes, so it is memoised per resolved path together with
 //! the stamps of everything it covered; the steady state costs a few stats.
 
-use crate::stats::{Batch, Db};
 use crate::util::FileStamp;
 use anyhow::{bail, Context, Result};
 use std::os::unix::ffi::OsStrExt;
@@ -83,10 +82,9 @@ fn decode_paths(stamps: &[u8]) -> Option<Vec<PathBuf>> {
 /// file is that path: `stat` follows the symlink, so retargeting it (or
 /// upgrading the binary behind it) changes the stamp. The steady state
 /// therefore resolves no symlinks at all.
-pub fn identity(compiler: &Path, db: Option<&Db>, batch: &mut Batch) -> Result<[u8; 32]> {
-    let key = compiler.to_string_lossy().into_owned();
-    if let Some(db) = db {
-        if let Ok(Some((stamps, id))) = db.lookup_compiler(&key) {
+pub fn identity(compiler: &Path, memo_dir: Option<&Path>) -> Result<[u8; 32]> {
+    if let Some(dir) = memo_dir {
+        if let Some((stamps, id)) = crate::memo::lookup_compiler(dir, compiler) {
             if let Some(paths) = decode_paths(&stamps) {
                 if encode_stamps(&paths).ok().as_deref() == Some(&stamps[..]) {
                     return Ok(id);
@@ -109,8 +107,9 @@ pub fn identity(compiler: &Path, db: Option<&Db>, batch: &mut Batch) -> Result<[
     let stamps = encode_stamps(&files)?;
     let id = compute_identity(&real, &libs, &cfgs)?;
     // Only memoise if nothing changed while we were reading.
-    if encode_stamps(&files)? == stamps {
-        batch.compiler = Some((key, stamps, id));
+    if let (Some(dir), true) = (memo_dir, encode_stamps(&files)? == stamps) {
+        // Best effort: without the memo the next compile recomputes.
+        let _ = crate::memo::store_compiler(dir, compiler, &stamps, &id);
     }
     Ok(id)
 }

@@ -261,9 +261,14 @@ impl Config {
     /// NFS, so the default is a per-host directory; `stats_dir` moves it to
     /// local disk when the cache directory itself is on NFS.
     pub fn stats_db_path(&self) -> PathBuf {
+        self.state_dir().join("stats.sqlite3")
+    }
+
+    /// This host's own directory: the database, the journal, the memos.
+    pub fn state_dir(&self) -> PathBuf {
         match &self.stats_dir.value {
-            Some(d) => d.join("stats.sqlite3"),
-            None => self.cache_dir.value.join("hosts").join(crate::util::hostname()).join("stats.sqlite3"),
+            Some(d) => d.clone(),
+            None => self.cache_dir.value.join("hosts").join(crate::util::hostname()),
         }
     }
 

@@ -1,14 +1,14 @@
 //! File digests with a memo, so a warm build hashes each file once rather
 //! than once per importer.
 //!
-//! The memo row for a file is keyed by (device, inode) and trusted only when
+//! The memo ([`crate::memo`]) for a file is keyed by (device, inode) and trusted only when
 //! size, mtime and ctime all match *and* the file was last changed at least
 //! [`RACY_NS`] before it was hashed. Without that margin, a file rewritten
 //! within the same timestamp tick as our hash (same size, same mtime) would
 //! keep its old digest: the "racy git" problem.
 
+use crate::memo::{FileMemo, MemoTable};
 use crate::shard::{self, AsmRef};
-use crate::stats::{Db, FileMemo};
 use crate::util::{now_ns, FileStamp};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -30,9 +30,7 @@ pub struct Hashed {
 
 /// Hashes files for one invocation, consulting and feeding the memo.
 pub struct FileHasher<'a> {
-    db: Option<&'a Db>,
-    /// New memo rows to write in the invocation's transaction.
-    pub new_memos: Vec<FileMemo>,
+    memo: Option<&'a MemoTable>,
     pub bytes_hashed: u64,
     /// Every file the key covered, with the stamp it had: checked again after
     /// the compile so an input edited meanwhile is not stored under the old key.
@@ -42,8 +40,8 @@ pub struct FileHasher<'a> {
 }
 
 impl<'a> FileHasher<'a> {
-    pub fn new(db: Option<&'a Db>) -> Self {
-        FileHasher { db, new_memos: Vec::new(), bytes_hashed: 0, seen: Vec::new(), done: HashMap::new() }
+    pub fn new(memo: Option<&'a MemoTable>) -> Self {
+        FileHasher { memo, bytes_hashed: 0, seen: Vec::new(), done: HashMap::new() }
     }
 
     /// Digest of `path` (and its assembly references when `want_asm`).
@@ -68,7 +66,7 @@ impl<'a> FileHasher<'a> {
     fn hash_uncached(&mut self, path: &Path, want_asm: bool) -> Result<Hashed> {
         let (file, stamp) = open_stamped(path)?;
         self.seen.push((path.to_path_buf(), stamp));
-        let memo = self.db.and_then(|db| db.lookup_file(&stamp).unwrap_or(None)).filter(trusted);
+        let memo = self.memo.and_then(|t| t.lookup(&stamp)).filter(trusted);
         match memo {
             Some(m) if !want_asm => return Ok(Hashed { stamp, digest: m.digest, asm: None }),
             Some(FileMemo { digest, asm: Some(a), .. }) => {
@@ -83,7 +81,12 @@ impl<'a> FileHasher<'a> {
         self.bytes_hashed += data.len() as u64;
         let asm =
             if want_asm { Some(shard::asm_refs(&data).with_context(|| path.display().to_string())?) } else { None };
-        self.new_memos.push(FileMemo { stamp, hashed_ns: started, digest, asm: asm.as_deref().map(encode_asm) });
+        let memo = FileMemo { stamp, hashed_ns: started, digest, asm: asm.as_deref().map(encode_asm) };
+        // A memo that is not trusted now never will be (nothing in it
+        // changes): the file is hashed again until it has settled.
+        if let (Some(table), true) = (self.memo, trusted(&memo)) {
+            table.insert(&memo);
+        }
         Ok(Hashed { stamp, digest, asm })
     }
 

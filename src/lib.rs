@@ -1,9 +1,10 @@
 //! ltocache: a cache for Clang's distributed ThinLTO backend compiles.
 //!
 //! One invocation flows through the modules in this order (docs/ARCHITECTURE.md):
-//! [`args`] → [`shard`]/[`bitcode`] → [`compiler`] + [`digest`] → [`key`] →
-//! [`store`] → [`exec`] → [`stats`], orchestrated by [`wrapper`]. The
-//! subcommands (`stats`, `clear`, ...) live in [`commands`]; settings in [`config`].
+//! [`args`] → [`shard`]/[`bitcode`] → [`compiler`] + [`digest`] (memos in
+//! [`memo`]) → [`key`] → [`store`] → [`exec`] → [`journal`], orchestrated by
+//! [`wrapper`]. The subcommands (`stats`, `clear`, ...) live in [`commands`]
+//! and read [`stats`], the journal folded into SQLite; settings in [`config`].
 
 pub mod args;
 pub mod bitcode;
@@ -14,8 +15,10 @@ pub mod compiler;
 pub mod config;
 pub mod digest;
 pub mod exec;
+pub mod journal;
 pub mod key;
 pub mod log;
+pub mod memo;
 pub mod shard;
 pub mod stats;
 pub mod store;

@@ -5,7 +5,8 @@
 //! 3. [`crate::store`]: look the key up; on a hit, serve the object and replay stderr.
 //! 4. On a miss, run the compiler ([`crate::exec`]); store its outputs only if it
 //!    succeeded and no input changed while it ran.
-//! 5. [`crate::stats`]: one transaction with the counters and memos.
+//! 5. [`crate::journal`]: one appended record with what was counted. No
+//!    database is opened on the way: memos are in [`crate::memo`].
 //!
 //! The rule throughout: the cache may make a compile faster, never different
 //! and never failed. Any internal problem is logged, counted, and answered by
@@ -17,6 +18,7 @@ use crate::digest::FileHasher;
 use crate::exec;
 use crate::key::{self, KeyError};
 use crate::log::Logger;
+use crate::memo::MemoTable;
 use crate::stats::{Batch, Db};
 use crate::store::{Entry, LocalStore, Lookup, Served, Store, StoredOutput};
 use crate::util::hex;
@@ -60,7 +62,7 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
     }
 }
 
-/// Counts a reason in this host's database and execs the compiler.
+/// Counts a reason in this host's journal and execs the compiler.
 fn count_and_exec(compiler: &str, args: &[OsString], reason: &NotCacheable) -> ! {
     match Config::load() {
         Ok(config) if !config.disable.value => {
@@ -76,34 +78,39 @@ fn uncacheable(config: &Config, log: &Logger, compiler: &str, args: &[OsString],
     log.log(&format!("uncacheable ({reason}): {compiler}"));
     let mut batch = Batch::default();
     batch.add(&format!("uncacheable.{}", reason.code()), 1);
-    commit(log, open_db(config, log), &batch);
+    record(config, log, &mut batch);
     exec::exec_compiler(compiler, args)
 }
 
-/// This host's database, or None (logged) when it cannot be opened: the
-/// compile goes on without memos and counters.
-fn open_db(config: &Config, log: &Logger) -> Option<Db> {
-    Db::open(&config.stats_db_path()).map_err(|e| log.log(&format!("stats database unavailable: {e:#}"))).ok()
-}
-
-/// Commits one invocation's batch; a failure is logged only.
-fn commit(log: &Logger, db: Option<Db>, batch: &Batch) {
-    if let Some(mut db) = db {
-        if let Err(e) = db.commit(batch) {
-            log.log(&format!("stats update failed: {e:#}"));
+/// Appends one invocation's record to this host's journal (a failure is
+/// logged only) and folds the journal into the database when it has grown
+/// long, so that it stays bounded even if nobody runs `stats`.
+fn record(config: &Config, log: &Logger, batch: &mut Batch) {
+    batch.at_ns = crate::util::now_ns();
+    let dir = config.state_dir();
+    match crate::journal::append(&dir, batch) {
+        Ok(len) if len > crate::journal::FOLD_AT => {
+            let folded =
+                Db::open(&config.stats_db_path()).and_then(|mut db| crate::journal::fold(&dir, &mut db, false));
+            if let Err(e) = folded {
+                log.log(&format!("folding the journal failed: {e:#}"));
+            }
         }
+        Ok(_) => {}
+        Err(e) => log.log(&format!("stats journal not written: {e:#}")),
     }
 }
 
-/// Commits what was counted so far and runs the real compiler in our place.
-fn fall_back(log: &Logger, db: Option<Db>, batch: &Batch, inv: &BackendInvocation, args: &[OsString]) -> ! {
-    commit(log, db, batch);
+/// Records what was counted so far and runs the real compiler in our place.
+fn fall_back(config: &Config, log: &Logger, batch: &mut Batch, inv: &BackendInvocation, args: &[OsString]) -> ! {
+    record(config, log, batch);
     exec::exec_compiler(&inv.compiler, args)
 }
 
 fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: &[OsString]) -> ! {
     config.apply_umask();
-    let db = open_db(config, log);
+    let state_dir = config.state_dir();
+    let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
     let mut batch = Batch::default();
 
     // Resolve the compiler once; if we cannot, exec reports the error as a shell would.
@@ -112,7 +119,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         Err(e) => {
             log.log(&format!("{e:#}"));
             batch.add("errors.compiler_not_found", 1);
-            fall_back(log, db, &batch, inv, args);
+            fall_back(config, log, &mut batch, inv, args);
         }
     };
 
@@ -123,38 +130,31 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             let reason =
                 NotCacheable::UnsupportedOption(format!("output {} is not a regular file", inv.output.display()));
             batch.add(&format!("uncacheable.{}", reason.code()), 1);
-            fall_back(log, db, &batch, inv, args);
+            fall_back(config, log, &mut batch, inv, args);
         }
         Ok(m) => Some(crate::util::FileStamp::of(&m)),
         Err(_) => None,
     };
 
     // Phase 1: the key.
-    let mut hasher = FileHasher::new(db.as_ref());
-    if let Some(db) = &db {
-        db.begin_read();
-    }
-    let key = crate::compiler::identity(&program, db.as_ref(), &mut batch)
+    let mut hasher = FileHasher::new(memo.as_ref());
+    let key = crate::compiler::identity(&program, Some(&state_dir))
         .map_err(KeyError::Internal)
         .and_then(|id| key::compute(inv, &id, &mut hasher, &|v| std::env::var(v).ok()));
-    if let Some(db) = &db {
-        db.end_read();
-    }
     let key = match key {
         Ok(k) => k,
         Err(KeyError::NotCacheable(reason)) => {
             log.log(&format!("uncacheable ({reason}): {}", inv.output.display()));
             batch.add(&format!("uncacheable.{}", reason.code()), 1);
-            fall_back(log, db, &batch, inv, args);
+            fall_back(config, log, &mut batch, inv, args);
         }
         Err(KeyError::Internal(e)) => {
             log.log(&format!("error computing key, running the compiler: {e:#}"));
             batch.add("errors.key", 1);
-            fall_back(log, db, &batch, inv, args);
+            fall_back(config, log, &mut batch, inv, args);
         }
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
-    batch.files = std::mem::take(&mut hasher.new_memos);
     let store = config.store();
     let fields_text = || key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect::<String>();
     let output_name = absolute(&inv.output);
@@ -174,7 +174,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
                         store.touch_entry(&key.digest, last_use);
                     }
                     batch.last_compile = Some((output_name, key.digest, "hit".into(), fields_text()));
-                    commit(log, db, &batch);
+                    record(config, log, &mut batch);
                     std::process::exit(0);
                 }
                 Ok(None) => {
@@ -204,7 +204,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         Err(e) => {
             log.log(&format!("could not run the compiler: {e:#}"));
             batch.add("errors.spawn", 1);
-            fall_back(log, db, &batch, inv, args);
+            fall_back(config, log, &mut batch, inv, args);
         }
     };
     let _ = std::io::stdout().write_all(&finished.stdout);
@@ -212,7 +212,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     if !finished.status.success() {
         batch.add("compile_failed", 1);
         batch.last_compile = Some((output_name, key.digest, "failed".into(), fields_text()));
-        commit(log, db, &batch);
+        record(config, log, &mut batch);
         exec::exit_like(finished.status);
     }
     batch.add("misses", 1);
@@ -239,7 +239,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             Ok((entry_size, blobs)) => {
                 batch.add("stores", 1);
                 let added: u64 = entry_size + blobs.iter().map(|b| b.1).sum::<u64>();
-                maybe_cleanup(config, log, &store, db.as_ref(), &mut batch, added, 1 + blobs.len() as u64);
+                maybe_cleanup(config, log, &store, &mut batch, added, 1 + blobs.len() as u64);
                 batch.stored_entry = Some((key.digest, entry_size, finished.duration.as_nanos() as u64));
                 batch.stored_blobs = blobs;
             }
@@ -249,7 +249,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             }
         }
     }
-    commit(log, db, &batch);
+    record(config, log, &mut batch);
     exec::exit_like(finished.status)
 }
 
@@ -257,44 +257,27 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
 /// if the ledger's total says the store is over its limits (or it was never
 /// scanned), run a cleanup. One cleaner at a time; a compile that finds the
 /// lock taken carries on.
-fn maybe_cleanup(
-    config: &Config,
-    log: &Logger,
-    store: &LocalStore,
-    db: Option<&Db>,
-    batch: &mut Batch,
-    bytes: u64,
-    files: u64,
-) {
+fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, batch: &mut Batch, bytes: u64, files: u64) {
     use crate::cleanup::ledger;
-    use crate::stats::EstimateUpdate;
-    let dir = config.cache_dir.value.to_string_lossy().into_owned();
+    let state_dir = config.state_dir();
     let host = crate::util::hostname();
     let limits = config.limits();
     let scan = ledger::scan(store);
-    let over = match scan {
-        None => true,
-        Some(scan) => {
-            // This host's additions since that scan: from its database (atomic
-            // across this host's parallel compiles), plus this store.
-            let mine = db.and_then(|db| db.estimate(&dir).ok()).unwrap_or_default();
-            let (mut my_bytes, mut my_files) = (bytes, files);
-            if mine.scanned_ns == scan.generation {
-                my_bytes += mine.bytes;
-                my_files += mine.files;
+    let over =
+        match scan {
+            None => true,
+            Some(scan) => {
+                // This host's additions since that scan, this store included
+                // (atomic across this host's parallel compiles).
+                let mine = ledger::add_mine(&state_dir, store, scan.generation, bytes, files)
+                    .unwrap_or(ledger::Record { generation: scan.generation, bytes, files });
+                let _ = ledger::publish(store, host, mine);
+                let (ob, of) = ledger::others(store, scan.generation, host);
+                let (total_bytes, total_files) = (scan.bytes + mine.bytes + ob, scan.files + mine.files + of);
+                (limits.max_size > 0 && total_bytes > limits.max_size)
+                    || (limits.max_files > 0 && total_files > limits.max_files)
             }
-            let _ = ledger::publish(
-                store,
-                host,
-                ledger::Record { generation: scan.generation, bytes: my_bytes, files: my_files },
-            );
-            batch.estimate = Some(EstimateUpdate::Add(dir.clone(), scan.generation, bytes, files));
-            let (ob, of) = ledger::others(store, scan.generation, host);
-            let (total_bytes, total_files) = (scan.bytes + my_bytes + ob, scan.files + my_files + of);
-            (limits.max_size > 0 && total_bytes > limits.max_size)
-                || (limits.max_files > 0 && total_files > limits.max_files)
-        }
-    };
+        };
     if !over {
         return;
     }
@@ -307,7 +290,7 @@ fn maybe_cleanup(
             ));
             batch.add("cleanups", 1);
             batch.add("evicted_entries", r.removed_entries as i64);
-            batch.estimate = Some(EstimateUpdate::Add(dir, r.generation, 0, 0));
+            let _ = ledger::add_mine(&state_dir, store, r.generation, 0, 0);
             let _ = ledger::publish(store, host, ledger::Record { generation: r.generation, bytes: 0, files: 0 });
         }
         Err(e) => {

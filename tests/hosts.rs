@@ -67,7 +67,7 @@ fn four_hosts_share_one_directory_under_a_size_limit() {
     let mut evicted = 0;
     for h in 0..HOSTS {
         let dir = first.cache.join("hosts").join(format!("host{h}"));
-        assert!(dir.join("stats.sqlite3").exists(), "host{h} has its own stats");
+        assert!(dir.join("journal").exists(), "host{h} has its own stats journal");
         let out = first.ltocache().env("LTOCACHE_STATS_DIR", &dir).args(["stats", "--json"]).output().unwrap();
         let json = String::from_utf8(out.stdout).unwrap();
         let n = util::stat_of(&json, "hits") + util::stat_of(&json, "misses");
