@@ -195,6 +195,9 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"bytes_hashed\": {},", r.get("bytes_hashed"));
         let _ = writeln!(s, "  \"backend_seconds_saved\": {:.6},", secs("ns_saved"));
         let _ = writeln!(s, "  \"backend_seconds_on_misses\": {:.6},", secs("ns_compiled"));
+        let _ = writeln!(s, "  \"own_cpu_seconds_on_hits\": {:.6},", secs("cpu_ns.own_hits"));
+        let _ = writeln!(s, "  \"own_cpu_seconds_on_misses\": {:.6},", secs("cpu_ns.own_misses"));
+        let _ = writeln!(s, "  \"compiler_cpu_seconds_on_misses\": {:.6},", secs("cpu_ns.compiler_misses"));
         let _ = writeln!(s, "  \"cache_entries\": {},", r.store_entries);
         let _ = writeln!(s, "  \"cache_files\": {},", r.store_files);
         let _ = writeln!(s, "  \"cache_size_bytes\": {},", r.store_bytes);
@@ -230,6 +233,22 @@ fn stats(config: &Config, json: bool) -> Result<()> {
     row(&mut out, "Bytes hashed", format_size(r.get("bytes_hashed") as u64, BINARY));
     row(&mut out, "Backend time saved", format!("{:.2} s", secs("ns_saved")));
     row(&mut out, "Backend time on misses", format!("{:.2} s", secs("ns_compiled")));
+    // What the cache itself cost: its own CPU time per hit, and on misses as
+    // a share of the compiler's CPU time (the compile a miss runs anyway).
+    if r.hits > 0 {
+        row(&mut out, "ltocache CPU per hit", format!("{:.2} ms", secs("cpu_ns.own_hits") * 1e3 / r.hits as f64));
+    }
+    if r.get("cpu_ns.compiler_misses") > 0 {
+        row(
+            &mut out,
+            "ltocache CPU on misses",
+            format!(
+                "{:.2} ms per miss, {:.2} % of the compiler's",
+                secs("cpu_ns.own_misses") * 1e3 / r.misses.max(1) as f64,
+                r.get("cpu_ns.own_misses") as f64 * 100.0 / r.get("cpu_ns.compiler_misses") as f64
+            ),
+        );
+    }
     row(
         &mut out,
         "Cache size",

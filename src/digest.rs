@@ -1,11 +1,20 @@
 //! File digests with a memo, so a warm build hashes each file once rather
 //! than once per importer.
 //!
-//! The memo ([`crate::memo`]) for a file is keyed by (device, inode) and trusted only when
-//! size, mtime and ctime all match *and* the file was last changed at least
-//! [`RACY_NS`] before it was hashed. Without that margin, a file rewritten
-//! within the same timestamp tick as our hash (same size, same mtime) would
-//! keep its old digest: the "racy git" problem.
+//! The memo ([`crate::memo`]) for a file is keyed by (device, inode) and
+//! trusted only when size, mtime and ctime all match *and* the file was last
+//! changed more than a margin before it was hashed. Without that margin, a
+//! file rewritten within the same timestamp tick as our hash (same size, same
+//! mtime) would keep its old digest: the "racy git" problem.
+//!
+//! The margin is the filesystem's timestamp granularity, with room to spare
+//! ([`racy_margin_ns`]): local filesystems with nanosecond timestamps take
+//! them from this kernel's clock, which advances at least every 10 ms (one
+//! jiffy at HZ=100), so [`LOCAL_RACY_NS`] suffices. Anything else — network
+//! filesystems, whose timestamps come from the server's clock; FAT's 2 s
+//! ticks; ext4 with 128-byte inodes, whose timestamps are whole seconds —
+//! gets [`RACY_NS`]. A margin that is too long only costs rehashing; one too
+//! short would serve a stale object, so unknown means long.
 
 use crate::memo::{FileMemo, MemoTable};
 use crate::shard::{self, AsmRef};
@@ -15,10 +24,42 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// A file changed less than this long before it was hashed is hashed again
-/// next time. One second covers coarse timestamps (and modest clock skew
-/// between an NFS server and this host).
-pub const RACY_NS: i64 = 1_000_000_000;
+/// The margin for filesystems not known to have fine local timestamps. Two
+/// seconds: FAT's granularity, and modest clock skew against an NFS server.
+pub const RACY_NS: i64 = 2_000_000_000;
+/// The margin for local filesystems with nanosecond timestamps: five jiffies
+/// at HZ=100.
+pub const LOCAL_RACY_NS: i64 = 50_000_000;
+
+/// Filesystems (statfs `f_type`) whose timestamps come from this kernel's
+/// clock with sub-second resolution.
+const FINE_LOCAL_FS: &[i64] = &[
+    0xEF53,     // ext2/3/4 (whole seconds with 128-byte inodes: caught by the stamp check below)
+    0x58465342, // xfs
+    0x9123683E, // btrfs
+    0x01021994, // tmpfs
+    0xF2F52010, // f2fs
+    0x2FC12FC1, // zfs
+    0xCA451A4E, // bcachefs
+    0x794C7630, // overlayfs
+];
+
+/// How long before hashing a file with `stamp` on the filesystem of `file`
+/// must last have changed for its memo to be trusted.
+pub fn racy_margin_ns(fs_type: Option<i64>, stamp: &FileStamp) -> i64 {
+    let fine_stamps = stamp.mtime_ns % 1_000_000_000 != 0 || stamp.ctime_ns % 1_000_000_000 != 0;
+    match fs_type {
+        Some(t) if fine_stamps && FINE_LOCAL_FS.contains(&t) => LOCAL_RACY_NS,
+        _ => RACY_NS,
+    }
+}
+
+fn fs_type(file: &File) -> Option<i64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstatfs writes one statfs struct into memory we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } == 0).then_some(st.f_type as i64)
+}
 
 #[derive(Clone, Debug)]
 pub struct Hashed {
@@ -37,11 +78,13 @@ pub struct FileHasher<'a> {
     pub seen: Vec<(PathBuf, FileStamp)>,
     /// Files already hashed by this invocation (an input is also a module).
     done: HashMap<PathBuf, Hashed>,
+    /// Filesystem type per device, asked once per device.
+    fs_types: HashMap<u64, Option<i64>>,
 }
 
 impl<'a> FileHasher<'a> {
     pub fn new(memo: Option<&'a MemoTable>) -> Self {
-        FileHasher { memo, bytes_hashed: 0, seen: Vec::new(), done: HashMap::new() }
+        FileHasher { memo, bytes_hashed: 0, seen: Vec::new(), done: HashMap::new(), fs_types: HashMap::new() }
     }
 
     /// Digest of `path` (and its assembly references when `want_asm`).
@@ -66,7 +109,9 @@ impl<'a> FileHasher<'a> {
     fn hash_uncached(&mut self, path: &Path, want_asm: bool) -> Result<Hashed> {
         let (file, stamp) = open_stamped(path)?;
         self.seen.push((path.to_path_buf(), stamp));
-        let memo = self.memo.and_then(|t| t.lookup(&stamp)).filter(trusted);
+        let fs = *self.fs_types.entry(stamp.dev).or_insert_with(|| fs_type(&file));
+        let margin = racy_margin_ns(fs, &stamp);
+        let memo = self.memo.and_then(|t| t.lookup(&stamp)).filter(|m| trusted(m, margin));
         match memo {
             Some(m) if !want_asm => return Ok(Hashed { stamp, digest: m.digest, asm: None }),
             Some(FileMemo { digest, asm: Some(a), .. }) => {
@@ -84,7 +129,7 @@ impl<'a> FileHasher<'a> {
         let memo = FileMemo { stamp, hashed_ns: started, digest, asm: asm.as_deref().map(encode_asm) };
         // A memo that is not trusted now never will be (nothing in it
         // changes): the file is hashed again until it has settled.
-        if let (Some(table), true) = (self.memo, trusted(&memo)) {
+        if let (Some(table), true) = (self.memo, trusted(&memo, margin)) {
             table.insert(&memo);
         }
         Ok(Hashed { stamp, digest, asm })
@@ -117,8 +162,8 @@ fn read_unchanged(path: &Path, mut file: File, stamp: FileStamp) -> Result<Vec<u
     Ok(data)
 }
 
-fn trusted(m: &FileMemo) -> bool {
-    m.hashed_ns - m.stamp.ctime_ns.max(m.stamp.mtime_ns) > RACY_NS
+fn trusted(m: &FileMemo, margin_ns: i64) -> bool {
+    m.hashed_ns - m.stamp.ctime_ns.max(m.stamp.mtime_ns) > margin_ns
 }
 
 fn encode_asm(refs: &[AsmRef]) -> Vec<u8> {
@@ -173,8 +218,44 @@ mod tests {
     fn freshly_modified_file_is_not_trusted_from_memo() {
         let stamp = FileStamp { dev: 1, ino: 2, size: 3, mtime_ns: 10_000_000_000, ctime_ns: 10_000_000_000 };
         let racy = FileMemo { stamp, hashed_ns: 10_000_000_001, digest: [0; 32], asm: None };
-        assert!(!trusted(&racy));
-        let settled = FileMemo { hashed_ns: 12_000_000_000, ..racy };
-        assert!(trusted(&settled));
+        assert!(!trusted(&racy, RACY_NS));
+        let settled = FileMemo { hashed_ns: 12_000_000_001, ..racy };
+        assert!(trusted(&settled, RACY_NS));
+    }
+
+    #[test]
+    fn fresh_file_is_memoised_only_once_it_has_settled() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.o");
+        std::fs::write(&path, b"bitcode").unwrap();
+        let table = MemoTable::open(&d.path().join("state")).unwrap();
+        let stamp = FileStamp::of_path(&path).unwrap();
+        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp);
+
+        let mut h = FileHasher::new(Some(&table));
+        h.hash(&path, false).unwrap();
+        assert_eq!(h.bytes_hashed, 7);
+        assert!(table.lookup(&stamp).is_none(), "a file changed within the margin must not be memoised");
+
+        std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
+        let mut h = FileHasher::new(Some(&table));
+        h.hash(&path, false).unwrap();
+        assert!(table.lookup(&stamp).is_some());
+        let mut h = FileHasher::new(Some(&table));
+        let again = h.hash(&path, false).unwrap();
+        assert_eq!(h.bytes_hashed, 0, "the settled memo is used");
+        assert_eq!(again.digest, *blake3::hash(b"bitcode").as_bytes());
+    }
+
+    #[test]
+    fn margin_is_short_only_for_fine_local_timestamps() {
+        let fine = FileStamp { dev: 1, ino: 2, size: 3, mtime_ns: 10_123_456_789, ctime_ns: 10_123_456_789 };
+        let whole = FileStamp { mtime_ns: 10_000_000_000, ctime_ns: 10_000_000_000, ..fine };
+        assert_eq!(racy_margin_ns(Some(0xEF53), &fine), LOCAL_RACY_NS);
+        // ext4 with 128-byte inodes: whole seconds.
+        assert_eq!(racy_margin_ns(Some(0xEF53), &whole), RACY_NS);
+        // NFS (0x6969), unknown, or statfs failed.
+        assert_eq!(racy_margin_ns(Some(0x6969), &fine), RACY_NS);
+        assert_eq!(racy_margin_ns(None, &fine), RACY_NS);
     }
 }

@@ -24,12 +24,15 @@ pub struct Finished {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub duration: Duration,
+    /// The compiler's CPU time (user + system).
+    pub cpu_ns: i64,
 }
 
 /// Runs the compiler with stdin inherited and stdout and stderr captured
 /// (both are printed by the caller; stdout output makes the result uncacheable).
 pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Finished> {
     let start = Instant::now();
+    let children_before = crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
     let mut child = Command::new(program)
         .arg0(arg0)
         .args(args)
@@ -53,7 +56,8 @@ pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Fin
     }
     let stdout = out_thread.join().unwrap_or_default();
     let status = child.wait().context("waiting for the compiler")?;
-    Ok(Finished { status, stdout, stderr, duration: start.elapsed() })
+    let cpu_ns = crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - children_before;
+    Ok(Finished { status, stdout, stderr, duration: start.elapsed(), cpu_ns })
 }
 
 /// Exits the way the compiler did: same code, or the same signal.

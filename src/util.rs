@@ -165,6 +165,18 @@ pub fn parent_dir(p: &Path) -> PathBuf {
     }
 }
 
+/// CPU time (user + system) of this process (`libc::RUSAGE_SELF`) or of its
+/// waited-for children (`libc::RUSAGE_CHILDREN`), in nanoseconds.
+pub fn cpu_ns(who: libc::c_int) -> i64 {
+    // SAFETY: getrusage writes one rusage struct into memory we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return 0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec * 1_000_000_000 + t.tv_usec * 1_000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,15 @@ fn uncacheable(config: &Config, log: &Logger, compiler: &str, args: &[OsString],
 /// long, so that it stays bounded even if nobody runs `stats`.
 fn record(config: &Config, log: &Logger, batch: &mut Batch) {
     batch.at_ns = crate::util::now_ns();
+    // What the cache itself cost, in CPU time (the compiler child excluded):
+    // the figure the cold-overhead target is about, free of the wall-clock
+    // noise of a shared machine.
+    let own = crate::util::cpu_ns(libc::RUSAGE_SELF);
+    if batch.counters.contains_key("hits") {
+        batch.add("cpu_ns.own_hits", own);
+    } else if batch.counters.contains_key("misses") {
+        batch.add("cpu_ns.own_misses", own);
+    }
     let dir = config.state_dir();
     match crate::journal::append(&dir, batch) {
         Ok(len) if len > crate::journal::FOLD_AT => {
@@ -217,6 +226,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     }
     batch.add("misses", 1);
     batch.add("ns_compiled", finished.duration.as_nanos() as i64);
+    batch.add("cpu_ns.compiler_misses", finished.cpu_ns);
     batch.last_compile = Some((output_name, key.digest, "miss".into(), fields_text()));
 
     // Phase 4: store. A store we cannot write to (read-only mount, foreign

@@ -46,8 +46,7 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
 fi
 
 echo "building ltocache"
-(cd "$repo" && cargo build --release --quiet)
-ltocache="$repo/target/release/ltocache"
+ltocache=$(bash "$repo/scripts/build-release.sh")  # the static build README.md installs
 
 mkdir -p "$work"
 if [ ! -f "$work/linux-source-6.1/Makefile" ]; then

@@ -626,7 +626,9 @@ def bench_corpus(corpus, work, ltocache, args, failures):
                      errors=sum(st["errors"].values()), errors_detail=st["errors"],
                      uncacheable_detail=st["uncacheable"], stores=st["stores"],
                      bytes_hashed=st["bytes_hashed"], cache_size=st["cache_size_bytes"],
-                     cache_entries=st["cache_entries"], compile_failed=st["compile_failed"])
+                     cache_entries=st["cache_entries"], compile_failed=st["compile_failed"],
+                     own_cpu_hits=st["own_cpu_seconds_on_hits"], own_cpu_misses=st["own_cpu_seconds_on_misses"],
+                     compiler_cpu_misses=st["compiler_cpu_seconds_on_misses"])
             if s["errors"] or s["uncacheable"] or s["compile_failed"]:
                 fail(f"{key}: ltocache stats report errors={st['errors']} uncacheable={st['uncacheable']} "
                      f"compile_failed={st['compile_failed']}")
@@ -1004,6 +1006,10 @@ def report(results, meta):
           f"ltocache ({(pm['ltocache_cpu'] / pm['plain_cpu'] - 1) * 100:+.1f} %, median {pm['median_cpu_delta_ms']:+.1f} ms "
           f"per miss); wall {pm['plain_wall']:.2f} s against {pm['ltocache_wall']:.2f} s "
           f"({(pm['ltocache_wall'] / pm['plain_wall'] - 1) * 100:+.1f} %).")
+        w(f"- ltocache's own CPU time (its process; the clang child excluded; counted by ltocache with getrusage and "
+          f"reported by `ltocache stats`): (b) {b['own_cpu_misses'] * 1e3 / max(1, b['misses']):.2f} ms per miss, "
+          f"{own_share(b) * 100:.2f} % of the compiler's CPU on the same misses; (c) "
+          f"{c['own_cpu_hits'] * 1e3 / max(1, c['hits']):.2f} ms per hit.")
         fu = r["first_use"]
         w(f"- First use of ltocache with this compiler on a host (empty stats database; hashes clang and its LLVM "
           f"libraries once): {fu['ltocache']['wall']:.2f} s wall, {fu['ltocache']['cpu']:.2f} s CPU for `{fu['module']}`, "
@@ -1016,19 +1022,20 @@ def report(results, meta):
         for k, v in r["commands"].items():
             w(f"  - {k}: `{v}`")
         t = r["targets"]
-        w(f"- Targets: warm rebuild ≥100× faster than (a): {t['warm_100x']}; cold overhead ≤1 %: {t['cold_1pct']} "
-          f"in the parallel build, {t['cold_paired_1pct']} in the paired measurement; "
+        w(f"- Targets: warm rebuild ≥100× faster than (a): {t['warm_100x']}; cold overhead ≤1 %: {t['cold_own']} "
+          f"by ltocache's own CPU, {t['cold_1pct']} in the parallel build, {t['cold_paired_1pct']} in the paired measurement; "
           f"hit p50 ≤1.5 ms: {t['p50']}.")
         w("")
     w("### Targets")
     w("")
-    w("| corpus | (a)/(c) wall | ≥100× | (b)/(a) − 1 wall (CPU) | ≤1 % | paired misses − 1 CPU (wall) | ≤1 % | hit p50 ms | ≤1.5 ms |")
-    w("|---|---:|---|---:|---|---:|---|---:|---|")
+    w("| corpus | (a)/(c) wall | ≥100× | own CPU on (b) misses | ≤1 % | (b)/(a) − 1 wall (CPU) | ≤1 % | paired misses − 1 CPU (wall) | ≤1 % | hit p50 ms | ≤1.5 ms |")
+    w("|---|---:|---|---:|---|---:|---|---:|---|---:|---|")
     for r in results:
         sc = r["scenarios"]
         t = r["targets"]
         pm = r["paired_miss"]
         w(f"| {r['name']} | {sc['a']['wall'] / sc['c']['wall']:.1f}× | {t['warm_100x']} | "
+          f"{own_share(sc['b']) * 100:.2f} % | {t['cold_own']} | "
           f"{(sc['b']['wall'] / sc['a']['wall'] - 1) * 100:+.1f} % ({(sc['b']['cpu'] / sc['a']['cpu'] - 1) * 100:+.1f} %) | "
           f"{t['cold_1pct']} | {(pm['ltocache_cpu'] / pm['plain_cpu'] - 1) * 100:+.1f} % "
           f"({(pm['ltocache_wall'] / pm['plain_wall'] - 1) * 100:+.1f} %) | {t['cold_paired_1pct']} | "
@@ -1037,12 +1044,18 @@ def report(results, meta):
     return "\n".join(L)
 
 
+def own_share(s):
+    """ltocache's own CPU on misses as a share of the compiler's CPU on them."""
+    return s["own_cpu_misses"] / s["compiler_cpu_misses"] if s.get("compiler_cpu_misses") else float("nan")
+
+
 def targets(r):
     sc = r["scenarios"]
     a, b, c = sc["a"], sc["b"], sc["c"]
     yn = lambda x: "met" if x else "**not met**"
     return {"warm_100x": yn(a["wall"] / c["wall"] >= 100),
             "cold_1pct": yn(b["wall"] / a["wall"] - 1 <= 0.01),
+            "cold_own": yn(own_share(b) <= 0.01),
             "cold_paired_1pct": yn(r["paired_miss"]["ltocache_cpu"] / r["paired_miss"]["plain_cpu"] - 1 <= 0.01
                                    and r["paired_miss"]["ltocache_wall"] / r["paired_miss"]["plain_wall"] - 1 <= 0.01),
             "p50": yn(r["hit_latency_ms"]["p50"] <= 1.5)}
