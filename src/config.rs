@@ -65,6 +65,8 @@ pub struct Config {
     pub grace: Setting<std::time::Duration>,
     /// zstd level for new blobs, or None to store them raw.
     pub compression: Setting<Option<i32>>,
+    /// [`Config::state_dir`], decided once per process.
+    state_dir: std::sync::OnceLock<PathBuf>,
 }
 
 /// The zstd level used when `compression = zstd` names none, and by default
@@ -227,6 +229,7 @@ impl Config {
             base_dir: path("base_dir"),
             serve_mode,
             cache_dir,
+            state_dir: std::sync::OnceLock::new(),
         })
     }
 
@@ -265,11 +268,37 @@ impl Config {
     }
 
     /// This host's own directory: the database, the journal, the memos.
+    ///
+    /// `stats_dir` if set; else `<cache_dir>/hosts/<hostname>/`; and when that
+    /// cannot be written (a cache mounted read-only, or owned by someone
+    /// else), a directory under `$XDG_CACHE_HOME` (or `~/.cache`) named after
+    /// the cache directory. Without a writable state directory every compile
+    /// would hash clang and its LLVM libraries again (~100 ms) for want of
+    /// the compiler memo.
     pub fn state_dir(&self) -> PathBuf {
-        match &self.stats_dir.value {
-            Some(d) => d.clone(),
-            None => self.cache_dir.value.join("hosts").join(crate::util::hostname()),
-        }
+        self.state_dir
+            .get_or_init(|| {
+                if let Some(d) = &self.stats_dir.value {
+                    return d.clone();
+                }
+                let shared = self.cache_dir.value.join("hosts").join(crate::util::hostname());
+                if writable_dir(&shared) {
+                    return shared;
+                }
+                let base = std::env::var_os("XDG_CACHE_HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+                let name = blake3::hash(self.cache_dir.value.as_os_str().as_encoded_bytes());
+                match base {
+                    Some(b) => b
+                        .join("ltocache")
+                        .join(format!("state-{}", crate::util::hex(&name.as_bytes()[..8])))
+                        .join(crate::util::hostname()),
+                    None => shared,
+                }
+            })
+            .clone()
     }
 
     /// Lines for `ltocache config`: key, value, origin.
@@ -308,6 +337,18 @@ impl Config {
             ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
         ]
     }
+}
+
+/// True when `dir` exists and this process may create files in it, or can be
+/// created. One `access` call in the steady state.
+fn writable_dir(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access only reads the NUL-terminated path we own.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().kind() == std::io::ErrorKind::NotFound && std::fs::create_dir_all(dir).is_ok()
 }
 
 /// `key = value` lines; `#` starts a comment. A missing file is an empty config.

@@ -1,7 +1,7 @@
-//! Fault injection: writers, cleaners and stats updates killed with SIGKILL at
-//! random points, hundreds of times; then the store must verify, stale temp
-//! files must go at the next cleanup, SQLite must be consistent, and a real
-//! build must produce exactly what clang alone produces.
+//! Fault injection: writers, cleaners and journal folds (`stats`) killed with
+//! SIGKILL at random points, hundreds of times; then the store must verify,
+//! stale temp files must go at the next cleanup, SQLite must be consistent,
+//! and a real build must produce exactly what clang alone produces.
 //!
 //! The killed compiles use a fake compiler (a shell script): what is under
 //! test is ltocache's own writes, which do not depend on clang. The real
@@ -51,6 +51,10 @@ fn sigkill_at_random_points_never_corrupts_the_cache() {
         let m = MODULES[(rng.next() % MODULES.len() as u64) as usize];
         let mut cmd = f.ltocache();
         match i % 5 {
+            // A stats reader, which folds the journal (killed mid-fold too).
+            4 if i % 10 == 9 => {
+                cmd.args(["stats", "--json"]);
+            }
             // A cleaner with a tiny limit, racing the writers.
             4 => {
                 cmd.env("LTOCACHE_GRACE", "0s").args(["cleanup", "--max-size", "700k"]);
