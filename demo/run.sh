@@ -7,8 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/install-deps.sh
-bash scripts/build-release.sh >/dev/null
-LTOCACHE=$root/target/release/ltocache
+LTOCACHE=$(bash scripts/build-release.sh)
 work=${DEMO_WORK:-$root/target/demo}
 mkdir -p "$work"
 

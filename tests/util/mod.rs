@@ -10,8 +10,12 @@ use std::process::{Command, Output};
 pub const MODULES: &[&str] = &["util", "vec", "str", "hash", "blob", "main"];
 pub const CLANG: &str = "clang-19";
 
+/// The binary under test: cargo's build of this crate, or `LTOCACHE_TEST_BIN`
+/// (to run the suite against the release build of scripts/build-release.sh).
 pub fn ltocache_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ltocache"))
+    std::env::var_os("LTOCACHE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ltocache")))
 }
 
 pub fn fixture_src() -> PathBuf {
