@@ -273,21 +273,19 @@ fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, batch: &mut 
     let host = crate::util::hostname();
     let limits = config.limits();
     let scan = ledger::scan(store);
-    let over =
-        match scan {
-            None => true,
-            Some(scan) => {
-                // This host's additions since that scan, this store included
-                // (atomic across this host's parallel compiles).
-                let mine = ledger::add_mine(&state_dir, store, scan.generation, bytes, files)
-                    .unwrap_or(ledger::Record { generation: scan.generation, bytes, files });
-                let _ = ledger::publish(store, host, mine);
-                let (ob, of) = ledger::others(store, scan.generation, host);
-                let (total_bytes, total_files) = (scan.bytes + mine.bytes + ob, scan.files + mine.files + of);
-                (limits.max_size > 0 && total_bytes > limits.max_size)
-                    || (limits.max_files > 0 && total_files > limits.max_files)
-            }
-        };
+    let over = match scan {
+        None => true,
+        Some(scan) => {
+            // This host's additions since that scan, this store included
+            // (atomic across this host's parallel compiles).
+            let mine = ledger::add_mine(&state_dir, store, host, scan.generation, bytes, files)
+                .unwrap_or(ledger::Record { generation: scan.generation, bytes, files });
+            let (ob, of) = ledger::others(store, scan.generation, host);
+            let (total_bytes, total_files) = (scan.bytes + mine.bytes + ob, scan.files + mine.files + of);
+            (limits.max_size > 0 && total_bytes > limits.max_size)
+                || (limits.max_files > 0 && total_files > limits.max_files)
+        }
+    };
     if !over {
         return;
     }
@@ -300,8 +298,7 @@ fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, batch: &mut 
             ));
             batch.add("cleanups", 1);
             batch.add("evicted_entries", r.removed_entries as i64);
-            let _ = ledger::add_mine(&state_dir, store, r.generation, 0, 0);
-            let _ = ledger::publish(store, host, ledger::Record { generation: r.generation, bytes: 0, files: 0 });
+            let _ = ledger::add_mine(&state_dir, store, host, r.generation, 0, 0);
         }
         Err(e) => {
             log.log(&format!("cleanup failed: {e:#}"));
