@@ -198,6 +198,7 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"own_cpu_seconds_on_hits\": {:.6},", secs("cpu_ns.own_hits"));
         let _ = writeln!(s, "  \"own_cpu_seconds_on_misses\": {:.6},", secs("cpu_ns.own_misses"));
         let _ = writeln!(s, "  \"compiler_cpu_seconds_on_misses\": {:.6},", secs("cpu_ns.compiler_misses"));
+        let _ = writeln!(s, "  \"own_cpu_seconds_hashing_compiler\": {:.6},", secs("cpu_ns.compiler_identity"));
         let _ = writeln!(s, "  \"cache_entries\": {},", r.store_entries);
         let _ = writeln!(s, "  \"cache_files\": {},", r.store_files);
         let _ = writeln!(s, "  \"cache_size_bytes\": {},", r.store_bytes);
@@ -237,6 +238,14 @@ fn stats(config: &Config, json: bool) -> Result<()> {
     // a share of the compiler's CPU time (the compile a miss runs anyway).
     if r.hits > 0 {
         row(&mut out, "ltocache CPU per hit", format!("{:.2} ms", secs("cpu_ns.own_hits") * 1e3 / r.hits as f64));
+    }
+    if r.get("cpu_ns.compiler_identity") > 0 {
+        // Paid once per host and compiler version, not per compile.
+        row(
+            &mut out,
+            "ltocache CPU hashing clang",
+            format!("{:.2} s (once per compiler)", secs("cpu_ns.compiler_identity")),
+        );
     }
     if r.get("cpu_ns.compiler_misses") > 0 {
         row(

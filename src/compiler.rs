@@ -82,12 +82,15 @@ fn decode_paths(stamps: &[u8]) -> Option<Vec<PathBuf>> {
 /// file is that path: `stat` follows the symlink, so retargeting it (or
 /// upgrading the binary behind it) changes the stamp. The steady state
 /// therefore resolves no symlinks at all.
-pub fn identity(compiler: &Path, memo_dir: Option<&Path>) -> Result<[u8; 32]> {
+///
+/// The flag is true when it was computed rather than found in the memo (the
+/// caller counts that CPU time apart: it is paid once per host and compiler).
+pub fn identity(compiler: &Path, memo_dir: Option<&Path>) -> Result<([u8; 32], bool)> {
     if let Some(dir) = memo_dir {
         if let Some((stamps, id)) = crate::memo::lookup_compiler(dir, compiler) {
             if let Some(paths) = decode_paths(&stamps) {
                 if encode_stamps(&paths).ok().as_deref() == Some(&stamps[..]) {
-                    return Ok(id);
+                    return Ok((id, false));
                 }
             }
         }
@@ -111,7 +114,7 @@ pub fn identity(compiler: &Path, memo_dir: Option<&Path>) -> Result<[u8; 32]> {
         // Best effort: without the memo the next compile recomputes.
         let _ = crate::memo::store_compiler(dir, compiler, &stamps, &id);
     }
-    Ok(id)
+    Ok((id, true))
 }
 
 /// Shared libraries the binary loads that belong to LLVM or clang, from `ldd`.

@@ -405,3 +405,31 @@ fn stats_zero_and_clear() {
     let v = String::from_utf8(ok(f.ltocache().arg("--version")).stdout).unwrap();
     assert!(v.starts_with("ltocache "));
 }
+
+/// `stats` reports what the cache itself cost: its own CPU per hit and per
+/// miss, the compiler's CPU on misses, and the one-time hashing of clang
+/// apart (paid by the first compile on a host, not by the next ones).
+#[test]
+fn stats_report_the_cache_own_cpu_time_apart_from_hashing_the_compiler() {
+    let f = Fixture::new();
+    let secs = |json: &str, name: &str| -> f64 {
+        let pat = format!("\"{name}\": ");
+        let i = json.find(&pat).unwrap_or_else(|| panic!("{name} missing in {json}")) + pat.len();
+        let rest = &json[i..];
+        rest[..rest.find([',', '\n']).unwrap()].parse().unwrap()
+    };
+    f.cached_backend("vec", &[]);
+    let first = f.stats_json();
+    let identity = secs(&first, "own_cpu_seconds_hashing_compiler");
+    assert!(identity > 0.0, "the first compile hashed clang: {first}");
+    assert!(secs(&first, "compiler_cpu_seconds_on_misses") > 0.0, "{first}");
+    let own_first = secs(&first, "own_cpu_seconds_on_misses");
+    assert!(own_first > 0.0 && own_first < identity, "per-miss cost excludes hashing clang: {first}");
+
+    f.cached_backend("vec", &["-O1"]);
+    f.cached_backend("vec", &["-O1"]);
+    let after = f.stats_json();
+    assert_eq!(secs(&after, "own_cpu_seconds_hashing_compiler"), identity, "clang is hashed once: {after}");
+    assert!(secs(&after, "own_cpu_seconds_on_misses") > own_first, "{after}");
+    assert!(secs(&after, "own_cpu_seconds_on_hits") > 0.0, "{after}");
+}
