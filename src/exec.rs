@@ -4,10 +4,9 @@
 
 use anyhow::{Context, Result};
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Replaces this process with the compiler. Only returns by exiting 127 when
@@ -41,23 +40,59 @@ pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Fin
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
-    // Read stdout on a thread so neither pipe can fill up and stall clang.
-    let out_pipe = child.stdout.take();
-    let out_thread = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(mut p) = out_pipe {
-            let _ = p.read_to_end(&mut v);
-        }
-        v
-    });
-    let mut stderr = Vec::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        pipe.read_to_end(&mut stderr).context("reading the compiler's stderr")?;
-    }
-    let stdout = out_thread.join().unwrap_or_default();
+    // Drain both pipes from this thread with poll(), so neither can fill up
+    // and stall clang (a reader thread cost ~70 µs of CPU per miss).
+    let (stdout, stderr) = drain(child.stdout.take(), child.stderr.take()).context("reading the compiler's output")?;
     let status = child.wait().context("waiting for the compiler")?;
     let cpu_ns = crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - children_before;
     Ok(Finished { status, stdout, stderr, duration: start.elapsed(), cpu_ns })
+}
+
+/// Reads both pipes to their ends, whichever has data first.
+fn drain(out: Option<ChildStdout>, err: Option<ChildStderr>) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    use std::os::fd::AsRawFd;
+    let mut bufs = (Vec::new(), Vec::new());
+    // (fd, open) per pipe; the ChildStdout/ChildStderr values keep them open
+    // until this function returns.
+    let mut fds = [out.as_ref().map_or(-1, |p| p.as_raw_fd()), err.as_ref().map_or(-1, |p| p.as_raw_fd())];
+    let mut chunk = vec![0u8; 64 << 10];
+    while fds.iter().any(|&fd| fd >= 0) {
+        let mut pfds: Vec<libc::pollfd> =
+            fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+        // SAFETY: pfds is a valid array of pollfd of the given length; a
+        // negative fd is ignored by poll.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for (i, p) in pfds.iter().enumerate() {
+            if fds[i] < 0 || p.revents == 0 {
+                continue;
+            }
+            // Readable, hung up or in error: a read returns data, 0 at the end, or the error.
+            // SAFETY: reading into our own buffer from a pipe fd we hold open.
+            let got = unsafe { libc::read(fds[i], chunk.as_mut_ptr() as *mut libc::c_void, chunk.len()) };
+            match got {
+                0 => fds[i] = -1,
+                n if n > 0 => {
+                    let buf = if i == 0 { &mut bufs.0 } else { &mut bufs.1 };
+                    buf.extend_from_slice(&chunk[..n as usize]);
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+    drop((out, err));
+    Ok(bufs)
 }
 
 /// Exits the way the compiler did: same code, or the same signal.
@@ -75,4 +110,22 @@ pub fn exit_like(status: ExitStatus) -> ! {
         std::process::exit(128 + sig);
     }
     std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_pipes_are_drained_whole_even_past_their_buffers() {
+        // 300 KiB to each stream, interleaved: more than a pipe holds, so a
+        // reader that waited on one stream while the other filled would hang.
+        let script = "i=0; while [ $i -lt 300 ]; do head -c 1024 /dev/zero | tr '\\0' o; \
+                      head -c 1024 /dev/zero | tr '\\0' e >&2; i=$((i+1)); done; exit 3";
+        let args: Vec<OsString> = vec!["-c".into(), script.into()];
+        let f = run_captured(Path::new("/bin/sh"), "sh", &args).unwrap();
+        assert_eq!(f.status.code(), Some(3));
+        assert_eq!(f.stdout, vec![b'o'; 300 * 1024]);
+        assert_eq!(f.stderr, vec![b'e'; 300 * 1024]);
+    }
 }
