@@ -13,7 +13,7 @@ use ltocache::args::analyze;
 use ltocache::config::ServeMode;
 use ltocache::digest::FileHasher;
 use ltocache::memo::MemoTable;
-use ltocache::store::{Entry, LocalStore, Store, StoredOutput};
+use ltocache::store::{Entry, LocalStore, Store, Stored, StoredOutput};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -134,7 +134,7 @@ fn bench_store(c: &mut Criterion) {
             key,
             duration_ns: 1,
             created_unix: 0,
-            outputs: vec![StoredOutput { kind: 0, size: size as u64, digest }],
+            outputs: vec![StoredOutput { kind: 0, size: size as u64, digest, stored: Stored::Blob }],
             stderr: Vec::new(),
         };
         store.put_entry(&entry).unwrap();

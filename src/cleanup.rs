@@ -9,7 +9,7 @@
 //! reader sees a file or a miss, and a concurrent writer at worst loses an
 //! entry it had just written (a future miss, never a wrong object).
 
-use crate::store::{Entry, LocalStore};
+use crate::store::{Entry, LocalStore, Stored, StoredOutput};
 use crate::util::{hex, unhex};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -188,7 +188,7 @@ fn inventory(store: &LocalStore) -> Inventory {
     for path in store.files("entries") {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         let Ok(data) = std::fs::read(&path) else { continue };
-        if Entry::format_of(&data).is_some_and(|f| f != crate::store::ENTRY_FORMAT) {
+        if Entry::is_foreign(&data) {
             // Another version's entry: kept, evicted by age with no blob references known.
             inv.entries.push(EntryInfo {
                 used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -203,7 +203,7 @@ fn inventory(store: &LocalStore) -> Inventory {
                 inv.entries.push(EntryInfo {
                     used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     size: meta.len(),
-                    blobs: e.outputs.iter().map(|o| o.digest).collect(),
+                    blobs: e.outputs.iter().filter(|o| o.stored == Stored::Blob).map(|o| o.digest).collect(),
                     path,
                 })
             }
@@ -401,12 +401,18 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
     for path in store.files("entries") {
         r.entries += 1;
         let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        if Entry::format_of(&data).is_some_and(|f| f != crate::store::ENTRY_FORMAT) {
+        if Entry::is_foreign(&data) {
             continue; // another ltocache version's entry
         }
         match Entry::decode(&data) {
             Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
-                if e.outputs.iter().any(|o| good_blobs.get(&o.digest) != Some(&o.size)) {
+                if e.outputs.iter().any(|o| !inline_output_intact(o)) {
+                    r.bad_entries.push(path);
+                } else if e
+                    .outputs
+                    .iter()
+                    .any(|o| o.stored == Stored::Blob && good_blobs.get(&o.digest) != Some(&o.size))
+                {
                     r.dangling_entries.push(path);
                 }
             }
@@ -421,6 +427,20 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
         }
     }
     Ok(r)
+}
+
+/// False for an output kept in its entry whose bytes do not decode to its
+/// size and digest (true for blob outputs, checked apart).
+fn inline_output_intact(o: &StoredOutput) -> bool {
+    let data = match &o.stored {
+        Stored::Blob => return true,
+        Stored::Inline(b) => b.clone(),
+        Stored::InlineZstd(b) => match zstd::bulk::decompress(b, o.size as usize) {
+            Ok(d) => d,
+            Err(_) => return false,
+        },
+    };
+    data.len() as u64 == o.size && blake3::hash(&data).as_bytes() == &o.digest
 }
 
 /// Parses `500M`, `20G`, `1.5GiB`, `4096` (K, M, G, T are powers of 1024).

@@ -63,8 +63,10 @@ pub struct Config {
     pub umask: Setting<Option<u32>>,
     /// Age under which temp files and unreferenced blobs are left alone by cleanup.
     pub grace: Setting<std::time::Duration>,
-    /// zstd level for new blobs, or None to store them raw.
+    /// zstd level for new outputs, or None to store them raw.
     pub compression: Setting<Option<i32>>,
+    /// Outputs stored in at most this many bytes go inside their entry.
+    pub inline_max: Setting<u64>,
     /// [`Config::state_dir`], decided once per process.
     state_dir: std::sync::OnceLock<PathBuf>,
 }
@@ -92,6 +94,7 @@ pub const KEYS: &[&str] = &[
     "umask",
     "grace",
     "compression",
+    "inline_max",
 ];
 
 fn env_name(key: &str) -> &'static str {
@@ -108,6 +111,7 @@ fn env_name(key: &str) -> &'static str {
         "umask" => "LTOCACHE_UMASK",
         "grace" => "LTOCACHE_GRACE",
         "compression" => "LTOCACHE_COMPRESSION",
+        "inline_max" => "LTOCACHE_INLINE_MAX",
         _ => unreachable!("unknown key {key}"),
     }
 }
@@ -215,8 +219,14 @@ impl Config {
         // inode (reflink, hardlink), which needs raw blobs.
         let default_compression = (serve_mode.value == ServeMode::Copy).then_some(DEFAULT_ZSTD_LEVEL);
         let compression = parsed(lookup("compression"), "compression", default_compression, parse_compression)?;
+        // Outputs go inside their entries (one file per miss instead of two)
+        // unless hits are to share a blob's extents or inode, which needs
+        // blob files.
+        let default_inline = if serve_mode.value == ServeMode::Copy { crate::store::INLINE_MAX as u64 } else { 0 };
+        let inline_max = parsed(lookup("inline_max"), "inline_max", default_inline, crate::cleanup::parse_size)?;
         Ok(Config {
             compression,
+            inline_max,
             max_size,
             max_files,
             umask,
@@ -235,7 +245,10 @@ impl Config {
 
     /// The store these settings describe.
     pub fn store(&self) -> crate::store::LocalStore {
-        crate::store::LocalStore::new(&self.cache_dir.value).with_compression(self.compression.value)
+        crate::store::LocalStore::new(&self.cache_dir.value)
+            .with_compression(self.compression.value)
+            // Capped well inside the entry grammar's u32 lengths.
+            .with_inline_max(self.inline_max.value.min(64 << 20) as usize)
     }
 
     pub fn limits(&self) -> crate::cleanup::Limits {
@@ -333,6 +346,11 @@ impl Config {
                 "compression".into(),
                 self.compression.value.map(|l| format!("zstd:{l}")).unwrap_or_else(|| "off".into()),
                 self.compression.origin.to_string(),
+            ),
+            (
+                "inline_max".into(),
+                humansize::format_size(self.inline_max.value, humansize::BINARY),
+                self.inline_max.origin.to_string(),
             ),
             ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
         ]

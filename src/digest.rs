@@ -8,13 +8,17 @@
 //! mtime) would keep its old digest: the "racy git" problem.
 //!
 //! The margin is the filesystem's timestamp granularity, with room to spare
-//! ([`racy_margin_ns`]): local filesystems with nanosecond timestamps take
-//! them from this kernel's clock, which advances at least every 10 ms (one
-//! jiffy at HZ=100), so [`LOCAL_RACY_NS`] suffices. Anything else — network
-//! filesystems, whose timestamps come from the server's clock; FAT's 2 s
-//! ticks; ext4 with 128-byte inodes, whose timestamps are whole seconds —
-//! gets [`RACY_NS`]. A margin that is too long only costs rehashing; one too
-//! short would serve a stale object, so unknown means long.
+//! ([`racy_margin_ns`]). Local filesystems with nanosecond timestamps take
+//! them from this kernel's coarse clock, which lags real time by at most one
+//! tick (`clock_getres(CLOCK_REALTIME_COARSE)`: 4 ms at HZ=250). A write that
+//! starts after we took the time `h` (before reading) is stamped at least
+//! `h - tick`, so a file last changed more than a tick before `h` cannot be
+//! changed again without its stamp moving: [`local_margin_ns`] is four ticks,
+//! at least 10 ms. Anything else — network filesystems, whose timestamps come
+//! from the server's clock; FAT's 2 s ticks; ext4 with 128-byte inodes, whose
+//! timestamps are whole seconds — gets [`RACY_NS`]. A margin that is too
+//! long only costs rehashing; one too short would serve a stale object, so
+//! unknown means long.
 
 use crate::memo::{FileMemo, MemoTable};
 use crate::shard::{self, AsmRef};
@@ -27,9 +31,22 @@ use std::path::{Path, PathBuf};
 /// The margin for filesystems not known to have fine local timestamps. Two
 /// seconds: FAT's granularity, and modest clock skew against an NFS server.
 pub const RACY_NS: i64 = 2_000_000_000;
-/// The margin for local filesystems with nanosecond timestamps: five jiffies
-/// at HZ=100.
-pub const LOCAL_RACY_NS: i64 = 50_000_000;
+/// The margin for local filesystems with nanosecond timestamps: four ticks of
+/// the kernel's coarse clock, at least 10 ms (at most 1 s, should the kernel
+/// report something odd).
+pub fn local_margin_ns() -> i64 {
+    static MARGIN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *MARGIN.get_or_init(|| {
+        let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_getres writes one timespec we own.
+        let tick = if unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut res) } == 0 {
+            res.tv_sec * 1_000_000_000 + res.tv_nsec
+        } else {
+            10_000_000 // one jiffy at HZ=100, the coarsest Linux configures
+        };
+        (4 * tick).clamp(10_000_000, 1_000_000_000)
+    })
+}
 
 /// Filesystems (statfs `f_type`) whose timestamps come from this kernel's
 /// clock with sub-second resolution.
@@ -49,7 +66,7 @@ const FINE_LOCAL_FS: &[i64] = &[
 pub fn racy_margin_ns(fs_type: Option<i64>, stamp: &FileStamp) -> i64 {
     let fine_stamps = stamp.mtime_ns % 1_000_000_000 != 0 || stamp.ctime_ns % 1_000_000_000 != 0;
     match fs_type {
-        Some(t) if fine_stamps && FINE_LOCAL_FS.contains(&t) => LOCAL_RACY_NS,
+        Some(t) if fine_stamps && FINE_LOCAL_FS.contains(&t) => local_margin_ns(),
         _ => RACY_NS,
     }
 }
@@ -139,6 +156,18 @@ impl<'a> FileHasher<'a> {
         let margin = racy_margin_ns(fs, &stamp);
         if let Some(h) = self.memoised(&stamp, want_asm) {
             return Ok(h);
+        }
+        // A file that will be memoised: hash it under its bucket's lock, so
+        // that a backend started alongside (make -j) waits and then uses our
+        // memo instead of hashing the same import too.
+        let _lock = match self.memo {
+            Some(table) if now_ns() - stamp.ctime_ns.max(stamp.mtime_ns) > margin => table.lock_bucket(&stamp),
+            _ => None,
+        };
+        if _lock.is_some() {
+            if let Some(h) = self.memoised(&stamp, want_asm) {
+                return Ok(h);
+            }
         }
 
         let started = now_ns();
@@ -269,6 +298,33 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_hashers_of_one_file_hash_it_once() {
+        // Two backends started together both need the same import: the second
+        // waits for the first's memo instead of hashing the file too.
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.o");
+        std::fs::write(&path, b"shared import").unwrap();
+        let stamp = FileStamp::of_path(&path).unwrap();
+        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp);
+        std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
+        let first = MemoTable::open(&d.path().join("state")).unwrap();
+        let guard = first.lock_bucket(&stamp).expect("lock");
+        let (p2, state) = (path.clone(), d.path().join("state"));
+        let second = std::thread::spawn(move || {
+            let table = MemoTable::open(&state).unwrap(); // its own open file, as another process has
+            let mut h = FileHasher::new(Some(&table));
+            let got = h.hash(&p2, false).unwrap();
+            (got.digest, h.bytes_hashed)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!second.is_finished(), "the second hasher waits for the bucket");
+        let digest = *blake3::hash(b"shared import").as_bytes();
+        first.insert(&FileMemo { stamp, hashed_ns: now_ns(), digest, asm: None });
+        drop(guard);
+        assert_eq!(second.join().unwrap(), (digest, 0), "it used the first one's memo");
+    }
+
+    #[test]
     fn stat_fast_path_sees_a_rewrite_of_the_same_size() {
         let d = tempfile::tempdir().unwrap();
         let (shard, module) = (d.path().join("s.bc"), d.path().join("m.o"));
@@ -295,7 +351,8 @@ mod tests {
     fn margin_is_short_only_for_fine_local_timestamps() {
         let fine = FileStamp { dev: 1, ino: 2, size: 3, mtime_ns: 10_123_456_789, ctime_ns: 10_123_456_789 };
         let whole = FileStamp { mtime_ns: 10_000_000_000, ctime_ns: 10_000_000_000, ..fine };
-        assert_eq!(racy_margin_ns(Some(0xEF53), &fine), LOCAL_RACY_NS);
+        assert_eq!(racy_margin_ns(Some(0xEF53), &fine), local_margin_ns());
+        assert!((10_000_000..=1_000_000_000).contains(&local_margin_ns()));
         // ext4 with 128-byte inodes: whole seconds.
         assert_eq!(racy_margin_ns(Some(0xEF53), &whole), RACY_NS);
         // NFS (0x6969), unknown, or statfs failed.

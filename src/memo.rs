@@ -90,6 +90,45 @@ impl MemoTable {
         Some(buf)
     }
 
+    /// Holds off other processes hashing a file of the same bucket until the
+    /// returned guard drops, so that backends started together hash a shared
+    /// import once rather than each. An OFD lock on the bucket's bytes:
+    /// released by the kernel if the holder dies. Waits at most a second
+    /// (then `None`: the caller hashes unlocked, as it would without a memo).
+    pub fn lock_bucket(&self, stamp: &FileStamp) -> Option<BucketLock<'_>> {
+        let offset = Self::bucket_offset(stamp.dev, stamp.ino);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match self.range_lock(offset, libc::F_WRLCK as i16) {
+                Ok(()) => return Some(BucketLock { table: self, offset }),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EACCES) => {
+                    if std::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                // No locks here (a read-only table, an NFS mount without them).
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn range_lock(&self, offset: u64, kind: i16) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock is plain data; zeroed is a valid value for it.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = offset as libc::off_t;
+        fl.l_len = BUCKET as libc::off_t;
+        // SAFETY: F_OFD_SETLK reads the flock struct we own; l_pid must be 0.
+        if unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
     /// The memo for a file with exactly this stamp, if one is recorded.
     pub fn lookup(&self, stamp: &FileStamp) -> Option<FileMemo> {
         let bucket = self.read_bucket(Self::bucket_offset(stamp.dev, stamp.ino))?;
@@ -114,6 +153,18 @@ impl MemoTable {
                     .unwrap_or(0)
             });
         let _ = self.file.write_all_at(&slot, offset + (index * SLOT) as u64);
+    }
+}
+
+/// A bucket of the memo table locked by [`MemoTable::lock_bucket`].
+pub struct BucketLock<'a> {
+    table: &'a MemoTable,
+    offset: u64,
+}
+
+impl Drop for BucketLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.table.range_lock(self.offset, libc::F_UNLCK as i16);
     }
 }
 

@@ -96,11 +96,17 @@ pub fn temp_name(prefix: &str) -> String {
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_dir.join(temp_name(""));
     let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+        // The temp directory is created on first use rather than checked for
+        // on every store: one system call fewer per miss.
+        let mut f = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
+                create()
+            }
+            other => other,
+        }
+        .with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(data).with_context(|| format!("writing {}", tmp.display()))?;
         // No fsync: a killed process cannot lose page-cache data, and after a
         // power loss every reader verifies checksums (entries) and digests

@@ -20,7 +20,7 @@ use crate::key::{self, KeyError};
 use crate::log::Logger;
 use crate::memo::MemoTable;
 use crate::stats::{Batch, Db};
-use crate::store::{Entry, LocalStore, Lookup, Served, Store, StoredOutput};
+use crate::store::{Entry, LocalStore, Lookup, Served, Store};
 use crate::util::hex;
 use std::ffi::OsString;
 use std::io::Write;
@@ -196,7 +196,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
                     std::process::exit(0);
                 }
                 Ok(None) => {
-                    log.log(&format!("entry {} names a missing or corrupt blob: miss", hex(&key.digest[..8])));
+                    log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&key.digest[..8])));
                     batch.add("errors.corrupt_blob", 1);
                 }
                 Err(e) => {
@@ -324,12 +324,12 @@ fn written_by_compile(output: &Path, before: Option<crate::util::FileStamp>) -> 
     }
 }
 
-/// Serves every output of a hit. `Ok(None)` means a blob was unavailable.
+/// Serves every output of a hit. `Ok(None)` means an output was unavailable.
 fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
     let mut total = 0;
     for o in &entry.outputs {
         anyhow::ensure!(o.kind == 0, "entry has an output kind this version cannot restore");
-        match store.serve_blob(&o.digest, o.size, output, config.serve_mode.value)? {
+        match store.serve_output(o, output, config.serve_mode.value)? {
             Served::Written(n) => total += n,
             Served::Unavailable(_) => return Ok(None),
         }
@@ -347,17 +347,16 @@ fn store_outputs(
 ) -> anyhow::Result<(u64, StoredBlobs)> {
     use anyhow::Context;
     let data = std::fs::read(&inv.output).with_context(|| format!("reading {}", inv.output.display()))?;
-    let digest = *blake3::hash(&data).as_bytes();
-    let written = store.put_blob(&digest, &data)?;
+    let (output, written) = store.put_output(0, &data)?;
+    let blobs = if written > 0 { vec![(output.digest, written)] } else { Vec::new() };
     let entry = Entry {
         key: *key,
         duration_ns: finished.duration.as_nanos() as u64,
         created_unix: (crate::util::now_ns() / 1_000_000_000) as u64,
-        outputs: vec![StoredOutput { kind: 0, size: data.len() as u64, digest }],
+        outputs: vec![output],
         stderr: finished.stderr.clone(),
     };
     let entry_size = store.put_entry(&entry)?;
-    let blobs = if written > 0 { vec![(digest, data.len() as u64)] } else { Vec::new() };
     Ok((entry_size, blobs))
 }
 

@@ -253,8 +253,9 @@ fn eight_concurrent_processes_on_one_key_leave_one_valid_entry() {
     let entries = f.entry_files();
     assert_eq!(entries.len(), 1, "one key, one entry: {entries:?}");
     let entry = ltocache::store::Entry::decode(&std::fs::read(&entries[0]).unwrap()).expect("entry verifies");
-    assert_eq!(f.blob_files().len(), 1);
+    assert!(f.blob_files().is_empty(), "a small object lives in its entry");
     assert_eq!(entry.outputs[0].digest, *blake3::hash(&expected).as_bytes());
+    assert_eq!(entry.outputs[0].stored, ltocache::store::Stored::Inline(expected));
     assert_eq!(f.stat("hits") + f.stat("misses"), 8);
     assert!(files_in_tmp(&f).is_empty(), "no temp file may be left behind");
 }
@@ -264,8 +265,35 @@ fn files_in_tmp(f: &Fixture) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
+fn inline_output_that_does_not_match_its_digest_is_never_served() {
+    use ltocache::store::{Entry, Stored};
+    let f = Fixture::new();
+    f.cached_backend("vec", &[]);
+    let good = f.read("vec.final_o");
+    let path = f.entry_files().pop().unwrap();
+    let mut entry = Entry::decode(&std::fs::read(&path).unwrap()).unwrap();
+    let Stored::Inline(bytes) = &mut entry.outputs[0].stored else { panic!("expected an inline object: {entry:?}") };
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    // A well-formed entry (valid checksum) whose object bytes are wrong, as a
+    // bug or a tampering writer would leave it.
+    std::fs::write(&path, entry.encode()).unwrap();
+    let out = String::from_utf8(f.ltocache().arg("verify").output().unwrap().stdout).unwrap();
+    assert!(out.contains("corrupt entry"), "verify must see it: {out}");
+
+    f.cached_backend("vec", &[]);
+    assert_eq!(f.read("vec.final_o"), good, "wrong inline bytes must never be served");
+    assert_eq!(f.stat("corrupt_blob"), 1);
+    assert_eq!(f.stat("misses"), 2);
+    f.cached_backend("vec", &[]);
+    assert_eq!(f.stat("hits"), 1);
+    assert_eq!(f.read("vec.final_o"), good);
+}
+
+#[test]
 fn corrupted_blob_is_detected_and_rebuilt() {
     let f = Fixture::new();
+    f.use_blob_files();
     f.cached_backend("vec", &[]);
     let good = f.read("vec.final_o");
     let blob = f.blob_files().pop().unwrap();

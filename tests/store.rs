@@ -52,6 +52,7 @@ fn cleanup_evicts_least_recently_used_first_and_trims_below_the_limit() {
 #[test]
 fn a_blob_goes_with_its_last_entry_only() {
     let f = Fixture::new();
+    f.use_blob_files();
     // Two keys (one extra warning flag) with byte-identical objects: one blob.
     f.cached_backend("vec", &[]);
     f.cached_backend("vec", &["-Wno-unused-command-line-argument"]);
@@ -106,6 +107,7 @@ fn stale_temp_files_are_swept_and_fresh_ones_kept() {
 #[test]
 fn verify_reports_and_fixes_broken_files() {
     let f = Fixture::new();
+    f.use_blob_files();
     f.cached_backends(&[]);
     let out = ok(f.ltocache().arg("verify"));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("checked {} entries", MODULES.len())));
@@ -268,10 +270,27 @@ fn compressed_store_serves_identical_objects() {
     run(&f);
     run(&f);
     assert_eq!(f.stat("hits"), MODULES.len() as i64);
-    assert!(f.blob_files().iter().any(|p| p.to_string_lossy().ends_with(".zst")), "objects compress");
+    // By default the compressed objects live in their entries.
+    assert!(f.blob_files().is_empty());
+    for e in f.entry_files() {
+        let entry = ltocache::store::Entry::decode(&std::fs::read(&e).unwrap()).unwrap();
+        let ltocache::store::Stored::InlineZstd(packed) = &entry.outputs[0].stored else { panic!("{entry:?}") };
+        assert!((packed.len() as u64) < entry.outputs[0].size, "objects compress");
+    }
     for m in MODULES {
         assert_eq!(f.read(&format!("{m}.final_o")), f.fresh_object(m, &[]));
     }
+    // With blob files (inline_max = 0), as `.zst` blobs.
+    let g = Fixture::new();
+    g.use_blob_files();
+    run(&g);
+    run(&g);
+    assert_eq!(g.stat("hits"), MODULES.len() as i64);
+    assert!(g.blob_files().iter().all(|p| p.to_string_lossy().ends_with(".zst")), "objects compress");
+    for m in MODULES {
+        assert_eq!(g.read(&format!("{m}.final_o")), g.fresh_object(m, &[]));
+    }
+    ok(g.ltocache().arg("verify"));
     ok(f.ltocache().arg("verify"));
     assert!(String::from_utf8(ok(f.ltocache().env_remove("LTOCACHE_COMPRESSION").arg("config")).stdout)
         .unwrap()
@@ -324,12 +343,13 @@ fn max_files_limit_is_kept() {
     let f = Fixture::new();
     for m in MODULES {
         let mut c = f.ltocache();
-        c.env("LTOCACHE_MAXFILES", "6").arg(CLANG).args(f.backend_args(m, &format!("{m}.final_o"), &[]));
+        c.env("LTOCACHE_MAXFILES", "4").arg(CLANG).args(f.backend_args(m, &format!("{m}.final_o"), &[]));
         ok(&mut c);
     }
     let files = f.entry_files().len() + f.blob_files().len();
-    // Tolerance: one store (an entry and its blob) between a store and its cleanup.
-    assert!(files <= 6 + 2, "{files} files with max_files = 6");
+    // Tolerance: one store (an entry, and a blob for large objects) between a
+    // store and its cleanup. Six modules, one file each (objects are inline).
+    assert!(files <= 4 + 2, "{files} files with max_files = 4");
     assert!(f.stat("evicted_entries") > 0);
     ok(f.ltocache().arg("verify"));
 }

@@ -166,8 +166,8 @@ impl Fixture {
             .env_remove("LTOCACHE_READONLY")
             .env_remove("LTOCACHE_RECACHE")
             .env_remove("LTOCACHE_STATS_DIR")
-            // Raw blobs, so tests can damage and inspect them byte for byte;
-            // compression has its own tests.
+            // Raw outputs, so tests can damage and inspect them byte for
+            // byte; compression has its own tests.
             .env("LTOCACHE_COMPRESSION", "off")
             .env("LTOCACHE_LOGFILE", self.cache.with_file_name("ltocache.log"));
         c
@@ -237,6 +237,13 @@ impl Fixture {
 
     pub fn blob_files(&self) -> Vec<PathBuf> {
         files_under(&self.cache.join("v1/blobs"))
+    }
+
+    /// Makes this cache store every output as a blob file (`inline_max = 0`
+    /// in its config file), for tests that damage or count blobs.
+    pub fn use_blob_files(&self) {
+        std::fs::create_dir_all(&self.cache).unwrap();
+        std::fs::write(self.cache.join("ltocache.conf"), "inline_max = 0\n").unwrap();
     }
 }
 
