@@ -5,7 +5,9 @@
 //! [`memo`]) → [`key`] → [`store`] → [`exec`] → [`journal`], orchestrated by
 //! [`wrapper`]. The subcommands (`stats`, `clear`, ...) live in [`commands`]
 //! and read [`stats`], the journal folded into SQLite; settings in [`config`].
+//! The binary allocates through [`arena`].
 
+pub mod arena;
 pub mod args;
 pub mod bitcode;
 pub mod cleanup;
