@@ -64,7 +64,8 @@ pub mod ledger {
 
     /// The last scan, if any host ever scanned this store.
     pub fn scan(store: &LocalStore) -> Option<Record> {
-        std::fs::read_to_string(dir(store).join("scan")).ok().as_deref().and_then(parse)
+        let text = crate::util::read_file(&dir(store).join("scan")).ok()?;
+        parse(std::str::from_utf8(&text).ok()?)
     }
 
     pub fn write_scan(store: &LocalStore, r: Record) -> Result<()> {
@@ -90,20 +91,15 @@ pub mod ledger {
         bytes: u64,
         files: u64,
     ) -> Result<Record> {
-        use std::io::Read;
         use std::os::unix::fs::FileExt;
         std::fs::create_dir_all(state_dir)?;
         let lock_path = state_dir.join("ledger.lock");
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
+        let lock = crate::util::open_raw(&lock_path, libc::O_WRONLY | libc::O_CREAT, 0o666)
             .with_context(|| format!("opening {}", lock_path.display()))?;
         lock.lock()?;
         let path = dir(store).join(format!("host.{host}"));
-        let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
-        let mut f = match open() {
+        let open = || crate::util::open_raw(&path, libc::O_RDWR | libc::O_CREAT, 0o666);
+        let f = match open() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir(store))?;
                 open()
@@ -111,9 +107,9 @@ pub mod ledger {
             r => r,
         }
         .with_context(|| format!("opening {}", path.display()))?;
-        let mut text = String::new();
-        let _ = f.read_to_string(&mut text);
-        let mut r = match parse(&text) {
+        let mut buf = [0u8; 64];
+        let n = f.read_at(&mut buf, 0).unwrap_or(0);
+        let mut r = match std::str::from_utf8(&buf[..n]).ok().and_then(parse) {
             Some(old) if old.generation == generation => old,
             _ => Record { generation, bytes: 0, files: 0 },
         };

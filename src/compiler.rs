@@ -21,16 +21,24 @@ pub fn resolve(name: &str) -> Result<PathBuf> {
         return Ok(PathBuf::from(name));
     }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    // Compare by (device, inode): one stat instead of resolving every symlink.
-    let me = std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino()));
+    // Compare by (device, inode): one stat instead of resolving every symlink,
+    // and only once a candidate turns up.
+    let mut me = None;
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut tried: Vec<PathBuf> = Vec::new();
     for dir in std::env::split_paths(&path) {
+        // PATH often names a directory twice; once is enough.
+        if tried.contains(&dir) {
+            continue;
+        }
         let candidate = dir.join(name);
+        tried.push(dir);
         let Ok(meta) = std::fs::metadata(&candidate) else { continue };
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
             continue;
         }
-        if me == Some((meta.dev(), meta.ino())) {
+        let me = me.get_or_insert_with(|| std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino())));
+        if *me == Some((meta.dev(), meta.ino())) {
             continue;
         }
         return Ok(candidate);

@@ -195,7 +195,7 @@ impl<'a> FileHasher<'a> {
 /// revalidates the attributes (close-to-open consistency) where stat may
 /// answer from a stale cache.
 fn open_stamped(path: &Path) -> Result<(File, FileStamp)> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = crate::util::open_raw(path, libc::O_RDONLY, 0).with_context(|| format!("opening {}", path.display()))?;
     let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
     Ok((file, stamp))
 }
@@ -203,10 +203,11 @@ fn open_stamped(path: &Path) -> Result<(File, FileStamp)> {
 /// Reads the whole file and checks it still has `stamp`: bytes read while a
 /// build rewrote the file are refused. (read, not mmap: a file truncated under
 /// us must not kill the wrapper with SIGBUS.)
-fn read_unchanged(path: &Path, mut file: File, stamp: FileStamp) -> Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(stamp.size as usize);
-    std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
-    if FileStamp::of(&file.metadata()?) != stamp {
+fn read_unchanged(path: &Path, file: File, stamp: FileStamp) -> Result<Vec<u8>> {
+    let data = crate::util::read_sized(&file, stamp.size).with_context(|| format!("reading {}", path.display()))?;
+    // Same stamp afterwards (size included) and every byte read: the file was
+    // neither rewritten nor truncated nor extended while we read it.
+    if data.len() as u64 != stamp.size || FileStamp::of(&file.metadata()?) != stamp {
         bail!("{} changed while it was being read", path.display());
     }
     Ok(data)

@@ -38,7 +38,7 @@ pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
     let record = encode(batch);
     let path = dir.join("journal");
     for _ in 0..8 {
-        let open = || OpenOptions::new().create(true).append(true).open(&path);
+        let open = || crate::util::open_raw(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, 0o666);
         let mut f = match open() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir)?;

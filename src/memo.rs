@@ -19,7 +19,7 @@
 //! `compiler-<hash of the invoked path>`, replaced atomically by rename.
 
 use crate::util::FileStamp;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -57,7 +57,7 @@ impl MemoTable {
     /// directory is not writable: lookups still work, inserts fail quietly.
     pub fn open(dir: &Path) -> std::io::Result<MemoTable> {
         let path = dir.join("memo.v1");
-        let rw = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+        let rw = || crate::util::open_raw(&path, libc::O_RDWR | libc::O_CREAT, 0o666);
         let file = match rw() {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -214,7 +214,7 @@ fn compiler_memo_path(dir: &Path, compiler: &Path) -> PathBuf {
 
 /// The memoised identity of the compiler at `compiler`: (stamps, identity).
 pub fn lookup_compiler(dir: &Path, compiler: &Path) -> Option<(Vec<u8>, [u8; 32])> {
-    let data = std::fs::read(compiler_memo_path(dir, compiler)).ok()?;
+    let data = crate::util::read_file(&compiler_memo_path(dir, compiler)).ok()?;
     let rest = data.strip_prefix(COMPILER_MAGIC)?;
     let id: [u8; 32] = rest.get(..32)?.try_into().ok()?;
     let n = u32::from_le_bytes(rest.get(32..36)?.try_into().ok()?) as usize;

@@ -27,7 +27,7 @@
 use crate::config::ServeMode;
 use crate::util::{self, hex, map_file, write_atomic};
 use anyhow::{bail, ensure, Context, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -390,10 +390,7 @@ impl LocalStore {
                 _ => {
                     // Copy (also the fallback when a hard link is impossible:
                     // another filesystem, or no permission).
-                    let mut out = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&tmp)
+                    let mut out = util::open_raw(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)
                         .with_context(|| format!("creating {}", tmp.display()))?;
                     let cloned = match (mode, source) {
                         (ServeMode::Reflink, Some((_, file))) => reflink(file, &out),
@@ -450,14 +447,15 @@ impl LocalStore {
     /// same open file, for [`LocalStore::touch_entry`].
     pub fn get_entry_and_last_use(&self, key: &Digest) -> Result<(Lookup, Option<std::time::SystemTime>)> {
         let path = self.entry_path(key);
-        let mut file = match File::open(&path) {
+        let file = match util::open_raw(&path, libc::O_RDONLY, 0) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Lookup::Miss, None)),
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
-        let last_use = file.metadata().and_then(|m| m.modified()).ok();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("reading {}", path.display()))?;
+        let meta = file.metadata().with_context(|| format!("stat {}", path.display()))?;
+        let last_use = meta.modified().ok();
+        // Entries are renamed into place whole, never rewritten: its size is final.
+        let data = util::read_sized(&file, meta.len()).with_context(|| format!("reading {}", path.display()))?;
         // Another ltocache version sharing the store wrote this: a miss, and
         // its file is left for that version (the key version differs anyway).
         if Entry::format_of(&data).is_some_and(|f| f != ENTRY_FORMAT) {

@@ -346,7 +346,7 @@ fn store_outputs(
     finished: &exec::Finished,
 ) -> anyhow::Result<(u64, StoredBlobs)> {
     use anyhow::Context;
-    let data = std::fs::read(&inv.output).with_context(|| format!("reading {}", inv.output.display()))?;
+    let data = crate::util::read_file(&inv.output).with_context(|| format!("reading {}", inv.output.display()))?;
     let (output, written) = store.put_output(0, &data)?;
     let blobs = if written > 0 { vec![(output.digest, written)] } else { Vec::new() };
     let entry = Entry {
