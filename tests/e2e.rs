@@ -461,3 +461,38 @@ fn stats_report_the_cache_own_cpu_time_apart_from_hashing_the_compiler() {
     assert!(secs(&after, "own_cpu_seconds_on_misses") > own_first, "{after}");
     assert!(secs(&after, "own_cpu_seconds_on_hits") > 0.0, "{after}");
 }
+
+/// A build that runs ltocache with stderr closed (`2>&-`): the first file
+/// ltocache opens must not become its "stderr", or the compiler's replayed
+/// warning would be written into it (here: the digest memo table).
+#[test]
+fn closed_stderr_does_not_capture_a_cache_file() {
+    use std::os::unix::process::CommandExt;
+    let f = Fixture::new();
+    let run = || {
+        let mut c = f.ltocache();
+        // An argument the backend does not use: clang warns about it on stderr.
+        c.arg(CLANG).args(f.backend_args("vec", "vec.final_o", &["-L/nonexistent-dir"]));
+        // SAFETY: close() in the child before exec touches no shared state.
+        unsafe {
+            c.pre_exec(|| {
+                libc::close(2);
+                Ok(())
+            });
+        }
+        assert!(c.status().unwrap().success());
+    };
+    run();
+    run();
+    assert_eq!(f.stat("misses"), 1);
+    assert_eq!(f.stat("hits"), 1);
+    assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &["-L/nonexistent-dir"]));
+    let state = f.cache.join("hosts").join(ltocache::util::hostname());
+    for file in [state.join("memo.v1")].into_iter().chain(f.entry_files()) {
+        let data = std::fs::read(&file).unwrap();
+        // The entry holds the warning once, as stderr to replay; nothing else may.
+        let n = data.windows(8).filter(|w| w == b"warning:").count();
+        assert!(n <= usize::from(file.starts_with(f.cache.join("v1"))), "the warning went into {}", file.display());
+    }
+    ok(f.ltocache().arg("verify"));
+}
