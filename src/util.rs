@@ -79,40 +79,6 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     read_sized(&f, size)
 }
 
-/// Makes descriptors 0, 1 and 2 valid, opening /dev/null on any that is
-/// closed, as std's start-up does (the binary skips it, see `main.rs`):
-/// otherwise the first file we open could become "stderr", and a replayed
-/// warning would be written into it.
-pub fn ensure_stdio_open() {
-    let mut fds = [0, 1, 2].map(|fd| libc::pollfd { fd, events: 0, revents: 0 });
-    // SAFETY: poll reads and writes the three pollfd structs we own.
-    let polled = unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } >= 0;
-    for p in fds {
-        // SAFETY: F_GETFD only queries the descriptor.
-        let closed = if polled {
-            p.revents & libc::POLLNVAL != 0
-        } else {
-            let flags = unsafe { libc::fcntl(p.fd, libc::F_GETFD) };
-            flags < 0
-        };
-        if closed {
-            // The lowest free descriptor: this one. SAFETY: a constant NUL-terminated path.
-            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-        }
-    }
-}
-
-/// The process's arguments from C's `main`.
-///
-/// # Safety
-/// `argv` must point to `argc` valid NUL-terminated strings.
-pub unsafe fn args_from_c(argc: libc::c_int, argv: *const *const libc::c_char) -> Vec<std::ffi::OsString> {
-    use std::os::unix::ffi::OsStringExt;
-    (0..argc.max(0) as usize)
-        .map(|i| std::ffi::OsString::from_vec(std::ffi::CStr::from_ptr(*argv.add(i)).to_bytes().to_vec()))
-        .collect()
-}
-
 pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }

@@ -464,7 +464,9 @@ fn stats_report_the_cache_own_cpu_time_apart_from_hashing_the_compiler() {
 
 /// A build that runs ltocache with stderr closed (`2>&-`): the first file
 /// ltocache opens must not become its "stderr", or the compiler's replayed
-/// warning would be written into it (here: the digest memo table).
+/// warning would be written into it (here: the digest memo table). std's
+/// start-up opens /dev/null on a closed standard descriptor; this holds any
+/// change of the entry point to that.
 #[test]
 fn closed_stderr_does_not_capture_a_cache_file() {
     use std::os::unix::process::CommandExt;
