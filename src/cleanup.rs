@@ -9,7 +9,7 @@
 //! reader sees a file or a miss, and a concurrent writer at worst loses an
 //! entry it had just written (a future miss, never a wrong object).
 
-use crate::store::{Entry, LocalStore, Stored, StoredOutput};
+use crate::store::{Entry, LocalStore, Stored};
 use crate::util::{hex, unhex};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -402,7 +402,7 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
         }
         match Entry::decode(&data) {
             Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
-                if e.outputs.iter().any(|o| !inline_output_intact(o)) {
+                if e.outputs.iter().any(|o| matches!(o.inline_data(), Some(Err(_)))) {
                     r.bad_entries.push(path);
                 } else if e
                     .outputs
@@ -423,20 +423,6 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
         }
     }
     Ok(r)
-}
-
-/// False for an output kept in its entry whose bytes do not decode to its
-/// size and digest (true for blob outputs, checked apart).
-fn inline_output_intact(o: &StoredOutput) -> bool {
-    let data = match &o.stored {
-        Stored::Blob => return true,
-        Stored::Inline(b) => b.clone(),
-        Stored::InlineZstd(b) => match zstd::bulk::decompress(b, o.size as usize) {
-            Ok(d) => d,
-            Err(_) => return false,
-        },
-    };
-    data.len() as u64 == o.size && blake3::hash(&data).as_bytes() == &o.digest
 }
 
 /// Parses `500M`, `20G`, `1.5GiB`, `4096` (K, M, G, T are powers of 1024).

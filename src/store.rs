@@ -175,13 +175,38 @@ impl Entry {
     }
 }
 
+/// Inline outputs larger than this (decoded) are refused rather than
+/// allocated: a checksummed entry never claims it, a crafted one might.
+const INLINE_DECODED_MAX: u64 = 1 << 30;
+
 impl StoredOutput {
-    /// The bytes kept in the entry, if any.
+    /// The bytes kept in the entry, if any, as stored.
     pub fn inline_bytes(&self) -> Option<&[u8]> {
         match &self.stored {
             Stored::Blob => None,
             Stored::Inline(b) | Stored::InlineZstd(b) => Some(b),
         }
+    }
+
+    /// The output's bytes when they are kept in the entry: decoded and checked
+    /// against the recorded size and digest (`Err` says why they are not
+    /// usable). `None` for an output in a blob file. The entry's checksum
+    /// already covers these bytes; checking the digest as well makes a hit's
+    /// guarantee the same whichever way the output is stored.
+    pub fn inline_data(&self) -> Option<std::result::Result<std::borrow::Cow<'_, [u8]>, &'static str>> {
+        let data = match &self.stored {
+            Stored::Blob => return None,
+            Stored::Inline(b) => std::borrow::Cow::Borrowed(&b[..]),
+            Stored::InlineZstd(_) if self.size > INLINE_DECODED_MAX => return Some(Err("inline output too large")),
+            Stored::InlineZstd(b) => match zstd::bulk::decompress(b, self.size as usize) {
+                Ok(d) => std::borrow::Cow::Owned(d),
+                Err(_) => return Some(Err("inline output does not decode")),
+            },
+        };
+        if data.len() as u64 != self.size || blake3::hash(&data).as_bytes() != &self.digest {
+            return Some(Err("inline output does not match its digest"));
+        }
+        Some(Ok(data))
     }
 }
 
@@ -324,20 +349,11 @@ impl LocalStore {
 
     /// Serves one output of a hit into `dest`, verified against its digest.
     pub fn serve_output(&self, o: &StoredOutput, dest: &Path, mode: ServeMode) -> Result<Served> {
-        let data = match &o.stored {
-            Stored::Blob => return self.serve_blob(&o.digest, o.size, dest, mode),
-            Stored::Inline(b) => std::borrow::Cow::Borrowed(&b[..]),
-            Stored::InlineZstd(b) => match zstd::bulk::decompress(b, o.size as usize) {
-                Ok(d) => std::borrow::Cow::Owned(d),
-                Err(_) => return Ok(Served::Unavailable("inline output does not decode")),
-            },
-        };
-        // The entry's checksum covers these bytes; checking the digest as
-        // well makes a hit's guarantee the same whichever way it is stored.
-        if data.len() as u64 != o.size || blake3::hash(&data).as_bytes() != &o.digest {
-            return Ok(Served::Unavailable("inline output does not match its digest"));
+        match o.inline_data() {
+            None => self.serve_blob(&o.digest, o.size, dest, mode),
+            Some(Ok(data)) => self.write_output(&data, None, dest, ServeMode::Copy),
+            Some(Err(why)) => Ok(Served::Unavailable(why)),
         }
-        self.write_output(&data, None, dest, ServeMode::Copy)
     }
 
     /// Serves a blob into `dest` atomically (temp file next to `dest`, then
@@ -713,6 +729,9 @@ mod tests {
         assert!(matches!(s.serve_output(&o, &out, ServeMode::Copy).unwrap(), Served::Unavailable(_)));
         o.stored = Stored::InlineZstd(vec![0x28, 0xb5, 0x2f, 0xfd, 0]);
         assert!(matches!(s.serve_output(&o, &out, ServeMode::Copy).unwrap(), Served::Unavailable(_)));
+        // A size no checksummed entry would claim is refused, not allocated.
+        o.size = 1 << 40;
+        assert_eq!(o.inline_data().unwrap().unwrap_err(), "inline output too large");
         assert_eq!(std::fs::read(&out).unwrap(), big, "the output is untouched");
     }
 
