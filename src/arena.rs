@@ -8,8 +8,8 @@
 //! build is static musl, see scripts/build-release.sh) maps and unmaps memory
 //! as its groups fill and empty — 16 `mmap` and 11 `munmap` calls in one miss
 //! — and each fresh page is a page fault, ~2 µs on the benchmark VM.
-//! Measured side by side (libgit2 backends, each binary's CPU up to exit,
-//! medians of 120 alternating runs): a hit 0.72 → 0.63 ms, a miss 1.55 →
+//! Measured side by side (libgit2 backends, each binary's CPU from exec to
+//! its journal record, medians of 120 alternating runs): a hit 0.72 → 0.63 ms, a miss 1.55 →
 //! 1.47 ms; a first, noisier pair of runs had shown 0.93 → 0.71 ms per hit.
 //!
 //! Design: blocks of 16 B to 256 KiB in power-of-two classes, each aligned to
