@@ -326,6 +326,26 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_held_too_long_is_given_up_after_a_second() {
+        // A holder that never lets go (stopped, or hung on a slow disk) costs
+        // the others a second, then they hash the file themselves.
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.o");
+        std::fs::write(&path, b"held import").unwrap();
+        let stamp = FileStamp::of_path(&path).unwrap();
+        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp);
+        std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
+        let holder = MemoTable::open(&d.path().join("state")).unwrap();
+        let _held = holder.lock_bucket(&stamp).expect("lock");
+        let table = MemoTable::open(&d.path().join("state")).unwrap();
+        let started = std::time::Instant::now();
+        let mut h = FileHasher::new(Some(&table));
+        let got = h.hash(&path, false).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(900), "it waited for the holder");
+        assert_eq!((got.digest, h.bytes_hashed), (*blake3::hash(b"held import").as_bytes(), 11));
+    }
+
+    #[test]
     fn stat_fast_path_sees_a_rewrite_of_the_same_size() {
         let d = tempfile::tempdir().unwrap();
         let (shard, module) = (d.path().join("s.bc"), d.path().join("m.o"));

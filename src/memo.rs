@@ -98,6 +98,10 @@ impl MemoTable {
     pub fn lock_bucket(&self, stamp: &FileStamp) -> Option<BucketLock<'_>> {
         let offset = Self::bucket_offset(stamp.dev, stamp.ino);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        // Hashing one module takes well under a millisecond, so the first
+        // waits are short; they double up to 16 ms so that a long wait does
+        // not cost a wake-up every 100 µs.
+        let mut pause = std::time::Duration::from_micros(100);
         loop {
             match self.range_lock(offset, libc::F_WRLCK as i16) {
                 Ok(()) => return Some(BucketLock { table: self, offset }),
@@ -105,7 +109,8 @@ impl MemoTable {
                     if std::time::Instant::now() >= deadline {
                         return None;
                     }
-                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(16));
                 }
                 // No locks here (a read-only table, an NFS mount without them).
                 Err(_) => return None,
