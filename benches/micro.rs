@@ -145,6 +145,19 @@ fn bench_store(c: &mut Criterion) {
                 store.serve_blob(&e.outputs[0].digest, e.outputs[0].size, &out, ServeMode::Copy).unwrap()
             })
         });
+        // The default store: zstd level 1, outputs inside the entry up to
+        // 256 KiB stored, ≤ 4 KiB raw (what a compile stores unless told otherwise).
+        let default_store = LocalStore::new(&tmp.path().join("default"))
+            .with_compression(Some(ltocache::config::DEFAULT_ZSTD_LEVEL))
+            .with_inline_max(ltocache::store::INLINE_MAX);
+        let (output, _) = default_store.put_output(0, &data).unwrap();
+        default_store.put_entry(&Entry { outputs: vec![output], ..entry.clone() }).unwrap();
+        g.bench_function(BenchmarkId::new("lookup_and_serve_default_store", label), |b| {
+            b.iter(|| {
+                let ltocache::store::Lookup::Hit(e) = default_store.get_entry(&key).unwrap() else { panic!("miss") };
+                default_store.serve_output(&e.outputs[0], &out, ServeMode::Copy).unwrap()
+            })
+        });
         g.bench_function(BenchmarkId::new("limit_blake3", label), |b| b.iter(|| blake3::hash(&data)));
         let mut dst = vec![0u8; size];
         g.bench_function(BenchmarkId::new("limit_memcpy", label), |b| b.iter(|| dst.copy_from_slice(&data)));
