@@ -14,6 +14,7 @@
 
 use anyhow::{bail, ensure, Result};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 const END_BLOCK: u64 = 0;
 const ENTER_SUBBLOCK: u64 = 1;
@@ -24,13 +25,21 @@ const BLOCKINFO_CODE_SETBID: u32 = 1;
 /// Nesting deeper than this is treated as a corrupt file rather than recursed into.
 const MAX_DEPTH: usize = 64;
 
-#[derive(Clone, Debug, PartialEq)]
-enum Op {
+/// One operand of an abbreviation that decodes to a single value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scalar {
     Literal(u64),
     Fixed(u8),
     Vbr(u8),
-    Array(Box<Op>),
     Char6,
+}
+
+/// One operand of an abbreviation. `Copy`, so that a block's abbreviations
+/// are cheap to hold and an array's element type needs no allocation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Scalar(Scalar),
+    Array(Scalar),
     Blob,
 }
 
@@ -55,12 +64,20 @@ impl Record<'_> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Visit {
     Enter,
+    /// Enter only to find the blocks nested in it: its records are stepped
+    /// over without being decoded into values or shown to the visitor.
+    Scan,
     Skip,
 }
 
 /// Callbacks for [`walk`]. `path` is the stack of enclosing block ids.
 pub trait Visitor<'a> {
     fn enter_block(&mut self, path: &[u32], block_id: u32) -> Visit;
+    /// Whether a record with this code, in the block `path` ends in, should be
+    /// decoded and passed to [`Visitor::record`]; the others are stepped over.
+    fn wants_record(&mut self, _path: &[u32], _code: u32) -> bool {
+        true
+    }
     fn record(&mut self, path: &[u32], record: &Record<'a>) -> Result<()>;
     fn end_block(&mut self, _path: &[u32]) -> Result<()> {
         Ok(())
@@ -129,6 +146,12 @@ impl<'a> Cursor<'a> {
         self.bit = (self.bit + 31) & !31;
     }
 
+    fn skip_bits(&mut self, n: usize) -> Result<()> {
+        ensure!(self.bit.checked_add(n).is_some_and(|e| e <= self.data.len() * 8), "bitcode truncated");
+        self.bit += n;
+        Ok(())
+    }
+
     fn skip_bytes(&mut self, n: usize) -> Result<()> {
         ensure!(self.bit / 8 + n <= self.data.len(), "bitcode truncated");
         self.bit += n * 8;
@@ -155,11 +178,15 @@ pub fn is_bitcode(data: &[u8]) -> bool {
     data.starts_with(&[b'B', b'C', 0xC0, 0xDE]) || data.starts_with(&[0xDE, 0xC0, 0x17, 0x0B])
 }
 
+/// Abbreviations that BLOCKINFO defines, per block id. Shared (`Rc`) so that
+/// entering a block, which LLVM does once per function, costs no copy.
+type BlockInfo = HashMap<u32, Rc<Vec<Abbrev>>>;
+
 /// Walks every top-level block of a bitcode file, calling the visitor.
 pub fn walk<'a>(file: &'a [u8], visitor: &mut dyn Visitor<'a>) -> Result<()> {
     let data = stream(file)?;
     let mut cur = Cursor { data, bit: 0 };
-    let mut blockinfo: HashMap<u32, Vec<Abbrev>> = HashMap::new();
+    let mut blockinfo = BlockInfo::new();
     let mut path = Vec::new();
     // One record buffer for the whole walk: records are decoded into it in
     // place, so the hot loop does not allocate.
@@ -186,7 +213,7 @@ pub fn walk<'a>(file: &'a [u8], visitor: &mut dyn Visitor<'a>) -> Result<()> {
 /// Reads one block whose ENTER_SUBBLOCK id has just been consumed.
 fn block<'a>(
     cur: &mut Cursor<'a>,
-    blockinfo: &mut HashMap<u32, Vec<Abbrev>>,
+    blockinfo: &mut BlockInfo,
     path: &mut Vec<u32>,
     rec: &mut Record<'a>,
     visitor: &mut dyn Visitor<'a>,
@@ -208,8 +235,11 @@ fn block<'a>(
         cur.bit = body_end;
         return Ok(());
     }
+    let want_records = visit == Visit::Enter;
     path.push(block_id);
-    let mut abbrevs: Vec<Abbrev> = blockinfo.get(&block_id).cloned().unwrap_or_default();
+    // Abbreviation ids from 4 on: first BLOCKINFO's for this block id, then the block's own.
+    let inherited = blockinfo.get(&block_id).cloned().unwrap_or_default();
+    let mut own: Vec<Abbrev> = Vec::new();
     // Inside BLOCKINFO, the block whose abbreviations are being defined.
     let mut info_target: Option<u32> = None;
 
@@ -228,33 +258,38 @@ fn block<'a>(
                 let abbrev = read_abbrev(cur)?;
                 if block_id == BLOCKINFO_BLOCK_ID {
                     let target = info_target.ok_or_else(|| anyhow::anyhow!("DEFINE_ABBREV before SETBID"))?;
-                    blockinfo.entry(target).or_default().push(abbrev);
+                    Rc::make_mut(blockinfo.entry(target).or_default()).push(abbrev);
                 } else {
-                    abbrevs.push(abbrev);
+                    own.push(abbrev);
                 }
             }
             _ => {
-                rec.ops.clear();
-                rec.blob = None;
-                if id == UNABBREV_RECORD {
-                    rec.code = cur.read_vbr(6)? as u32;
-                    let n = cur.read_vbr(6)? as usize;
-                    ensure!(n <= cur.data.len() * 8, "record too long");
-                    for _ in 0..n {
-                        rec.ops.push(cur.read_vbr(6)?);
-                    }
+                // The operands' layout: an abbreviation, or None for UNABBREV_RECORD.
+                let layout = if id == UNABBREV_RECORD {
+                    None
                 } else {
-                    let abbrev = abbrevs
-                        .get((id - 4) as usize)
-                        .ok_or_else(|| anyhow::anyhow!("undefined abbreviation {id} in block {block_id}"))?;
-                    read_abbreviated(cur, abbrev, rec)?;
-                }
-                if block_id == BLOCKINFO_BLOCK_ID {
-                    if rec.code == BLOCKINFO_CODE_SETBID {
+                    let i = (id - 4) as usize;
+                    let found = if i < inherited.len() { inherited.get(i) } else { own.get(i - inherited.len()) };
+                    Some(found.ok_or_else(|| anyhow::anyhow!("undefined abbreviation {id} in block {block_id}"))?)
+                };
+                let (code, rest) = match layout {
+                    None => (cur.read_vbr(6)?, None),
+                    Some(abbrev) => match abbrev.split_first() {
+                        Some((Op::Scalar(s), rest)) => (read_scalar(cur, *s)?, Some(rest)),
+                        _ => bail!("abbreviation without a scalar record code in block {block_id}"),
+                    },
+                };
+                let code = code as u32;
+                if block_id == BLOCKINFO_BLOCK_ID || (want_records && visitor.wants_record(path, code)) {
+                    read_operands(cur, rest, rec)?;
+                    rec.code = code;
+                    if block_id != BLOCKINFO_BLOCK_ID {
+                        visitor.record(path, rec)?;
+                    } else if code == BLOCKINFO_CODE_SETBID {
                         info_target = rec.ops.first().map(|&v| v as u32);
                     }
                 } else {
-                    visitor.record(path, rec)?;
+                    skip_operands(cur, rest)?;
                 }
             }
         }
@@ -264,30 +299,37 @@ fn block<'a>(
 
 fn read_abbrev(cur: &mut Cursor) -> Result<Abbrev> {
     let n = cur.read_vbr(5)? as usize;
-    let mut ops = Vec::with_capacity(n);
+    ensure!(n <= cur.data.len() * 8, "abbreviation too long");
+    let mut out: Abbrev = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
-        ops.push(read_abbrev_op(cur)?);
-        i += 1;
-    }
-    // An Array takes the operand after it as its element type.
-    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
-    let mut it = ops.into_iter().peekable();
-    while let Some(op) = it.next() {
-        if let Op::Array(_) = op {
-            let elt = it.next().ok_or_else(|| anyhow::anyhow!("array abbreviation without element type"))?;
-            ensure!(it.peek().is_none(), "array must be the last abbreviation operand");
-            out.push(Op::Array(Box::new(elt)));
-        } else {
-            out.push(op);
+        match read_abbrev_op(cur)? {
+            // An Array takes the operand after it as its element type, and ends the abbreviation.
+            AbbrevOp::Array => {
+                ensure!(i + 2 == n, "array must be the last abbreviation operand but its element type");
+                match read_abbrev_op(cur)? {
+                    AbbrevOp::Scalar(elt) => out.push(Op::Array(elt)),
+                    _ => bail!("aggregate used as array element"),
+                }
+                i += 1;
+            }
+            AbbrevOp::Scalar(s) => out.push(Op::Scalar(s)),
+            AbbrevOp::Blob => out.push(Op::Blob),
         }
+        i += 1;
     }
     Ok(out)
 }
 
-fn read_abbrev_op(cur: &mut Cursor) -> Result<Op> {
+enum AbbrevOp {
+    Scalar(Scalar),
+    Array,
+    Blob,
+}
+
+fn read_abbrev_op(cur: &mut Cursor) -> Result<AbbrevOp> {
     if cur.read(1)? == 1 {
-        return Ok(Op::Literal(cur.read_vbr(8)?));
+        return Ok(AbbrevOp::Scalar(Scalar::Literal(cur.read_vbr(8)?)));
     }
     let encoding = cur.read(3)?;
     Ok(match encoding {
@@ -295,28 +337,28 @@ fn read_abbrev_op(cur: &mut Cursor) -> Result<Op> {
             let w = cur.read_vbr(5)?;
             ensure!(w <= 64, "abbreviation width {w} too large");
             // LLVM reads a zero-width Fixed or VBR operand as the literal 0.
-            match (encoding, w) {
-                (_, 0) => Op::Literal(0),
-                (1, w) => Op::Fixed(w as u8),
+            AbbrevOp::Scalar(match (encoding, w) {
+                (_, 0) => Scalar::Literal(0),
+                (1, w) => Scalar::Fixed(w as u8),
                 (_, w) => {
                     ensure!((2..=32).contains(&w), "bad VBR width {w}");
-                    Op::Vbr(w as u8)
+                    Scalar::Vbr(w as u8)
                 }
-            }
+            })
         }
-        3 => Op::Array(Box::new(Op::Literal(0))),
-        4 => Op::Char6,
-        5 => Op::Blob,
+        3 => AbbrevOp::Array,
+        4 => AbbrevOp::Scalar(Scalar::Char6),
+        5 => AbbrevOp::Blob,
         e => bail!("unknown abbreviation encoding {e}"),
     })
 }
 
-fn read_scalar(cur: &mut Cursor, op: &Op) -> Result<u64> {
+fn read_scalar(cur: &mut Cursor, op: Scalar) -> Result<u64> {
     Ok(match op {
-        Op::Literal(v) => *v,
-        Op::Fixed(w) => cur.read(*w)?,
-        Op::Vbr(w) => cur.read_vbr(*w)?,
-        Op::Char6 => {
+        Scalar::Literal(v) => v,
+        Scalar::Fixed(w) => cur.read(w)?,
+        Scalar::Vbr(w) => cur.read_vbr(w)?,
+        Scalar::Char6 => {
             let v = cur.read(6)? as u8;
             (match v {
                 0..=25 => b'a' + v,
@@ -326,19 +368,35 @@ fn read_scalar(cur: &mut Cursor, op: &Op) -> Result<u64> {
                 _ => b'_',
             }) as u64
         }
-        Op::Array(_) | Op::Blob => bail!("aggregate used as array element"),
     })
 }
 
-/// Decodes an abbreviated record into `rec` (whose ops are already empty).
-fn read_abbreviated<'a>(cur: &mut Cursor<'a>, abbrev: &[Op], rec: &mut Record<'a>) -> Result<()> {
-    let (first, rest) = abbrev.split_first().ok_or_else(|| anyhow::anyhow!("empty abbreviation"))?;
-    rec.code = match first {
-        Op::Array(_) | Op::Blob => bail!("abbreviation starts with an aggregate"),
-        scalar => read_scalar(cur, scalar)? as u32,
+/// Steps over a blob operand, returning its bytes.
+fn read_blob<'a>(cur: &mut Cursor<'a>) -> Result<&'a [u8]> {
+    let n = cur.read_vbr(6)? as usize;
+    cur.align32();
+    let start = cur.bit / 8;
+    cur.skip_bytes(n)?;
+    cur.align32();
+    Ok(&cur.data[start..start + n])
+}
+
+/// Decodes a record's operands (all but its code) into `rec`: `layout` is
+/// its abbreviation's operands after the code, or None for an unabbreviated
+/// record (a VBR6 count, then that many VBR6 values).
+fn read_operands<'a>(cur: &mut Cursor<'a>, layout: Option<&[Op]>, rec: &mut Record<'a>) -> Result<()> {
+    rec.ops.clear();
+    rec.blob = None;
+    let Some(layout) = layout else {
+        let n = cur.read_vbr(6)? as usize;
+        ensure!(n <= cur.data.len() * 8, "record too long");
+        for _ in 0..n {
+            rec.ops.push(cur.read_vbr(6)?);
+        }
+        return Ok(());
     };
-    for op in rest {
-        match op {
+    for op in layout {
+        match *op {
             Op::Array(elt) => {
                 let n = cur.read_vbr(6)? as usize;
                 ensure!(n <= cur.data.len() * 8, "array too long");
@@ -347,15 +405,49 @@ fn read_abbreviated<'a>(cur: &mut Cursor<'a>, abbrev: &[Op], rec: &mut Record<'a
                     rec.ops.push(read_scalar(cur, elt)?);
                 }
             }
-            Op::Blob => {
+            Op::Blob => rec.blob = Some(read_blob(cur)?),
+            Op::Scalar(s) => rec.ops.push(read_scalar(cur, s)?),
+        }
+    }
+    Ok(())
+}
+
+/// Steps over a record's operands without decoding them: the same bits as
+/// [`read_operands`] consumes, fixed-width arrays and blobs in one step.
+fn skip_operands(cur: &mut Cursor, layout: Option<&[Op]>) -> Result<()> {
+    let Some(layout) = layout else {
+        let n = cur.read_vbr(6)? as usize;
+        ensure!(n <= cur.data.len() * 8, "record too long");
+        for _ in 0..n {
+            cur.read_vbr(6)?;
+        }
+        return Ok(());
+    };
+    for op in layout {
+        match *op {
+            Op::Array(elt) => {
                 let n = cur.read_vbr(6)? as usize;
-                cur.align32();
-                let start = cur.bit / 8;
-                cur.skip_bytes(n)?;
-                rec.blob = Some(&cur.data[start..start + n]);
-                cur.align32();
+                ensure!(n <= cur.data.len() * 8, "array too long");
+                match elt {
+                    Scalar::Literal(_) => {}
+                    Scalar::Fixed(w) => cur.skip_bits(n * w as usize)?,
+                    Scalar::Char6 => cur.skip_bits(n * 6)?,
+                    Scalar::Vbr(w) => {
+                        for _ in 0..n {
+                            cur.read_vbr(w)?;
+                        }
+                    }
+                }
             }
-            scalar => rec.ops.push(read_scalar(cur, scalar)?),
+            Op::Blob => {
+                read_blob(cur)?;
+            }
+            Op::Scalar(Scalar::Literal(_)) => {}
+            Op::Scalar(Scalar::Fixed(w)) => cur.skip_bits(w as usize)?,
+            Op::Scalar(Scalar::Char6) => cur.skip_bits(6)?,
+            Op::Scalar(Scalar::Vbr(w)) => {
+                cur.read_vbr(w)?;
+            }
         }
     }
     Ok(())

@@ -13,8 +13,11 @@
 //! tick (`clock_getres(CLOCK_REALTIME_COARSE)`: 4 ms at HZ=250). A write that
 //! starts after we took the time `h` (before reading) is stamped at least
 //! `h - tick`, so a file last changed more than a tick before `h` cannot be
-//! changed again without its stamp moving: [`local_margin_ns`] is four ticks,
-//! at least 10 ms. Anything else — network filesystems, whose timestamps come
+//! changed again without its stamp moving. The clock can lag further when
+//! the CPU that advances it stalls (a preempted virtual CPU): the kernel lets
+//! another CPU take over after five ticks (`MAX_STALLED_JIFFIES`), so the
+//! coarse clock can stand still for about six. [`local_margin_ns`] is eight
+//! ticks, at least 10 ms. Anything else — network filesystems, whose timestamps come
 //! from the server's clock; FAT's 2 s ticks; ext4 with 128-byte inodes, whose
 //! timestamps are whole seconds — gets [`RACY_NS`]. A margin that is too
 //! long only costs rehashing; one too short would serve a stale object, so
@@ -31,7 +34,7 @@ use std::path::{Path, PathBuf};
 /// The margin for filesystems not known to have fine local timestamps. Two
 /// seconds: FAT's granularity, and modest clock skew against an NFS server.
 pub const RACY_NS: i64 = 2_000_000_000;
-/// The margin for local filesystems with nanosecond timestamps: four ticks of
+/// The margin for local filesystems with nanosecond timestamps: eight ticks of
 /// the kernel's coarse clock, at least 10 ms (at most 1 s, should the kernel
 /// report something odd).
 pub fn local_margin_ns() -> i64 {
@@ -44,7 +47,7 @@ pub fn local_margin_ns() -> i64 {
         } else {
             10_000_000 // one jiffy at HZ=100, the coarsest Linux configures
         };
-        (4 * tick).clamp(10_000_000, 1_000_000_000)
+        (8 * tick).clamp(10_000_000, 1_000_000_000)
     })
 }
 
@@ -141,7 +144,8 @@ impl<'a> FileHasher<'a> {
         // and musl's fcntl for O_CLOEXEC). A module table lists up to hundreds
         // of modules. On NFS only an open revalidates the attributes
         // (close-to-open consistency), so there the file is always opened.
-        if let Ok(meta) = std::fs::metadata(path) {
+        if let Ok(meta) = std::fs::metadata(path).map_err(drop).and_then(|m| if m.is_file() { Ok(m) } else { Err(()) })
+        {
             let stamp = FileStamp::of(&meta);
             if self.fs_types.get(&stamp.dev).copied().flatten().is_some_and(|t| FINE_LOCAL_FS.contains(&t)) {
                 if let Some(h) = self.memoised(&stamp, want_asm) {
@@ -194,10 +198,18 @@ impl<'a> FileHasher<'a> {
 /// Opens a file and takes its stamp with fstat — not stat: on NFS, open
 /// revalidates the attributes (close-to-open consistency) where stat may
 /// answer from a stale cache.
+///
+/// Only regular files: a pipe (`-fprofile-sample-use=/dev/fd/63` from a
+/// shell's process substitution) or a device reports size 0 whatever it
+/// delivers, so its digest would be that of no bytes, for any content.
 fn open_stamped(path: &Path) -> Result<(File, FileStamp)> {
-    let file = crate::util::open_raw(path, libc::O_RDONLY, 0).with_context(|| format!("opening {}", path.display()))?;
-    let stamp = FileStamp::of(&file.metadata().with_context(|| format!("stat {}", path.display()))?);
-    Ok((file, stamp))
+    let file = crate::util::open_raw(path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("stat {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok((file, FileStamp::of(&meta)))
 }
 
 /// Reads the whole file and checks it still has `stamp`: bytes read while a
@@ -209,6 +221,15 @@ fn read_unchanged(path: &Path, file: File, stamp: FileStamp) -> Result<Vec<u8>> 
     // neither rewritten nor truncated nor extended while we read it.
     if data.len() as u64 != stamp.size || FileStamp::of(&file.metadata()?) != stamp {
         bail!("{} changed while it was being read", path.display());
+    }
+    // Files of /proc and similar report size 0 and still have contents: one
+    // read past the reported end must find nothing. (Only for empty files, so
+    // the hit path's shard read costs no extra system call.)
+    if stamp.size == 0 {
+        use std::os::unix::fs::FileExt;
+        if file.read_at(&mut [0u8; 1], 0).with_context(|| format!("reading {}", path.display()))? != 0 {
+            bail!("{} has contents beyond the size it reports", path.display());
+        }
     }
     Ok(data)
 }
@@ -366,6 +387,25 @@ mod tests {
         assert_eq!(hash(0), *blake3::hash(b"version-1").as_bytes(), "served from the memo");
         std::fs::write(&module, b"version-2").unwrap();
         assert_eq!(hash(9), *blake3::hash(b"version-2").as_bytes(), "same size, new stamp: hashed again");
+    }
+
+    #[test]
+    fn files_whose_size_does_not_tell_their_contents_are_refused() {
+        let mut h = FileHasher::new(None);
+        // /proc: size 0, contents nonetheless.
+        let err = h.hash(Path::new("/proc/self/status"), false).unwrap_err();
+        assert!(format!("{err:#}").contains("beyond the size"), "{err:#}");
+        // A FIFO with no writer: refused at once (opening it must not block).
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = h.hash(&fifo, false).unwrap_err();
+        assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
+        // An empty regular file is fine.
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        assert_eq!(h.hash(&dir.path().join("empty"), false).unwrap().digest, *blake3::hash(b"").as_bytes());
     }
 
     #[test]

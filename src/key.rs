@@ -197,8 +197,6 @@ pub fn compute(
         for (i, c) in candidates.iter().enumerate() {
             let tag = format!("asm-include:{}#{i}", String::from_utf8_lossy(name));
             if c.exists() {
-                let h = hasher.hash(c, false).map_err(|e| unreadable(c, e))?;
-                k.digest_field(&tag, &h.digest);
                 if is_include && !found {
                     if depth >= 8 {
                         return Err(KeyError::NotCacheable(NotCacheable::UnresolvedAsmInclude(format!(
@@ -206,10 +204,16 @@ pub fn compute(
                             c.display()
                         ))));
                     }
-                    let text = std::fs::read(c).map_err(|e| unreadable(c, e.into()))?;
+                    // The assembly that is scanned must be the bytes that are
+                    // hashed: one read, tracked like any input.
+                    let text = hasher.read_tracked(c).map_err(|e| unreadable(c, e))?;
+                    k.digest_field(&tag, blake3::hash(&text).as_bytes());
                     let mut nested = Vec::new();
                     shard::scan_asm(&text, &mut nested);
                     queue.extend(nested.into_iter().map(|n| (n, depth + 1)));
+                } else {
+                    let h = hasher.hash(c, false).map_err(|e| unreadable(c, e))?;
+                    k.digest_field(&tag, &h.digest);
                 }
                 found = true;
             } else {

@@ -147,9 +147,20 @@ impl<'a> Visitor<'a> for AsmVisitor {
         // CONSTANTS_BLOCKs, at module level or inside a FUNCTION_BLOCK. Everything
         // else (types, metadata, symbol tables) is skipped by its length word.
         match block_id {
-            MODULE_BLOCK | CONSTANTS_BLOCK | FUNCTION_BLOCK => Visit::Enter,
+            MODULE_BLOCK | CONSTANTS_BLOCK => Visit::Enter,
+            // A function's own records are instructions; only its nested
+            // CONSTANTS_BLOCK can hold inline asm, so they are stepped over.
+            FUNCTION_BLOCK => Visit::Scan,
             _ => Visit::Skip,
         }
+    }
+
+    fn wants_record(&mut self, path: &[u32], code: u32) -> bool {
+        // Everything else (global initialisers, declarations) is stepped over undecoded.
+        matches!(
+            (path.last(), code),
+            (Some(&MODULE_BLOCK), MODULE_CODE_ASM) | (Some(&CONSTANTS_BLOCK), 18 | 23 | 28 | 30)
+        )
     }
 
     fn record(&mut self, path: &[u32], rec: &Record<'a>) -> Result<()> {

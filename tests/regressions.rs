@@ -85,6 +85,21 @@ fn default_config_beside_a_symlinked_compiler_is_hashed() {
     assert_eq!(f.stat("misses"), 2, "an edited default config must miss");
 }
 
+/// Front end and thin link of `<name>.c`, a module of its own (no importers).
+fn lone_module(f: &Fixture, name: &str) {
+    let (c, o, so) = (format!("{name}.c"), format!("{name}.o"), format!("{name}.so"));
+    ok(Command::new(CLANG).current_dir(&f.dir).args(["-O2", "-flto=thin", "-c", &c, "-o", &o]));
+    ok(Command::new(CLANG).current_dir(&f.dir).args([
+        "-fuse-ld=lld",
+        "-flto=thin",
+        "-shared",
+        "-Wl,--thinlto-index-only",
+        "-o",
+        &so,
+        &o,
+    ]));
+}
+
 #[test]
 fn incbin_inside_an_included_asm_file_is_hashed() {
     let f = Fixture::new();
@@ -94,16 +109,7 @@ fn incbin_inside_an_included_asm_file_is_hashed() {
     );
     f.write("inc.s", ".incbin \"nested.bin\"\n");
     f.write("nested.bin", "AAAA");
-    ok(Command::new(CLANG).current_dir(&f.dir).args(["-O2", "-flto=thin", "-c", "nest.c", "-o", "nest.o"]));
-    ok(Command::new(CLANG).current_dir(&f.dir).args([
-        "-fuse-ld=lld",
-        "-flto=thin",
-        "-shared",
-        "-Wl,--thinlto-index-only",
-        "-o",
-        "nest.so",
-        "nest.o",
-    ]));
+    lone_module(&f, "nest");
     f.cached_backend("nest", &[]);
     f.write("nested.bin", "BBBB");
     f.cached_backend("nest", &[]);
@@ -157,4 +163,111 @@ fn a_compile_that_prints_to_stdout_is_not_stored() {
     }
     assert_eq!(f.stat("hits"), 0, "what a hit cannot replay is not stored");
     assert_eq!(f.stat("wrote_stdout"), 2);
+}
+
+/// The asm scan steps over function bodies without decoding them; inline asm
+/// inside a function lives in the function's own CONSTANTS_BLOCK, which it
+/// must still find.
+#[test]
+fn incbin_in_a_function_body_is_hashed() {
+    let f = Fixture::new();
+    f.write(
+        "fnasm.c",
+        "const unsigned char *fn_blob(void) {\n  const unsigned char *p;\n  \
+         __asm__ volatile(\".pushsection .rodata\\n1:\\n.incbin \\\"fn.bin\\\"\\n.popsection\\n\
+         lea 1b(%%rip), %0\" : \"=r\"(p));\n  return p;\n}\n\
+         int fn_other(int x) { return x * 3 + 1; }\n",
+    );
+    f.write("fn.bin", "AAAA");
+    lone_module(&f, "fnasm");
+    f.cached_backend("fnasm", &[]);
+    f.write("fn.bin", "BBBB");
+    f.cached_backend("fnasm", &[]);
+    assert_eq!(f.stat("misses"), 2, "a changed .incbin inside a function must miss");
+    assert_eq!(f.read("fnasm.final_o"), f.fresh_object("fnasm", &[]));
+}
+
+/// Stepping over records (a block entered with `Visit::Scan`, or records a
+/// visitor does not want) must consume exactly the bits that decoding them
+/// does: the same blocks are found, in the same order, and the records that
+/// are wanted decode to the same values.
+#[test]
+fn stepping_over_records_finds_the_same_blocks_and_values() {
+    use ltocache::bitcode::{walk, Record, Visit, Visitor};
+    type Rec = (Vec<u32>, u32, Vec<u64>, Option<Vec<u8>>);
+    #[derive(Default)]
+    struct Log {
+        scan_functions: bool,
+        only_code: Option<u32>,
+        blocks: Vec<(Vec<u32>, Option<u32>)>,
+        records: Vec<Rec>,
+    }
+    impl<'a> Visitor<'a> for Log {
+        fn enter_block(&mut self, path: &[u32], id: u32) -> Visit {
+            self.blocks.push((path.to_vec(), Some(id)));
+            if self.scan_functions && id == 12 {
+                Visit::Scan
+            } else {
+                Visit::Enter
+            }
+        }
+        fn wants_record(&mut self, _path: &[u32], code: u32) -> bool {
+            self.only_code.is_none_or(|c| c == code)
+        }
+        fn record(&mut self, path: &[u32], r: &Record<'a>) -> anyhow::Result<()> {
+            self.records.push((path.to_vec(), r.code, r.ops.clone(), r.blob.map(<[u8]>::to_vec)));
+            Ok(())
+        }
+        fn end_block(&mut self, path: &[u32]) -> anyhow::Result<()> {
+            self.blocks.push((path.to_vec(), None));
+            Ok(())
+        }
+    }
+    let f = Fixture::new();
+    let (mut functions, mut code_one) = (0, 0);
+    for m in ["vec", "str", "blob", "main"] {
+        let data = f.read(&format!("{m}.o"));
+        let run = |scan_functions, only_code| {
+            let mut v = Log { scan_functions, only_code, ..Log::default() };
+            walk(&data, &mut v).unwrap();
+            v
+        };
+        let full = run(false, None);
+        functions += full.blocks.iter().filter(|b| b.1 == Some(12)).count();
+        // Scanning function blocks: the same blocks, and every record outside function bodies.
+        let scanned = run(true, None);
+        assert_eq!(scanned.blocks, full.blocks, "{m}.o: blocks seen when scanning function bodies");
+        let outside: Vec<Rec> = full.records.iter().filter(|r| r.0.last() != Some(&12)).cloned().collect();
+        assert_eq!(scanned.records, outside, "{m}.o: records outside function bodies");
+        // Only code 1 wanted (a code used in several blocks): exactly those records.
+        let ones = run(false, Some(1));
+        assert_eq!(ones.blocks, full.blocks, "{m}.o: blocks seen when filtering records");
+        let want: Vec<Rec> = full.records.iter().filter(|r| r.1 == 1).cloned().collect();
+        code_one += want.len();
+        assert_eq!(ones.records, want, "{m}.o: the code-1 records");
+    }
+    assert!(functions > 0 && code_one > 0, "the fixture exercises both paths");
+}
+
+/// A profile read from a pipe (`-fprofile-sample-use=/dev/fd/63` from a
+/// shell's process substitution) reports size 0 whatever it carries: hashed
+/// as a file, every profile had the digest of no bytes and the second compile
+/// below was a hit with the first profile's object.
+#[test]
+fn profile_from_a_pipe_is_not_hashed_as_empty() {
+    use std::io::Write;
+    let f = Fixture::new();
+    let flags = ["-fprofile-sample-use=/dev/stdin"];
+    for profile in ["vec_sum:1000:10\n 1: 100\n", "vec_max:1000:10\n 1: 100\n"] {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(profile.as_bytes()).unwrap();
+        drop(writer);
+        let mut c = f.ltocache();
+        c.arg(CLANG).args(f.backend_args("vec", "vec.final_o", &flags)).stdin(reader);
+        ok(&mut c);
+        f.write("profile.txt", profile);
+        assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &["-fprofile-sample-use=profile.txt"]));
+    }
+    assert_eq!(f.stat("hits"), 0, "a pipe's contents are not in the key");
+    assert_eq!(f.stat("unreadable_input"), 2);
 }
