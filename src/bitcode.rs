@@ -84,6 +84,22 @@ pub trait Visitor<'a> {
     }
 }
 
+/// For each VBR width, the continuation bits of the chunks that fit in
+/// 57 bits (bit `w - 1` of each `w`-bit chunk).
+const VBR_ENDS: [u64; 33] = {
+    let mut t = [0u64; 33];
+    let mut w = 2;
+    while w <= 32 {
+        let mut k = 0;
+        while (k + 1) * w <= 57 {
+            t[w] |= 1u64 << (k * w + w - 1);
+            k += 1;
+        }
+        w += 1;
+    }
+    t
+};
+
 struct Cursor<'a> {
     data: &'a [u8],
     /// Position in bits from the start of `data`.
@@ -140,6 +156,45 @@ impl<'a> Cursor<'a> {
             }
             shift += width as u32 - 1;
         }
+    }
+
+    /// Steps over `n` VBR values of `width` without decoding them. Function
+    /// bodies are mostly such operands, so this works a word at a time: in
+    /// one unaligned 8-byte load, the chunks whose continuation bit is clear
+    /// are the values' last chunks; count them, and find the n-th with a
+    /// bit scan once it is in reach.
+    fn skip_vbrs(&mut self, width: u8, mut n: usize) -> Result<()> {
+        ensure!((2..=32).contains(&width), "bad VBR width {width}");
+        let w = width as usize;
+        // Chunks per load: at least 57 bits are usable after the sub-byte shift.
+        let per_load = 57 / w;
+        let ends = VBR_ENDS[w];
+        while n > 0 {
+            let byte = self.bit / 8;
+            if byte + 8 > self.data.len() {
+                // The last bytes: one value at a time.
+                for _ in 0..n {
+                    self.read_vbr(width)?;
+                }
+                return Ok(());
+            }
+            let word = u64::from_le_bytes(self.data[byte..byte + 8].try_into().unwrap()) >> (self.bit % 8);
+            let last = !word & ends;
+            let count = last.count_ones() as usize;
+            if count < n {
+                n -= count;
+                self.bit += per_load * w;
+            } else {
+                let mut m = last;
+                for _ in 1..n {
+                    m &= m - 1;
+                }
+                self.bit += m.trailing_zeros() as usize + 1;
+                n = 0;
+            }
+        }
+        ensure!(self.bit <= self.data.len() * 8, "bitcode truncated");
+        Ok(())
     }
 
     fn align32(&mut self) {
@@ -418,10 +473,7 @@ fn skip_operands(cur: &mut Cursor, layout: Option<&[Op]>) -> Result<()> {
     let Some(layout) = layout else {
         let n = cur.read_vbr(6)? as usize;
         ensure!(n <= cur.data.len() * 8, "record too long");
-        for _ in 0..n {
-            cur.read_vbr(6)?;
-        }
-        return Ok(());
+        return cur.skip_vbrs(6, n);
     };
     for op in layout {
         match *op {
@@ -432,11 +484,7 @@ fn skip_operands(cur: &mut Cursor, layout: Option<&[Op]>) -> Result<()> {
                     Scalar::Literal(_) => {}
                     Scalar::Fixed(w) => cur.skip_bits(n * w as usize)?,
                     Scalar::Char6 => cur.skip_bits(n * 6)?,
-                    Scalar::Vbr(w) => {
-                        for _ in 0..n {
-                            cur.read_vbr(w)?;
-                        }
-                    }
+                    Scalar::Vbr(w) => cur.skip_vbrs(w, n)?,
                 }
             }
             Op::Blob => {
@@ -464,6 +512,58 @@ mod tests {
         let data = bits.to_le_bytes();
         let mut c = Cursor { data: &data, bit: 0 };
         assert_eq!(c.read_vbr(6).unwrap(), 100);
+    }
+
+    /// Appends `value` as a VBR of `width` to a little-endian bit buffer.
+    fn put_vbr(bits: &mut Vec<bool>, mut value: u64, width: u32) {
+        let payload = width - 1;
+        loop {
+            let more = value >> payload != 0;
+            for i in 0..payload {
+                bits.push(value >> i & 1 == 1);
+            }
+            bits.push(more);
+            value >>= payload;
+            if !more {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn skipping_vbrs_lands_where_reading_them_does() {
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for width in [2u32, 3, 4, 5, 6, 7, 8, 11, 16, 32] {
+            for trial in 0..40 {
+                let mut bits = Vec::new();
+                // A few junk bits first, so values start at every sub-byte offset.
+                for i in 0..(trial % 9) {
+                    bits.push(i % 2 == 0);
+                }
+                let lead = bits.len();
+                let count = 1 + trial * 3;
+                for _ in 0..count {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    // Mostly small values, some long ones.
+                    let v = if x >> 60 == 0 { x >> 3 } else { (x >> 40) & 0xff };
+                    put_vbr(&mut bits, v, width);
+                }
+                bits.extend([true; 5]);
+                let mut data = vec![0u8; bits.len().div_ceil(8)];
+                for (i, &b) in bits.iter().enumerate() {
+                    data[i / 8] |= (b as u8) << (i % 8);
+                }
+                for n in [0, 1, count / 2, count] {
+                    let mut read = Cursor { data: &data, bit: lead };
+                    for _ in 0..n {
+                        read.read_vbr(width as u8).unwrap();
+                    }
+                    let mut skip = Cursor { data: &data, bit: lead };
+                    skip.skip_vbrs(width as u8, n).unwrap();
+                    assert_eq!(skip.bit, read.bit, "width {width}, trial {trial}, {n} values");
+                }
+            }
+        }
     }
 
     #[test]
