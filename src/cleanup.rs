@@ -125,14 +125,15 @@ pub mod ledger {
     pub fn others(store: &LocalStore, generation: i64, me: &str) -> (u64, u64) {
         let mine = format!("host.{me}");
         let (mut b, mut f) = (0, 0);
-        let Ok(rd) = std::fs::read_dir(dir(store)) else { return (0, 0) };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
+        let dir = dir(store);
+        let Ok(names) = crate::util::dir_names(&dir) else { return (0, 0) };
+        for name in names {
+            let Ok(name) = std::str::from_utf8(&name) else { continue };
             if !name.starts_with("host.") || name == mine {
                 continue;
             }
-            if let Some(r) = std::fs::read_to_string(e.path()).ok().as_deref().and_then(parse) {
+            let text = crate::util::read_file(&dir.join(name)).ok();
+            if let Some(r) = text.as_deref().and_then(|t| std::str::from_utf8(t).ok()).and_then(parse) {
                 if r.generation == generation {
                     b += r.bytes;
                     f += r.files;

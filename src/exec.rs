@@ -31,6 +31,7 @@ pub struct Finished {
 /// (both are printed by the caller; stdout output makes the result uncacheable).
 pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Finished> {
     let start = Instant::now();
+    keep_spawn_memory_mapped();
     let children_before = crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
     let mut child = Command::new(program)
         .arg0(arg0)
@@ -46,6 +47,25 @@ pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Fin
     let status = child.wait().context("waiting for the compiler")?;
     let cpu_ns = crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - children_before;
     Ok(Finished { status, stdout, stderr, duration: start.elapsed(), cpu_ns })
+}
+
+/// musl's `posix_spawn` file actions (the two `dup2`s that connect the
+/// pipes) are `malloc`'d in the C library's allocator. If they are its only
+/// blocks of their size, freeing them after the spawn unmaps their page, and
+/// an unmap after the child ran costs an interrupt to the CPU it ran on (see
+/// [`crate::codec`]). One block of the same size class (an action is 40
+/// bytes), allocated first and never freed, keeps that page mapped. Costs
+/// nothing but 48 bytes; with another allocator it is merely unneeded.
+fn keep_spawn_memory_mapped() {
+    #[cfg(target_env = "musl")]
+    {
+        static PINNED: std::sync::Once = std::sync::Once::new();
+        // SAFETY: malloc of a small size; the block is deliberately never
+        // freed (black_box: an unused allocation would be optimised away).
+        PINNED.call_once(|| unsafe {
+            std::hint::black_box(libc::malloc(40));
+        });
+    }
 }
 
 /// Reads both pipes to their ends, whichever has data first.
@@ -95,10 +115,23 @@ fn drain(out: Option<ChildStdout>, err: Option<ChildStderr>) -> std::io::Result<
     Ok(bufs)
 }
 
+/// Ends a wrapped compile with `code`: stdout flushed, then `_exit`.
+///
+/// Not `std::process::exit`: its clean-up unmaps the main thread's signal
+/// stack, and after a miss an unmap costs an interrupt to the CPU the
+/// compiler's `vfork` child ran on (see [`crate::codec`]). Nothing else is
+/// left to do at that point: every file ltocache wrote is closed.
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit has no preconditions and does not return.
+    unsafe { libc::_exit(code) }
+}
+
 /// Exits the way the compiler did: same code, or the same signal.
 pub fn exit_like(status: ExitStatus) -> ! {
     if let Some(code) = status.code() {
-        std::process::exit(code);
+        exit_now(code);
     }
     if let Some(sig) = status.signal() {
         // SAFETY: restoring the default disposition and raising a signal on

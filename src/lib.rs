@@ -12,6 +12,7 @@ pub mod args;
 pub mod bitcode;
 pub mod cleanup;
 pub mod cli;
+pub mod codec;
 pub mod commands;
 pub mod compiler;
 pub mod config;

@@ -198,7 +198,7 @@ impl StoredOutput {
             Stored::Blob => return None,
             Stored::Inline(b) => std::borrow::Cow::Borrowed(&b[..]),
             Stored::InlineZstd(_) if self.size > INLINE_DECODED_MAX => return Some(Err("inline output too large")),
-            Stored::InlineZstd(b) => match zstd::bulk::decompress(b, self.size as usize) {
+            Stored::InlineZstd(b) => match crate::codec::decompress(b, self.size as usize) {
                 Ok(d) => std::borrow::Cow::Owned(d),
                 Err(_) => return Some(Err("inline output does not decode")),
             },
@@ -386,7 +386,7 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Served::Unavailable("blob missing")),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let data = match zstd::bulk::decompress(&packed, size as usize) {
+        let data = match crate::codec::decompress(&packed, size as usize) {
             Ok(d) if d.len() as u64 == size && blake3::hash(&d).as_bytes() == digest => d,
             _ => {
                 self.discard_blob(&path);
@@ -598,13 +598,11 @@ impl Store for LocalStore {
 /// changes the compressed size by under 1 % (13 KiB object: 3,979 bytes
 /// against 3,962).
 fn compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
-    use zstd::zstd_safe::CParameter;
-    let mut c = zstd::bulk::Compressor::new(level).context("creating a zstd context")?;
-    if data.len() <= 256 << 10 {
+    let hash_log = (data.len() <= 256 << 10).then(|| {
         let log2 = usize::BITS - data.len().max(1).next_power_of_two().leading_zeros() - 1;
-        c.set_parameter(CParameter::HashLog(log2.saturating_sub(3).max(10))).context("sizing zstd's hash table")?;
-    }
-    c.compress(data).context("compressing")
+        log2.saturating_sub(3).max(10)
+    });
+    crate::codec::compress(data, level, hash_log)
 }
 
 /// Copies `len` bytes from the start of `src` into the empty `dst` with

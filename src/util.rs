@@ -71,6 +71,50 @@ pub fn read_sized(file: &File, size: u64) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The names in a directory (without `.` and `..`), read with `getdents64`
+/// into a buffer of our own. `std::fs::read_dir` goes through the C
+/// library's `opendir`, whose `malloc`'d buffer is mapped and unmapped, and
+/// after a compile an unmap is dear (see [`crate::codec`]).
+pub fn dir_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    let dir = open_raw(path, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // u64s, so that the records (8-byte aligned by the kernel) are aligned in memory too.
+    let mut buf = vec![0u64; 512];
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: the buffer is ours and its length in bytes is passed.
+        let n = unsafe {
+            libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len() * 8)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(names);
+        }
+        // SAFETY: the kernel wrote `n` bytes of the buffer.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize) };
+        let mut at = 0;
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        while at + 19 <= bytes.len() {
+            let reclen = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+            if reclen < 19 || at + reclen > bytes.len() {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad directory record"));
+            }
+            let name = &bytes[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+            at += reclen;
+        }
+    }
+}
+
 /// The whole of a file that is replaced by rename, never rewritten in place
 /// (entries, memos, ledger records, outputs): open, fstat, pread.
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -239,6 +283,25 @@ pub fn cpu_ns(who: libc::c_int) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dir_names_lists_every_entry_even_past_one_buffer() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(dir_names(d.path()).unwrap().is_empty());
+        // Long names, so the listing takes several getdents64 calls of 4 KiB.
+        let mut want: Vec<Vec<u8>> = (0..300).map(|i| format!("host.{i:04}.{}", "x".repeat(60)).into_bytes()).collect();
+        for n in &want {
+            std::fs::write(d.path().join(std::str::from_utf8(n).unwrap()), b"").unwrap();
+        }
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        want.push(b"sub".to_vec());
+        let mut got = dir_names(d.path()).unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(dir_names(&d.path().join("missing")).is_err());
+        assert!(dir_names(&d.path().join("sub").join("..").join("host.0000.x")).is_err(), "not a directory");
+    }
 
     #[test]
     fn raw_open_and_sized_reads() {

@@ -193,7 +193,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
                     }
                     batch.last_compile = Some((output_name, key.digest, "hit".into(), fields_text()));
                     record(config, log, &mut batch);
-                    std::process::exit(0);
+                    exec::exit_now(0);
                 }
                 Ok(None) => {
                     log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&key.digest[..8])));
