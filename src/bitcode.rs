@@ -208,7 +208,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn skip_bytes(&mut self, n: usize) -> Result<()> {
-        ensure!(self.bit / 8 + n <= self.data.len(), "bitcode truncated");
+        ensure!((self.bit / 8).checked_add(n).is_some_and(|e| e <= self.data.len()), "bitcode truncated");
         self.bit += n * 8;
         Ok(())
     }
@@ -355,7 +355,7 @@ fn block<'a>(
 fn read_abbrev(cur: &mut Cursor) -> Result<Abbrev> {
     let n = cur.read_vbr(5)? as usize;
     ensure!(n <= cur.data.len() * 8, "abbreviation too long");
-    let mut out: Abbrev = Vec::with_capacity(n);
+    let mut out: Abbrev = Vec::with_capacity(n.min(16));
     let mut i = 0;
     while i < n {
         match read_abbrev_op(cur)? {
@@ -455,7 +455,8 @@ fn read_operands<'a>(cur: &mut Cursor<'a>, layout: Option<&[Op]>, rec: &mut Reco
             Op::Array(elt) => {
                 let n = cur.read_vbr(6)? as usize;
                 ensure!(n <= cur.data.len() * 8, "array too long");
-                rec.ops.reserve(n);
+                // Bounded: a corrupt count must not reserve gigabytes up front.
+                rec.ops.reserve(n.min(1 << 12));
                 for _ in 0..n {
                     rec.ops.push(read_scalar(cur, elt)?);
                 }

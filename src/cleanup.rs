@@ -92,10 +92,18 @@ pub mod ledger {
         files: u64,
     ) -> Result<Record> {
         use std::os::unix::fs::FileExt;
-        std::fs::create_dir_all(state_dir)?;
         let lock_path = state_dir.join("ledger.lock");
-        let lock = crate::util::open_raw(&lock_path, libc::O_WRONLY | libc::O_CREAT, 0o666)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+        // The state directory exists by now (the memo table lives there):
+        // created only when the open says it is missing.
+        let open_lock = || crate::util::open_raw(&lock_path, libc::O_WRONLY | libc::O_CREAT, 0o666);
+        let lock = match open_lock() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(state_dir)?;
+                open_lock()
+            }
+            r => r,
+        }
+        .with_context(|| format!("opening {}", lock_path.display()))?;
         lock.lock()?;
         let path = dir(store).join(format!("host.{host}"));
         let open = || crate::util::open_raw(&path, libc::O_RDWR | libc::O_CREAT, 0o666);

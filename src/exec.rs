@@ -134,6 +134,8 @@ pub fn exit_like(status: ExitStatus) -> ! {
         exit_now(code);
     }
     if let Some(sig) = status.signal() {
+        // The compiler's last stdout line may still be in our buffer.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
         // SAFETY: restoring the default disposition and raising a signal on
         // ourselves has no memory-safety preconditions.
         unsafe {
