@@ -7,7 +7,7 @@
 //! compiler ran, and the compiler's `vfork` child started on the other CPU
 //! sharing our address space, so the kernel must interrupt that CPU to flush
 //! its TLB: an `munmap` then costs ~20 µs instead of ~3 µs on the benchmark
-//! VM (measured with a C program: map, touch, spawn, unmap). zstd's
+//! VM (`benches/probes/munmap_after_spawn.c`: map, touch, spawn, unmap). zstd's
 //! `customMem` hands the workspace to Rust's global allocator instead — the
 //! arena in the binary ([`crate::arena`]), which never unmaps.
 
