@@ -9,23 +9,28 @@
 //!
 //! The margin is the filesystem's timestamp granularity, with room to spare
 //! ([`racy_margin_ns`]). Local filesystems with nanosecond timestamps take
-//! them from this kernel's coarse clock, which lags real time by at most one
-//! tick (`clock_getres(CLOCK_REALTIME_COARSE)`: 4 ms at HZ=250). A write that
-//! starts after we took the time `h` (before reading) is stamped at least
-//! `h - tick`, so a file last changed more than a tick before `h` cannot be
-//! changed again without its stamp moving. The clock can lag further when
-//! the CPU that advances it stalls (a preempted virtual CPU): the kernel lets
-//! another CPU take over after five ticks (`MAX_STALLED_JIFFIES`), so the
-//! coarse clock can stand still for about six. [`local_margin_ns`] is eight
-//! ticks, at least 10 ms. Anything else — network filesystems, whose timestamps come
-//! from the server's clock; FAT's 2 s ticks; ext4 with 128-byte inodes, whose
-//! timestamps are whole seconds — gets [`RACY_NS`]. A margin that is too
-//! long only costs rehashing; one too short would serve a stale object, so
-//! unknown means long.
+//! them from this kernel's coarse clock (`CLOCK_REALTIME_COARSE`, one tick:
+//! 4 ms at HZ=250), and the hashing time `h` is read from that same clock
+//! just before the file is read. The clock never goes back, so a write that
+//! starts after `h` is stamped `h` or later: a file whose stamp is more than
+//! a tick older than `h` cannot change again without its stamp moving. That
+//! holds however far the coarse clock lags real time (it stands still while
+//! the CPU that advances it stalls, e.g. a preempted virtual CPU), because
+//! both sides of the comparison lag together; kernels with multigrain
+//! timestamps (6.13+) stamp a change after a `stat` finer still, never
+//! earlier. [`local_margin_ns`] is eight ticks, at least 10 ms: room for the
+//! reading of `h` and the write racing on two CPUs. Network filesystems,
+//! whose timestamps come from the server's clock, FAT's 2 s ticks and ext4
+//! with 128-byte inodes (whole seconds) get [`RACY_NS`]. Filesystems whose
+//! files can change without their stamps moving (/proc, sysfs, FUSE,
+//! anything unknown) are never memoised. A margin that is too long only
+//! costs rehashing; one too short would serve a stale object, so unknown
+//! means long. What no stamp can catch: the system clock stepped back by
+//! more than the margin.
 
 use crate::memo::{FileMemo, MemoTable};
 use crate::shard::{self, AsmRef};
-use crate::util::{now_ns, FileStamp};
+use crate::util::FileStamp;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
@@ -64,13 +69,26 @@ const FINE_LOCAL_FS: &[i64] = &[
     0x794C7630, // overlayfs
 ];
 
+/// Network filesystems whose timestamps are the server's (statfs `f_type`):
+/// memoised with the long margin.
+const NETWORK_FS: &[i64] = &[
+    0x6969,     // NFS
+    0x517B,     // SMB
+    0xFF534D42, // CIFS
+    0xFE534D42, // SMB2
+];
+
 /// How long before hashing a file with `stamp` on the filesystem of `file`
-/// must last have changed for its memo to be trusted.
-pub fn racy_margin_ns(fs_type: Option<i64>, stamp: &FileStamp) -> i64 {
+/// must last have changed for its memo to be trusted; `None`: never memoise.
+/// Only filesystems whose timestamps move with every change are memoised:
+/// on /proc, sysfs, debugfs, FUSE or anything unknown a file can change
+/// without its stamp moving, so it is hashed every time.
+pub fn racy_margin_ns(fs_type: Option<i64>, stamp: &FileStamp) -> Option<i64> {
     let fine_stamps = stamp.mtime_ns % 1_000_000_000 != 0 || stamp.ctime_ns % 1_000_000_000 != 0;
-    match fs_type {
-        Some(t) if fine_stamps && FINE_LOCAL_FS.contains(&t) => local_margin_ns(),
-        _ => RACY_NS,
+    match fs_type? {
+        t if FINE_LOCAL_FS.contains(&t) && fine_stamps => Some(local_margin_ns()),
+        t if FINE_LOCAL_FS.contains(&t) || NETWORK_FS.contains(&t) => Some(RACY_NS),
+        _ => None,
     }
 }
 
@@ -129,7 +147,12 @@ impl<'a> FileHasher<'a> {
 
     /// The memoised digest for a file with this stamp, if trusted.
     fn memoised(&self, stamp: &FileStamp, want_asm: bool) -> Option<Hashed> {
-        let margin = racy_margin_ns(*self.fs_types.get(&stamp.dev)?, stamp);
+        // An empty file costs nothing to hash, and a /proc-like one (size 0,
+        // contents nonetheless) must reach the check in `read_unchanged`.
+        if stamp.size == 0 {
+            return None;
+        }
+        let margin = racy_margin_ns(*self.fs_types.get(&stamp.dev)?, stamp)?;
         match self.memo?.lookup(stamp).filter(|m| trusted(m, margin))? {
             m if !want_asm => Some(Hashed { stamp: *stamp, digest: m.digest, asm: None }),
             FileMemo { digest, asm: Some(a), .. } => Some(Hashed { stamp: *stamp, digest, asm: Some(decode_asm(&a)) }),
@@ -144,8 +167,13 @@ impl<'a> FileHasher<'a> {
         // and musl's fcntl for O_CLOEXEC). A module table lists up to hundreds
         // of modules. On NFS only an open revalidates the attributes
         // (close-to-open consistency), so there the file is always opened.
-        if let Ok(meta) = std::fs::metadata(path).map_err(drop).and_then(|m| if m.is_file() { Ok(m) } else { Err(()) })
-        {
+        // (The `stat` also keeps us from opening what is not a regular file:
+        // opening a FIFO, even without blocking, and closing it again makes
+        // its writer die of SIGPIPE, and the compiler then waits forever.)
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                bail!("{} is not a regular file", path.display());
+            }
             let stamp = FileStamp::of(&meta);
             if self.fs_types.get(&stamp.dev).copied().flatten().is_some_and(|t| FINE_LOCAL_FS.contains(&t)) {
                 if let Some(h) = self.memoised(&stamp, want_asm) {
@@ -161,11 +189,15 @@ impl<'a> FileHasher<'a> {
         if let Some(h) = self.memoised(&stamp, want_asm) {
             return Ok(h);
         }
+        // Hashing time and file stamps from the same clock (see the module doc).
+        let now = crate::util::coarse_now_ns();
         // A file that will be memoised: hash it under its bucket's lock, so
         // that a backend started alongside (make -j) waits and then uses our
         // memo instead of hashing the same import too.
         let _lock = match self.memo {
-            Some(table) if now_ns() - stamp.ctime_ns.max(stamp.mtime_ns) > margin => table.lock_bucket(&stamp),
+            Some(table) if margin.is_some_and(|m| now - stamp.ctime_ns.max(stamp.mtime_ns) > m) => {
+                table.lock_bucket(&stamp)
+            }
             _ => None,
         };
         if _lock.is_some() {
@@ -174,7 +206,7 @@ impl<'a> FileHasher<'a> {
             }
         }
 
-        let started = now_ns();
+        let started = now;
         let data = read_unchanged(path, file, stamp)?;
         let digest = *blake3::hash(&data).as_bytes();
         self.bytes_hashed += data.len() as u64;
@@ -183,7 +215,7 @@ impl<'a> FileHasher<'a> {
         let memo = FileMemo { stamp, hashed_ns: started, digest, asm: asm.as_deref().map(encode_asm) };
         // A memo that is not trusted now never will be (nothing in it
         // changes): the file is hashed again until it has settled.
-        if let (Some(table), true) = (self.memo, trusted(&memo, margin)) {
+        if let (Some(table), Some(true)) = (self.memo, margin.map(|m| trusted(&memo, m))) {
             table.insert(&memo);
         }
         Ok(Hashed { stamp, digest, asm })
@@ -302,7 +334,7 @@ mod tests {
         std::fs::write(&path, b"bitcode").unwrap();
         let table = MemoTable::open(&d.path().join("state")).unwrap();
         let stamp = FileStamp::of_path(&path).unwrap();
-        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp);
+        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp).unwrap();
 
         let mut h = FileHasher::new(Some(&table));
         h.hash(&path, false).unwrap();
@@ -327,7 +359,7 @@ mod tests {
         let path = d.path().join("m.o");
         std::fs::write(&path, b"shared import").unwrap();
         let stamp = FileStamp::of_path(&path).unwrap();
-        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp);
+        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp).unwrap();
         std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
         let first = MemoTable::open(&d.path().join("state")).unwrap();
         let guard = first.lock_bucket(&stamp).expect("lock");
@@ -341,7 +373,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!second.is_finished(), "the second hasher waits for the bucket");
         let digest = *blake3::hash(b"shared import").as_bytes();
-        first.insert(&FileMemo { stamp, hashed_ns: now_ns(), digest, asm: None });
+        first.insert(&FileMemo { stamp, hashed_ns: crate::util::now_ns(), digest, asm: None });
         drop(guard);
         assert_eq!(second.join().unwrap(), (digest, 0), "it used the first one's memo");
     }
@@ -354,7 +386,7 @@ mod tests {
         let path = d.path().join("m.o");
         std::fs::write(&path, b"held import").unwrap();
         let stamp = FileStamp::of_path(&path).unwrap();
-        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp);
+        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp).unwrap();
         std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
         let holder = MemoTable::open(&d.path().join("state")).unwrap();
         let _held = holder.lock_bucket(&stamp).expect("lock");
@@ -374,7 +406,7 @@ mod tests {
         std::fs::write(&module, b"version-1").unwrap();
         let table = MemoTable::open(&d.path().join("state")).unwrap();
         let stamp = FileStamp::of_path(&module).unwrap();
-        let margin = racy_margin_ns(fs_type(&File::open(&module).unwrap()), &stamp);
+        let margin = racy_margin_ns(fs_type(&File::open(&module).unwrap()), &stamp).unwrap();
         std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
         let hash = |expect_hashed: u64| {
             let mut h = FileHasher::new(Some(&table));
@@ -409,15 +441,45 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_is_refused_without_being_opened() {
+        // Process substitution: a writer waits for the compiler to open the
+        // FIFO. Opening and closing it ourselves would let the writer through
+        // and then kill it with SIGPIPE (EPIPE here), and the compiler would
+        // wait forever for data.
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("profile");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| f.write_all(b"profile data"))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let err = FileHasher::new(None).hash(&fifo, false).unwrap_err();
+        assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!writer.is_finished(), "the writer still waits for its reader");
+        let mut got = String::new();
+        std::fs::File::open(&fifo).unwrap().read_to_string(&mut got).unwrap();
+        assert_eq!(got, "profile data");
+        writer.join().unwrap().expect("the writer was not cut off");
+    }
+
+    #[test]
     fn margin_is_short_only_for_fine_local_timestamps() {
         let fine = FileStamp { dev: 1, ino: 2, size: 3, mtime_ns: 10_123_456_789, ctime_ns: 10_123_456_789 };
         let whole = FileStamp { mtime_ns: 10_000_000_000, ctime_ns: 10_000_000_000, ..fine };
-        assert_eq!(racy_margin_ns(Some(0xEF53), &fine), local_margin_ns());
+        assert_eq!(racy_margin_ns(Some(0xEF53), &fine), Some(local_margin_ns()));
         assert!((10_000_000..=1_000_000_000).contains(&local_margin_ns()));
         // ext4 with 128-byte inodes: whole seconds.
-        assert_eq!(racy_margin_ns(Some(0xEF53), &whole), RACY_NS);
-        // NFS (0x6969), unknown, or statfs failed.
-        assert_eq!(racy_margin_ns(Some(0x6969), &fine), RACY_NS);
-        assert_eq!(racy_margin_ns(None, &fine), RACY_NS);
+        assert_eq!(racy_margin_ns(Some(0xEF53), &whole), Some(RACY_NS));
+        // NFS (0x6969): the server's clock.
+        assert_eq!(racy_margin_ns(Some(0x6969), &fine), Some(RACY_NS));
+        // Never memoised: procfs (0x9fa0), sysfs (0x62656572), FUSE (0x65735546), or statfs failed.
+        for t in [Some(0x9fa0), Some(0x62656572), Some(0x65735546), None] {
+            assert_eq!(racy_margin_ns(t, &fine), None);
+        }
     }
 }

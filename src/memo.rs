@@ -35,7 +35,9 @@ const TABLE_SIZE: u64 = BUCKETS * BUCKET as u64;
 /// is not memoised (such modules are rare and small).
 const ASM_AT: usize = 104;
 pub const ASM_MAX: usize = SLOT - ASM_AT;
-const KIND_FILE: u8 = 1;
+/// 2 since hashing times are taken from the coarse clock (and only regular
+/// files on real filesystems are memoised): slots of kind 1 are not read.
+const KIND_FILE: u8 = 2;
 
 /// A memoised file digest (and, when scanned, its encoded assembly references).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -123,6 +123,15 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     read_sized(&f, size)
 }
 
+/// `CLOCK_REALTIME_COARSE`: the clock the kernel stamps files with (at tick
+/// resolution; a vDSO call, no system call).
+pub fn coarse_now_ns() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
