@@ -1023,6 +1023,12 @@ def report(results, meta):
         w(f"- Ratios: (b)/(a) wall {b['wall'] / a['wall']:.3f}, CPU {b['cpu'] / a['cpu']:.3f}; "
           f"(a)/(c) wall {a['wall'] / c['wall']:.1f}×, CPU {a['cpu'] / c['cpu']:.1f}×; "
           f"(a)/(d) wall {a['wall'] / d['wall']:.1f}×, CPU {a['cpu'] / d['cpu']:.1f}×.")
+        if "g_cold" in sc:
+            g0, g1, g2 = sc["g_cold"], sc["g_warm"], sc["g_incr"]
+            w(f"- (g) {r['ccache']} on the same backends: cold/(a) wall {g0['wall'] / a['wall']:.3f}, CPU "
+              f"{g0['cpu'] / a['cpu']:.3f}; (a)/(warm) wall {a['wall'] / g1['wall']:.1f}× (ltocache: "
+              f"{a['wall'] / c['wall']:.1f}×); one function changed: {g2['misses']} misses, {g2['hits']} hits "
+              f"(ltocache: {d['misses']} misses, minimum {d['minimum_misses']}).")
         w(f"- (d): {d['shards_changed']} shards changed, {d['minimum_misses']} modules' inputs changed (the minimum), "
           f"{d['misses']} misses, {d['misses_beyond_minimum']} beyond the minimum; {d['objects_changed']} objects "
           f"really differ from the unchanged build; {d['differing']} of {r['modules']} objects differ from a fresh "
