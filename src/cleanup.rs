@@ -57,7 +57,7 @@ pub mod ledger {
     }
 
     fn write(store: &LocalStore, name: &str, r: Record) -> Result<()> {
-        std::fs::create_dir_all(store.tmp_dir()).with_context(|| format!("creating {}", store.tmp_dir().display()))?;
+        // write_atomic creates the temp directory (and the ledger's) when missing.
         let text = format!("{} {} {}\n", r.generation, r.bytes, r.files);
         crate::util::write_atomic(&store.tmp_dir(), &dir(store).join(name), text.as_bytes())
     }
@@ -93,28 +93,12 @@ pub mod ledger {
     ) -> Result<Record> {
         use std::os::unix::fs::FileExt;
         let lock_path = state_dir.join("ledger.lock");
-        // The state directory exists by now (the memo table lives there):
-        // created only when the open says it is missing.
-        let open_lock = || crate::util::open_raw(&lock_path, libc::O_WRONLY | libc::O_CREAT, 0o666);
-        let lock = match open_lock() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(state_dir)?;
-                open_lock()
-            }
-            r => r,
-        }
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = crate::util::open_creating_dir(&lock_path, libc::O_WRONLY | libc::O_CREAT, 0o666)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
         lock.lock()?;
         let path = dir(store).join(format!("host.{host}"));
-        let open = || crate::util::open_raw(&path, libc::O_RDWR | libc::O_CREAT, 0o666);
-        let f = match open() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir(store))?;
-                open()
-            }
-            r => r,
-        }
-        .with_context(|| format!("opening {}", path.display()))?;
+        let f = crate::util::open_creating_dir(&path, libc::O_RDWR | libc::O_CREAT, 0o666)
+            .with_context(|| format!("opening {}", path.display()))?;
         let mut buf = [0u8; 64];
         let n = f.read_at(&mut buf, 0).unwrap_or(0);
         let mut r = match std::str::from_utf8(&buf[..n]).ok().and_then(parse) {

@@ -122,10 +122,14 @@ fn drain(out: Option<ChildStdout>, err: Option<ChildStderr>) -> std::io::Result<
 /// compiler's `vfork` child ran on (see [`crate::codec`]). Nothing else is
 /// left to do at that point: every file ltocache wrote is closed.
 pub fn exit_now(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    flush_stdout();
     // SAFETY: _exit has no preconditions and does not return.
     unsafe { libc::_exit(code) }
+}
+
+fn flush_stdout() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 }
 
 /// Exits the way the compiler did: same code, or the same signal.
@@ -135,16 +139,16 @@ pub fn exit_like(status: ExitStatus) -> ! {
     }
     if let Some(sig) = status.signal() {
         // The compiler's last stdout line may still be in our buffer.
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        flush_stdout();
         // SAFETY: restoring the default disposition and raising a signal on
         // ourselves has no memory-safety preconditions.
         unsafe {
             libc::signal(sig, libc::SIG_DFL);
             libc::raise(sig);
         }
-        std::process::exit(128 + sig);
+        exit_now(128 + sig);
     }
-    std::process::exit(1)
+    exit_now(1)
 }
 
 #[cfg(test)]

@@ -38,14 +38,7 @@ pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
     let record = encode(batch);
     let path = dir.join("journal");
     for _ in 0..8 {
-        let open = || crate::util::open_raw(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, 0o666);
-        let mut f = match open() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)?;
-                open()?
-            }
-            r => r?,
-        };
+        let mut f = crate::util::open_creating_dir(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, 0o666)?;
         // Without flock (some network filesystems) a record written during a
         // fold could be lost; the counters are worth less than the compile.
         let _ = f.lock_shared();

@@ -59,13 +59,8 @@ impl MemoTable {
     /// directory is not writable: lookups still work, inserts fail quietly.
     pub fn open(dir: &Path) -> std::io::Result<MemoTable> {
         let path = dir.join("memo.v1");
-        let rw = || crate::util::open_raw(&path, libc::O_RDWR | libc::O_CREAT, 0o666);
-        let file = match rw() {
+        let file = match crate::util::open_creating_dir(&path, libc::O_RDWR | libc::O_CREAT, 0o666) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)?;
-                rw()?
-            }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(&path)?,
             Err(e) => return Err(e),
         };

@@ -71,6 +71,20 @@ pub fn read_sized(file: &File, size: u64) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// [`open_raw`] with `O_CREAT` in `flags`, creating the file's directory
+/// only when the open says it is missing: the directory is there on every
+/// call but the first, so checking for it first would cost a system call
+/// each time.
+pub fn open_creating_dir(path: &Path, flags: libc::c_int, mode: libc::c_uint) -> std::io::Result<File> {
+    match open_raw(path, flags, mode) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+            open_raw(path, flags, mode)
+        }
+        r => r,
+    }
+}
+
 /// The names in a directory (without `.` and `..`), read with `getdents64`
 /// into a buffer of our own. `std::fs::read_dir` goes through the C
 /// library's `opendir`, whose `malloc`'d buffer is mapped and unmapped, and
@@ -202,17 +216,8 @@ pub fn temp_name(prefix: &str) -> String {
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_dir.join(temp_name(""));
     let result = (|| -> Result<()> {
-        let create = || open_raw(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666);
-        // The temp directory is created on first use rather than checked for
-        // on every store: one system call fewer per miss.
-        let mut f = match create() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
-                create()
-            }
-            other => other,
-        }
-        .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = open_creating_dir(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)
+            .with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(data).with_context(|| format!("writing {}", tmp.display()))?;
         // No fsync: a killed process cannot lose page-cache data, and after a
         // power loss every reader verifies checksums (entries) and digests
