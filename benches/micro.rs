@@ -10,9 +10,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ltocache::args::analyze;
-use ltocache::config::ServeMode;
 use ltocache::digest::FileHasher;
 use ltocache::memo::MemoTable;
+use ltocache::store::ServeMode;
 use ltocache::store::{Entry, LocalStore, Store, Stored, StoredOutput};
 use std::path::{Path, PathBuf};
 use std::process::Command;

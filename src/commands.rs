@@ -26,16 +26,16 @@ pub fn run(cmd: Cmd) -> Result<()> {
             need_writable()?;
             let mut limits = config.limits();
             if let Some(s) = max_size {
-                limits.max_size = crate::cleanup::parse_size(&s)?;
+                limits.max_size = crate::config::parse_size(&s)?;
             }
-            let r = crate::cleanup::cleanup(&store, &limits)?;
+            let r = crate::store::cleanup::cleanup(&store, &limits)?;
             print_sweep(&r);
             Ok(())
         }
         Cmd::Evict { older_than } => {
             need_writable()?;
-            let age = crate::cleanup::parse_duration(&older_than)?;
-            let r = crate::cleanup::evict_older_than(&store, &config.limits(), age)?;
+            let age = crate::config::parse_duration(&older_than)?;
+            let r = crate::store::cleanup::evict_older_than(&store, &config.limits(), age)?;
             print_sweep(&r);
             Ok(())
         }
@@ -43,7 +43,7 @@ pub fn run(cmd: Cmd) -> Result<()> {
             if fix {
                 need_writable()?;
             }
-            let r = crate::cleanup::verify(&store, fix)?;
+            let r = crate::store::cleanup::verify(&store, fix)?;
             println!("checked {} entries and {} blobs", r.entries, r.blobs);
             for p in &r.bad_blobs {
                 println!("corrupt blob: {}", p.display());
@@ -88,7 +88,7 @@ pub fn run(cmd: Cmd) -> Result<()> {
     }
 }
 
-fn print_sweep(r: &crate::cleanup::Report) {
+fn print_sweep(r: &crate::store::cleanup::Report) {
     if r.skipped {
         println!("another cleanup is running; nothing done");
         return;

@@ -2,9 +2,11 @@
 //! `LTOCACHE_*` environment variables (the environment wins). Every value
 //! remembers where it came from so `ltocache config` can say.
 
+pub use crate::store::ServeMode;
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const CONFIG_FILE_NAME: &str = "ltocache.conf";
 
@@ -23,18 +25,6 @@ impl fmt::Display for Origin {
             Origin::Env(v) => write!(f, "environment ({v})"),
         }
     }
-}
-
-/// How a hit puts the stored object at the output path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServeMode {
-    /// Copy into a temp file next to the output and rename it into place.
-    Copy,
-    /// `FICLONE` (btrfs, xfs): shares extents, falls back to copying.
-    Reflink,
-    /// Hard-link the blob. Off by default: a build that edits its outputs in
-    /// place would edit the cache.
-    HardLink,
 }
 
 #[derive(Clone, Debug)]
@@ -162,6 +152,40 @@ fn parse_serve_mode(s: &str) -> Result<ServeMode> {
     }
 }
 
+/// Parses `500M`, `20G`, `1.5GiB`, `4096` (K, M, G, T are powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => anyhow::bail!("invalid size {s:?}: use a number with K, M, G or T"),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// Parses `7d`, `12h`, `30m`, `45s` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        "w" => n * 7 * 86400,
+        _ => anyhow::bail!("invalid duration {s:?}: use a number with s, m, h, d or w"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
 impl Config {
     /// Loads the effective configuration. `getenv` is injected so tests can
     /// exercise precedence without touching the process environment.
@@ -210,11 +234,11 @@ impl Config {
             }
         };
         let serve_mode = parsed(lookup("serve_mode"), "serve_mode", ServeMode::Copy, parse_serve_mode)?;
-        let max_size = parsed(lookup("max_size"), "max_size", DEFAULT_MAX_SIZE, crate::cleanup::parse_size)?;
+        let max_size = parsed(lookup("max_size"), "max_size", DEFAULT_MAX_SIZE, parse_size)?;
         let max_files =
             parsed(lookup("max_files"), "max_files", 0, |v| v.trim().parse::<u64>().context("expected a number"))?;
         let umask = parsed(lookup("umask"), "umask", None, parse_umask)?;
-        let grace = parsed(lookup("grace"), "grace", DEFAULT_GRACE, crate::cleanup::parse_duration)?;
+        let grace = parsed(lookup("grace"), "grace", DEFAULT_GRACE, parse_duration)?;
         // Compressed by default, except where hits share the blob's extents or
         // inode (reflink, hardlink), which needs raw blobs.
         let default_compression = (serve_mode.value == ServeMode::Copy).then_some(DEFAULT_ZSTD_LEVEL);
@@ -223,7 +247,7 @@ impl Config {
         // unless hits are to share a blob's extents or inode, which needs
         // blob files.
         let default_inline = if serve_mode.value == ServeMode::Copy { crate::store::INLINE_MAX as u64 } else { 0 };
-        let inline_max = parsed(lookup("inline_max"), "inline_max", default_inline, crate::cleanup::parse_size)?;
+        let inline_max = parsed(lookup("inline_max"), "inline_max", default_inline, parse_size)?;
         Ok(Config {
             compression,
             inline_max,
@@ -251,8 +275,8 @@ impl Config {
             .with_inline_max(self.inline_max.value.min(64 << 20) as usize)
     }
 
-    pub fn limits(&self) -> crate::cleanup::Limits {
-        crate::cleanup::Limits {
+    pub fn limits(&self) -> crate::store::cleanup::Limits {
+        crate::store::cleanup::Limits {
             max_size: self.max_size.value,
             max_files: self.max_files.value,
             grace: self.grace.value,
@@ -397,6 +421,18 @@ fn read_config_file(path: &Path) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert!(parse_duration("7 days").is_err());
+    }
+
     use std::collections::HashMap;
 
     #[test]

@@ -10,9 +10,7 @@
 pub mod arena;
 pub mod args;
 pub mod bitcode;
-pub mod cleanup;
 pub mod cli;
-pub mod codec;
 pub mod commands;
 pub mod compiler;
 pub mod config;

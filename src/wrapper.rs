@@ -277,7 +277,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
 /// scanned), run a cleanup. One cleaner at a time; a compile that finds the
 /// lock taken carries on.
 fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, batch: &mut Batch, bytes: u64, files: u64) {
-    use crate::cleanup::ledger;
+    use crate::store::cleanup::ledger;
     let state_dir = config.state_dir();
     let host = crate::util::hostname();
     let limits = config.limits();
@@ -298,7 +298,7 @@ fn maybe_cleanup(config: &Config, log: &Logger, store: &LocalStore, batch: &mut 
     if !over {
         return;
     }
-    match crate::cleanup::cleanup(store, &limits) {
+    match crate::store::cleanup::cleanup(store, &limits) {
         Ok(r) if r.skipped => {}
         Ok(r) => {
             log.log(&format!(

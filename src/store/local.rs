@@ -1,253 +1,12 @@
-//! The content-addressed store.
-//!
-//! Layout (see docs/store.md for the grammar of each file):
-//!
-//! ```text
-//! <cache_dir>/v1/entries/<k0k1>/<key hex>       one entry per key; small outputs inline
-//! <cache_dir>/v1/blobs/<d0d1>/<digest hex>      larger output bytes, named by their blake3
-//! <cache_dir>/v1/tmp/<host>.<pid>.<n>.<t>.tmp   temp files, renamed into place
-//! ```
-//!
-//! Every file is written to `tmp/` and renamed: rename is atomic on local
-//! filesystems and on NFS, so readers on any host see a whole file or none.
-//! Blobs go in before the entry that names them. A blob whose bytes do not
-//! hash to its name is deleted and reported as a miss.
-//!
-//! An output whose stored form (compressed when compression is on) fits in
-//! [`INLINE_MAX`] lives inside its entry: creating a file is the largest single
-//! cost of storing a miss (~0.1 ms each on the benchmark VM; most ThinLTO
-//! objects are 10–100 KiB), and a hit then opens one file instead of two.
-//! Larger outputs keep their own blob, shared between entries with the same
-//! output, and served by reflink or hard link when configured.
-//!
-//! [`Store`] is the small interface a remote backend (bazel-remote, Redis)
-//! implements later; [`LocalStore`] adds what only a local directory can do
-//! (mapping blobs, reflinks, hard links).
+//! The store in a local (or NFS-mounted) directory: paths, atomic writes,
+//! mapped and verified serving (copy, reflink, hard link).
 
-use crate::config::ServeMode;
+use super::{Digest, Entry, Lookup, ServeMode, Store, Stored, StoredOutput, ENTRY_FORMAT, LAYOUT_DIR, RAW_MAX};
 use crate::util::{self, hex, map_file, write_atomic};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// The on-disk layout version; a new layout gets a new directory.
-pub const LAYOUT_DIR: &str = "v1";
-pub const ENTRY_MAGIC: &[u8; 8] = b"LTOCENTR";
-/// The entry grammar written; bumped whenever it changes. Readers treat
-/// formats they do not know as misses (and leave those files alone).
-pub const ENTRY_FORMAT: u32 = 2;
-/// Format 1 (no inline outputs) is still read: an upgrade keeps the cache warm.
-const READABLE_FORMATS: [u32; 2] = [1, 2];
-/// Outputs of at most this many bytes are stored raw even when compression is on.
-pub const RAW_MAX: usize = 4096;
-/// Outputs whose stored bytes are at most this large are kept in the entry
-/// by default (setting `inline_max`).
-pub const INLINE_MAX: usize = 256 << 10;
-
-pub type Digest = [u8; 32];
-
-/// Where an output's bytes are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stored {
-    /// In `blobs/` (raw, or zstd with the `.zst` suffix).
-    Blob,
-    /// In the entry, raw.
-    Inline(Vec<u8>),
-    /// In the entry, one zstd frame.
-    InlineZstd(Vec<u8>),
-}
-
-/// What the backend produced, as stored in an entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredOutput {
-    /// 0 = the `-o` object. Reserved for extra outputs (.dwo, remarks).
-    pub kind: u8,
-    /// Size and blake3 of the output's bytes, checked on every hit.
-    pub size: u64,
-    pub digest: Digest,
-    pub stored: Stored,
-}
-
-/// One cache entry: what a hit needs to reproduce the compile.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub key: Digest,
-    /// How long the backend ran when it was stored: what a hit saves.
-    pub duration_ns: u64,
-    pub created_unix: u64,
-    pub outputs: Vec<StoredOutput>,
-    /// Replayed byte for byte on a hit.
-    pub stderr: Vec<u8>,
-}
-
-impl Entry {
-    /// Serialises the entry (grammar in docs/store.md).
-    pub fn encode(&self) -> Vec<u8> {
-        let inline: usize = self.outputs.iter().map(|o| o.inline_bytes().map_or(0, <[u8]>::len)).sum();
-        let mut body = Vec::with_capacity(96 + self.outputs.len() * 46 + inline + self.stderr.len());
-        body.extend_from_slice(&self.key);
-        body.extend_from_slice(&self.duration_ns.to_le_bytes());
-        body.extend_from_slice(&self.created_unix.to_le_bytes());
-        body.extend_from_slice(&(self.outputs.len() as u32).to_le_bytes());
-        for o in &self.outputs {
-            body.push(o.kind);
-            body.extend_from_slice(&o.size.to_le_bytes());
-            body.extend_from_slice(&o.digest);
-            let (tag, bytes): (u8, &[u8]) = match &o.stored {
-                Stored::Blob => (0, &[]),
-                Stored::Inline(b) => (1, b),
-                Stored::InlineZstd(b) => (2, b),
-            };
-            body.push(tag);
-            if tag != 0 {
-                body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                body.extend_from_slice(bytes);
-            }
-        }
-        body.extend_from_slice(&(self.stderr.len() as u32).to_le_bytes());
-        body.extend_from_slice(&self.stderr);
-
-        let mut out = Vec::with_capacity(16 + body.len() + 32);
-        out.extend_from_slice(ENTRY_MAGIC);
-        out.extend_from_slice(&ENTRY_FORMAT.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&body);
-        let sum = blake3::hash(&out);
-        out.extend_from_slice(sum.as_bytes());
-        out
-    }
-
-    /// The format version of an entry file, if it has our magic and a
-    /// plausible version (garbage after the magic is corruption, not a version).
-    pub fn format_of(data: &[u8]) -> Option<u32> {
-        (data.len() >= 12 && &data[..8] == ENTRY_MAGIC)
-            .then(|| u32::from_le_bytes(data[8..12].try_into().unwrap()))
-            .filter(|&f| f <= 0xffff)
-    }
-
-    /// True for an entry another ltocache version wrote in a format this one
-    /// cannot read: a miss, and a file to leave alone.
-    pub fn is_foreign(data: &[u8]) -> bool {
-        Entry::format_of(data).is_some_and(|f| !READABLE_FORMATS.contains(&f))
-    }
-
-    pub fn decode(data: &[u8]) -> Result<Entry> {
-        ensure!(data.len() >= 16 + 32, "entry too short");
-        ensure!(&data[..8] == ENTRY_MAGIC, "bad entry magic");
-        let format = u32::from_le_bytes(data[8..12].try_into().unwrap());
-        ensure!(READABLE_FORMATS.contains(&format), "entry format {format}, expected {ENTRY_FORMAT}");
-        let body_len = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
-        ensure!(data.len() == 16 + body_len + 32, "entry length mismatch");
-        let (signed, sum) = data.split_at(16 + body_len);
-        ensure!(blake3::hash(signed).as_bytes() == sum, "entry checksum mismatch");
-        let mut r = Reader { data: &data[16..16 + body_len] };
-        let key: Digest = r.take(32)?.try_into().unwrap();
-        let duration_ns = r.u64()?;
-        let created_unix = r.u64()?;
-        let n = r.u32()? as usize;
-        ensure!(n <= 16, "too many outputs in entry");
-        let mut outputs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let kind = r.take(1)?[0];
-            let size = r.u64()?;
-            let digest: Digest = r.take(32)?.try_into().unwrap();
-            let stored = match if format == 1 { 0 } else { r.take(1)?[0] } {
-                0 => Stored::Blob,
-                tag @ (1 | 2) => {
-                    let len = r.u32()? as usize;
-                    let bytes = r.take(len)?.to_vec();
-                    if tag == 1 {
-                        ensure!(bytes.len() as u64 == size, "inline output has the wrong size");
-                        Stored::Inline(bytes)
-                    } else {
-                        Stored::InlineZstd(bytes)
-                    }
-                }
-                t => bail!("unknown output storage {t}"),
-            };
-            outputs.push(StoredOutput { kind, size, digest, stored });
-        }
-        let stderr_len = r.u32()? as usize;
-        let stderr = r.take(stderr_len)?.to_vec();
-        ensure!(r.data.is_empty(), "trailing bytes in entry");
-        Ok(Entry { key, duration_ns, created_unix, outputs, stderr })
-    }
-}
-
-/// Inline outputs larger than this (decoded) are refused rather than
-/// allocated: a checksummed entry never claims it, a crafted one might.
-const INLINE_DECODED_MAX: u64 = 1 << 30;
-
-impl StoredOutput {
-    /// The bytes kept in the entry, if any, as stored.
-    pub fn inline_bytes(&self) -> Option<&[u8]> {
-        match &self.stored {
-            Stored::Blob => None,
-            Stored::Inline(b) | Stored::InlineZstd(b) => Some(b),
-        }
-    }
-
-    /// The output's bytes when they are kept in the entry: decoded and checked
-    /// against the recorded size and digest (`Err` says why they are not
-    /// usable). `None` for an output in a blob file. The entry's checksum
-    /// already covers these bytes; checking the digest as well makes a hit's
-    /// guarantee the same whichever way the output is stored.
-    pub fn inline_data(&self) -> Option<std::result::Result<std::borrow::Cow<'_, [u8]>, &'static str>> {
-        let data = match &self.stored {
-            Stored::Blob => return None,
-            Stored::Inline(b) => std::borrow::Cow::Borrowed(&b[..]),
-            Stored::InlineZstd(_) if self.size > INLINE_DECODED_MAX => return Some(Err("inline output too large")),
-            Stored::InlineZstd(b) => match crate::codec::decompress(b, self.size as usize) {
-                Ok(d) => std::borrow::Cow::Owned(d),
-                Err(_) => return Some(Err("inline output does not decode")),
-            },
-        };
-        if data.len() as u64 != self.size || blake3::hash(&data).as_bytes() != &self.digest {
-            return Some(Err("inline output does not match its digest"));
-        }
-        Some(Ok(data))
-    }
-}
-
-struct Reader<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        ensure!(self.data.len() >= n, "entry truncated");
-        let (a, b) = self.data.split_at(n);
-        self.data = b;
-        Ok(a)
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-}
-
-/// Outcome of looking an entry up.
-#[derive(Debug)]
-pub enum Lookup {
-    Hit(Entry),
-    Miss,
-    /// An entry existed but failed its checksum (it has been removed).
-    Corrupt(String),
-}
-
-/// The operations every storage backend offers. Local disk implements them
-/// with files; a remote engine (HTTP CAS, Redis) maps them onto GET/PUT of
-/// `entries/<key>` and `blobs/<digest>`.
-pub trait Store {
-    fn get_entry(&self, key: &Digest) -> Result<Lookup>;
-    fn put_entry(&self, entry: &Entry) -> Result<u64>;
-    fn has_blob(&self, digest: &Digest) -> bool;
-    /// Stores bytes under their digest; returns the bytes written (0 when present).
-    fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<u64>;
-}
 
 /// The store in a local (or NFS-mounted) directory.
 pub struct LocalStore {
@@ -386,7 +145,7 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Served::Unavailable("blob missing")),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let data = match crate::codec::decompress(&packed, size as usize) {
+        let data = match super::codec::decompress(&packed, size as usize) {
             Ok(d) if d.len() as u64 == size && blake3::hash(&d).as_bytes() == digest => d,
             _ => {
                 self.discard_blob(&path);
@@ -602,7 +361,7 @@ fn compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
         let log2 = usize::BITS - data.len().max(1).next_power_of_two().leading_zeros() - 1;
         log2.saturating_sub(3).max(10)
     });
-    crate::codec::compress(data, level, hash_log)
+    super::codec::compress(data, level, hash_log)
 }
 
 /// Copies `len` bytes from the start of `src` into the empty `dst` with
@@ -643,6 +402,7 @@ fn reflink(src: &File, dst: &File) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ENTRY_MAGIC;
 
     fn sample() -> Entry {
         Entry {
