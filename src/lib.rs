@@ -9,6 +9,7 @@
 
 pub mod arena;
 pub mod args;
+pub mod backend;
 pub mod bitcode;
 pub mod cli;
 pub mod commands;
