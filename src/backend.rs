@@ -57,9 +57,16 @@ pub struct Keyed<'c> {
     output_before: Option<FileStamp>,
     /// The output's absolute path, as `explain` records it.
     pub output_name: String,
+    /// The second key, when precise mode computed one (crate::precise).
+    pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
 }
 
 impl Keyed<'_> {
+    /// Whether the output existed before this job: it was compiled before.
+    pub fn output_existed(&self) -> bool {
+        self.output_before.is_some()
+    }
+
     /// The key's fields as text, one `name\tvalue` per line (for `explain`).
     pub fn fields_text(&self) -> String {
         self.key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
@@ -117,7 +124,7 @@ pub fn prepare<'c>(ctx: &'c Ctx, inv: &BackendInvocation, batch: &mut Batch) -> 
         }
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
-    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output) })
+    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output), precise: Default::default() })
 }
 
 /// Looks the key up in the local store and, on a hit, puts every output in
@@ -152,7 +159,7 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
                 batch.add("errors.serve", 1);
             }
         },
-        Ok((Lookup::Miss, _)) => {}
+        Ok((Lookup::Miss, _)) => return crate::precise::try_serve(ctx, inv, job, batch),
         Ok((Lookup::Corrupt(why), _)) => {
             log.log(&format!("corrupt entry {} removed: {why}", hex(&digest[..8])));
             batch.add("errors.corrupt_entry", 1);
@@ -205,6 +212,7 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
                 maybe_cleanup(ctx, batch, added, 1 + blobs.len() as u64);
                 batch.stored_entry = Some((digest, entry_size, finished.duration.as_nanos() as u64));
                 batch.stored_blobs = blobs;
+                crate::precise::after_store(ctx, inv, job, batch);
             }
             Err(e) => {
                 log.log(&format!("storing {} failed: {e:#}", inv.output.display()));
@@ -288,6 +296,12 @@ fn maybe_cleanup(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
     }
 }
 
+/// Adds what another step stored (an entry precise mode recorded) to the
+/// size ledger, cleaning up when over the limits.
+pub(crate) fn account_store(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
+    maybe_cleanup(ctx, batch, bytes, files);
+}
+
 /// True when `output` is a regular file that the compile created or replaced.
 fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
     match std::fs::symlink_metadata(output) {
@@ -297,7 +311,7 @@ fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
 }
 
 /// Serves every output of a hit. `Ok(None)` means an output was unavailable.
-fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
+pub(crate) fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
     let mut total = 0;
     for o in &entry.outputs {
         anyhow::ensure!(o.kind == 0, "entry has an output kind this version cannot restore");

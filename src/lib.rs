@@ -21,6 +21,7 @@ pub mod journal;
 pub mod key;
 pub mod log;
 pub mod memo;
+pub mod precise;
 pub mod shard;
 pub mod stats;
 pub mod store;
