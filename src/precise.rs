@@ -750,14 +750,19 @@ pub fn compute(
     Ok(Second { digest: second_key(&job.key.fields, &helper.identity, &shard, &post_import), helper_cpu_ns })
 }
 
-/// The helper's post-import module of a job written to `dump` (as clang's
-/// `-save-temps=obj` writes `X.3.import.bc`), for tests and benchmarks.
-pub fn dump_post_import(state_dir: &Path, inv: &BackendInvocation, cc1_args: &[String], dump: &Path) -> Result<String> {
-    let helper_path = helper_path().context("no helper")?;
-    let helper = Helper { path: helper_path, identity: [0; 32] };
+/// Asks `helper` (a process of its own) for the post-import module of the
+/// job `inv` run in `cwd` with the cc1 line `cc1_args`, and has it written to
+/// `dump` the way clang's `-save-temps=obj` writes `X.3.import.bc` — for the
+/// test that holds the two byte for byte. Returns the helper's answer.
+pub fn dump_post_import(
+    helper: &Path,
+    cwd: &Path,
+    inv: &BackendInvocation,
+    cc1_args: &[String],
+    dump: &Path,
+) -> Result<String> {
     let cc1 = parse_cc1(cc1_args).map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))?;
-    let cwd = std::env::current_dir()?;
-    ask(state_dir, &helper, &request_text(&cwd, inv, &cc1, Some(dump)))
+    ask_once(helper, &request_text(cwd, inv, &cc1, Some(dump)))
 }
 
 // ---------------------------------------------------------------------------
