@@ -18,7 +18,8 @@ use crate::key::{self, Key, KeyError};
 use crate::log::Logger;
 use crate::memo::MemoTable;
 use crate::stats::{Batch, Db};
-use crate::store::{Entry, LocalStore, Lookup, Served, Store};
+use crate::store::remote::Tier;
+use crate::store::{Entry, LocalStore, Lookup, Store};
 use crate::util::{hex, FileStamp};
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,8 @@ pub struct Ctx<'a> {
     pub state_dir: PathBuf,
     pub memo: Option<MemoTable>,
     pub store: LocalStore,
+    /// The remotes, built at the first local miss (see [`remote_tier`]).
+    pub remote: std::sync::OnceLock<Tier>,
 }
 
 impl<'a> Ctx<'a> {
@@ -37,7 +40,7 @@ impl<'a> Ctx<'a> {
         config.apply_umask();
         let state_dir = config.state_dir();
         let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
-        Ctx { config, log, state_dir, memo, store: config.store() }
+        Ctx { config, log, state_dir, memo, store: config.store(), remote: Default::default() }
     }
 }
 
@@ -135,31 +138,41 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     if config.recache.value {
         return None;
     }
+    if config.remote_only.value {
+        return serve_remote(ctx, inv, job, batch);
+    }
     let digest = &job.key.digest;
     match store.get_entry_and_last_use(digest) {
-        Ok((Lookup::Hit(entry), last_use)) => match serve(store, config, &entry, &inv.output) {
-            Ok(Some(bytes)) => {
-                log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
-                batch.add("hits", 1);
-                batch.add("bytes_served", bytes as i64);
-                batch.add("ns_saved", entry.duration_ns as i64);
-                if !config.readonly.value {
-                    // Fails harmlessly on a read-only store.
-                    store.touch_entry(digest, last_use);
+        Ok((Lookup::Hit(entry), last_use)) => {
+            match crate::store::serve_entry(store, config.serve_mode.value, &entry, &inv.output) {
+                Ok(Some(bytes)) => {
+                    log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
+                    batch.add("hits", 1);
+                    batch.add("bytes_served", bytes as i64);
+                    batch.add("ns_saved", entry.duration_ns as i64);
+                    if !config.readonly.value {
+                        // Fails harmlessly on a read-only store.
+                        store.touch_entry(digest, last_use);
+                    }
+                    if config.reshare.value {
+                        if let Some(tier) = remote_tier(ctx) {
+                            tier.put(&entry, &inv.output, log, batch);
+                        }
+                    }
+                    batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
+                    return Some(entry.stderr);
                 }
-                batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
-                return Some(entry.stderr);
+                Ok(None) => {
+                    log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
+                    batch.add("errors.corrupt_blob", 1);
+                }
+                Err(e) => {
+                    log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
+                    batch.add("errors.serve", 1);
+                }
             }
-            Ok(None) => {
-                log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
-                batch.add("errors.corrupt_blob", 1);
-            }
-            Err(e) => {
-                log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
-                batch.add("errors.serve", 1);
-            }
-        },
-        Ok((Lookup::Miss, _)) => return crate::precise::try_serve(ctx, inv, job, batch),
+        }
+        Ok((Lookup::Miss, _)) => {}
         Ok((Lookup::Corrupt(why), _)) => {
             log.log(&format!("corrupt entry {} removed: {why}", hex(&digest[..8])));
             batch.add("errors.corrupt_entry", 1);
@@ -169,7 +182,24 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
             batch.add("errors.lookup", 1);
         }
     }
-    None
+    // Then the remote tier; then, local only, the second key (crate::precise).
+    serve_remote(ctx, inv, job, batch).or_else(|| crate::precise::try_serve(ctx, inv, job, batch))
+}
+
+/// The remote tier, built at its first use: no URL is parsed before a local
+/// miss. `None` without remotes.
+fn remote_tier<'c>(ctx: &'c Ctx) -> Option<&'c Tier> {
+    (!ctx.config.remote_storage.value.is_empty()).then(|| ctx.remote.get_or_init(|| ctx.config.remote_tier()))
+}
+
+/// After a local miss: each remote in turn (store/remote/mod.rs).
+fn serve_remote(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch) -> Option<Vec<u8>> {
+    let hit = remote_tier(ctx)?.serve_hit(&ctx.store, &job.key.digest, &inv.output, ctx.log, batch)?;
+    if let Some(bytes) = hit.stored_locally {
+        maybe_cleanup(ctx, batch, bytes, 1);
+    }
+    batch.last_compile = Some((job.output_name.clone(), job.key.digest, "remote hit".into(), job.fields_text()));
+    Some(hit.stderr)
 }
 
 /// After the compiler ran with its output captured (the caller has printed
@@ -191,7 +221,7 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
 
     // A store we cannot write to (read-only mount, foreign permissions) still
     // served hits; here it is read-only.
-    if config.readonly.value || !store.writable() {
+    if config.readonly.value || (!config.remote_only.value && !store.writable()) {
         batch.add("readonly_misses", 1);
     } else if let Some(changed) = job.hasher.unchanged_since_hashing() {
         log.log(&format!("{} changed during the compile: not stored", changed.display()));
@@ -204,14 +234,29 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
         // suppressed the object): storing it would serve a stale file.
         log.log(&format!("{} was not written by the compile: not stored", inv.output.display()));
         batch.add("uncacheable.output_not_written", 1);
+    } else if config.remote_only.value {
+        if let Some(tier) = remote_tier(ctx) {
+            let entry = tier.entry_for(&digest, finished.duration.as_nanos() as u64, &finished.stderr, &inv.output);
+            match entry {
+                Ok(entry) => tier.put(&entry, &inv.output, log, batch),
+                Err(e) => {
+                    log.log(&format!("packing {} for the remotes failed: {e:#}", inv.output.display()));
+                    batch.add("errors.remote_pack", 1);
+                }
+            }
+        }
     } else {
         match store_outputs(store, inv, &digest, finished) {
-            Ok((entry_size, blobs)) => {
+            Ok((entry_size, blobs, entry)) => {
                 batch.add("stores", 1);
                 let added: u64 = entry_size + blobs.iter().map(|b| b.1).sum::<u64>();
                 maybe_cleanup(ctx, batch, added, 1 + blobs.len() as u64);
                 batch.stored_entry = Some((digest, entry_size, finished.duration.as_nanos() as u64));
                 batch.stored_blobs = blobs;
+                // After the local store: the object is in place for the build.
+                if let Some(tier) = remote_tier(ctx) {
+                    tier.put(&entry, &inv.output, log, batch);
+                }
                 crate::precise::after_store(ctx, inv, job, batch);
             }
             Err(e) => {
@@ -310,19 +355,6 @@ fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
     }
 }
 
-/// Serves every output of a hit. `Ok(None)` means an output was unavailable.
-pub(crate) fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
-    let mut total = 0;
-    for o in &entry.outputs {
-        anyhow::ensure!(o.kind == 0, "entry has an output kind this version cannot restore");
-        match store.serve_output(o, output, config.serve_mode.value)? {
-            Served::Written(n) => total += n,
-            Served::Unavailable(_) => return Ok(None),
-        }
-    }
-    Ok(Some(total))
-}
-
 type StoredBlobs = Vec<([u8; 32], u64)>;
 
 fn store_outputs(
@@ -330,7 +362,7 @@ fn store_outputs(
     inv: &BackendInvocation,
     key: &[u8; 32],
     finished: &Finished,
-) -> anyhow::Result<(u64, StoredBlobs)> {
+) -> anyhow::Result<(u64, StoredBlobs, Entry)> {
     use anyhow::Context;
     let data = crate::util::read_file(&inv.output).with_context(|| format!("reading {}", inv.output.display()))?;
     let (output, written) = store.put_output(0, &data)?;
@@ -343,7 +375,7 @@ fn store_outputs(
         stderr: finished.stderr.clone(),
     };
     let entry_size = store.put_entry(&entry)?;
-    Ok((entry_size, blobs))
+    Ok((entry_size, blobs, entry))
 }
 
 fn absolute(p: &Path) -> String {

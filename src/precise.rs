@@ -849,7 +849,7 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
             return None;
         }
     };
-    match crate::backend::serve(&ctx.store, ctx.config, &entry, &inv.output) {
+    match crate::store::serve_entry(&ctx.store, ctx.config.serve_mode.value, &entry, &inv.output) {
         Ok(Some(bytes)) => {
             ctx.log.log(&format!("precise hit {} {}", hex(&second.digest[..8]), inv.output.display()));
             batch.add("hits", 1);
