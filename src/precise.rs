@@ -897,6 +897,14 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
     if job.output_existed() || cold_policy() != Cold::Background || helper_path().is_none() {
         return;
     }
+    // fork() copies only the calling thread: in a process running several
+    // jobs at once (the DTLTO distributor) a lock held by another thread
+    // would stay locked in the child forever. Only single-threaded callers
+    // compute in the background.
+    if !single_threaded() {
+        batch.add("precise.background_skipped_threads", 1);
+        return;
+    }
     batch.add("precise.background", 1);
     // SAFETY: this process is single-threaded here; the child only computes,
     // writes one file and leaves with _exit.
@@ -924,6 +932,14 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         }
     }
     crate::exec::exit_now(0);
+}
+
+/// True when this process has one thread (field 20 of /proc/self/stat).
+fn single_threaded() -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return false };
+    // The command name (field 2) may hold spaces: count from its closing ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
+    rest.split_whitespace().nth(17) == Some("1")
 }
 
 /// The precise-mode counters for `stats` (without their `precise.` prefix),
@@ -957,6 +973,15 @@ pub fn enabled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_count_is_read() {
+        let one = single_threaded();
+        let t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        assert!(!single_threaded(), "a second thread is running");
+        t.join().unwrap();
+        let _ = one;
+    }
 
     #[test]
     fn job_lines_split_like_the_driver_quotes_them() {
