@@ -622,11 +622,21 @@ pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
         Err(_) => {
             start_server(&helper.path, &sock)?;
             let deadline = Instant::now() + Duration::from_secs(3);
+            let mut tries = 0u32;
             loop {
                 match UnixStream::connect(&sock) {
                     Ok(s) => break s,
                     Err(e) if Instant::now() > deadline => bail!("helper server did not start: {e}"),
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    Err(_) => {
+                        tries += 1;
+                        // A server leaving on idle holds the lock until it has
+                        // unlinked its socket, so the one we started may have
+                        // given way to it: start another now and then.
+                        if tries % 100 == 0 {
+                            start_server(&helper.path, &sock)?;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
                 }
             }
         }
