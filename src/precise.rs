@@ -463,11 +463,13 @@ fn cc1_line(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, cwd: &Path) -> Resu
             h.update(v.as_bytes());
         }
     }
-    // The real paths are in the -### line too; they do not matter to what
-    // we read from it, but the memo must not serve one job's line to another
-    // whose paths differ in a way that changes the driver's decisions.
+    // The paths of the input, shard and output are left out (the first key
+    // has role markers there), so jobs with the same flags share one `-###`:
+    // what we read from the line (target, relocation and code model, CPU,
+    // features, -O, -mllvm, which options appear) does not name them. Their
+    // extensions stay: the driver picks an input's type by its extension.
     for p in [&inv.input, &inv.shard, &inv.output] {
-        h.update(p.as_os_str().as_bytes());
+        h.update(p.extension().map(|e| e.as_bytes()).unwrap_or(b""));
         h.update(b"\0");
     }
     let memo = ctx.state_dir.join("precise").join(format!("cc1-{}", &hex(h.finalize().as_bytes())[..32]));
@@ -583,7 +585,9 @@ fn request_text(cwd: &Path, inv: &BackendInvocation, cc1: &Cc1, dump: Option<&Pa
     };
     put("cwd", &cwd.to_string_lossy());
     put("input", &inv.input.to_string_lossy());
-    put("index", &cc1.index);
+    // The index as the job names it (the memoised cc1 line may be another
+    // job's with the same flags).
+    put("index", &inv.shard.to_string_lossy());
     put("triple", &cc1.triple);
     put("reloc", &cc1.reloc);
     if !cc1.cmodel.is_empty() {
