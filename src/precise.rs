@@ -645,12 +645,36 @@ pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
             }
         }
     };
+    // The state directory may be shared with a group: a socket there could
+    // be someone else's server answering forged digests. Only a server
+    // running as this user is asked.
+    if !peer_is_me(&stream) {
+        bail!("the helper socket {} is served by another user", sock.display());
+    }
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(request.as_bytes())?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).context("reading the helper's answer")?;
     Ok(answer)
+}
+
+fn peer_is_me(stream: &UnixStream) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    rc == 0 && cred.uid == unsafe { libc::geteuid() }
 }
 
 fn ask_once(helper: &Path, request: &str) -> Result<String> {
