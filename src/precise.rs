@@ -162,7 +162,23 @@ pub const CC1_VETTED: &[&str] = &[
     "-fcolor-diagnostics",
     "-fdiagnostics-color",
     "-fmessage-length",
+    // Seen on the kernel's backends (tinyconfig, x86-64): code generation,
+    // target and front-end options with no effect before the hook.
+    "-disable-red-zone",
+    "-falign-loops",
+    "-fno-signed-wchar",
+    "-fwchar-type",
+    "-fsplit-lto-unit",
+    "-ftrivial-auto-var-init",
+    "-fvisibility",
+    "-fwarn-stack-size",
+    "-nobuiltininc",
+    "-nostdsysteminc",
 ];
+
+/// Prefixes of vetted cc1 option families: warnings (diagnostics only) and
+/// `-fno-builtin-<name>` (the optimiser's library info, after the hook).
+const CC1_VETTED_PREFIXES: &[&str] = &["-W", "-fno-builtin-"];
 
 /// Separate-value cc1 options among the vetted ones: their next token is a
 /// value, not an input.
@@ -393,7 +409,7 @@ pub fn parse_cc1(args: &[String]) -> Result<Cc1, Refusal> {
         }
         let name = a.split_once('=').map(|(n, _)| n).unwrap_or(a);
         let name = if a.starts_with("-D") { "-D" } else { name };
-        if !CC1_VETTED.contains(&name) {
+        if !CC1_VETTED.contains(&name) && !CC1_VETTED_PREFIXES.iter().any(|p| a.starts_with(p)) {
             return refuse("cc1_option", a.to_string());
         }
         let value = if CC1_SEPARATE.contains(&name) && name == a {
