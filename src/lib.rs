@@ -9,6 +9,7 @@
 
 pub mod arena;
 pub mod args;
+pub mod beneath;
 pub mod bitcode;
 pub mod cli;
 pub mod commands;
@@ -23,5 +24,6 @@ pub mod memo;
 pub mod shard;
 pub mod stats;
 pub mod store;
+pub mod trust;
 pub mod util;
 pub mod wrapper;

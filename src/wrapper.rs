@@ -50,6 +50,14 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
         exec::exec_compiler(&compiler, &args);
     }
     let log = Logger::new(config.logfile.value.clone());
+    // A cache directory someone else controls is not used (crate::trust).
+    if let Some(why) = &config.refused {
+        log.log(&format!("cache directory refused, running the compiler: {why}"));
+        let mut batch = Batch::default();
+        batch.add("uncacheable.cache_dir_refused", 1);
+        record(&config, &log, &mut batch);
+        exec::exec_compiler(&compiler, &args);
+    }
     let analysed = args::expand_response_files(&sargs).and_then(|expanded| args::analyze(&compiler, &expanded));
     match analysed {
         Err(reason) => uncacheable(&config, &log, &compiler, &args, &reason),
@@ -98,6 +106,9 @@ fn record(config: &Config, log: &Logger, batch: &mut Batch) {
     } else if batch.counters.contains_key("misses") {
         batch.add("cpu_ns.own_misses", own);
     }
+    if let Some(counter) = config.state().counter {
+        batch.add(counter, 1);
+    }
     let dir = config.state_dir();
     match crate::journal::append(&dir, batch) {
         Ok(len) if len > crate::journal::FOLD_AT => {
@@ -120,6 +131,9 @@ fn fall_back(config: &Config, log: &Logger, batch: &mut Batch, inv: &BackendInvo
 
 fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: &[OsString]) -> ! {
     config.apply_umask();
+    for w in &config.warnings {
+        log.log(w);
+    }
     let state_dir = config.state_dir();
     let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
     let mut batch = Batch::default();
