@@ -122,7 +122,7 @@ fn with_db<T>(config: &Config, mut f: impl FnMut(&mut Db) -> Result<T>) -> Resul
         crate::journal::fold(&config.state_dir(), db, true).context("folding the stats journal")?;
         f(db)
     })
-    .with_context(|| format!("the stats database {}", config.state().real.join("stats.sqlite3").display()))
+    .with_context(|| format!("the stats database {}", config.state().real.join(crate::layout::STATS_DB).display()))
 }
 
 /// The numbers `stats` reports, computed once for both output forms.
@@ -229,7 +229,7 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(out, "{k:<28} {v}");
     };
     row(&mut out, "Cache directory", config.cache_dir.value.display().to_string());
-    row(&mut out, "Stats database", config.state().real.join("stats.sqlite3").display().to_string());
+    row(&mut out, "Stats database", config.state().real.join(crate::layout::STATS_DB).display().to_string());
     row(&mut out, "State directory", config.state().why.clone());
     if let Some(why) = &config.refused {
         row(&mut out, "Cache directory refused", why.clone());

@@ -358,7 +358,7 @@ impl Config {
     /// NFS, so the default is a per-host directory; `stats_dir` moves it to
     /// local disk when the cache directory itself is on NFS.
     pub fn stats_db_path(&self) -> PathBuf {
-        self.state_dir().join("stats.sqlite3")
+        self.state_dir().join(crate::layout::STATS_DB)
     }
 
     /// This user's state directory on this host: the database, the journal,
@@ -421,7 +421,11 @@ impl Config {
                 self.inline_max.origin.to_string(),
             ),
             ("state_dir".into(), self.state().real.display().to_string(), self.state().why.clone()),
-            ("stats_db".into(), self.state().real.join("stats.sqlite3").display().to_string(), "derived".into()),
+            (
+                "stats_db".into(),
+                self.state().real.join(crate::layout::STATS_DB).display().to_string(),
+                "derived".into(),
+            ),
         ]
     }
 }

@@ -30,6 +30,7 @@
 //! bytes it skipped.
 
 use crate::beneath::{lock_within, open_in};
+use crate::layout::{JOURNAL, JOURNAL_FOLDING, JOURNAL_LOCK};
 use crate::stats::{Batch, Db};
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -47,9 +48,9 @@ const FOLD_CAP: u64 = 256 << 20;
 /// Appends one invocation's batch. Returns the journal's length afterwards.
 pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
     let record = encode(batch);
-    let path = dir.join("journal");
+    let path = dir.join(JOURNAL);
     for _ in 0..8 {
-        let mut f = open_in(dir, "journal", libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;
+        let mut f = open_in(dir, JOURNAL, libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;
         // A fold holds the exclusive lock only while it waits for writers
         // already in, so this wait is short; a failure is the caller's to log.
         lock_within(&f, false, Duration::from_secs(2))?;
@@ -68,12 +69,12 @@ pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
 /// Folds the journal into `db`. `wait`: block for a concurrent folder (the
 /// subcommands, which must see every record) or give up (a compile).
 pub fn fold(dir: &Path, db: &mut Db, wait: bool) -> Result<()> {
-    let lock_path = dir.join("journal.lock");
+    let lock_path = dir.join(JOURNAL_LOCK);
     if !dir.is_dir() {
         return Ok(()); // no directory yet: nothing was ever journalled
     }
     // Opened for writing: an exclusive lock on NFS needs it.
-    let lock = open_in(dir, "journal.lock", libc::O_RDWR | libc::O_CREAT, 0o600, 4096)
+    let lock = open_in(dir, JOURNAL_LOCK, libc::O_RDWR | libc::O_CREAT, 0o600, 4096)
         .with_context(|| format!("opening {}", lock_path.display()))?;
     if wait {
         lock_within(&lock, true, Duration::from_secs(30))
@@ -81,12 +82,12 @@ pub fn fold(dir: &Path, db: &mut Db, wait: bool) -> Result<()> {
     } else if lock.try_lock().is_err() {
         return Ok(());
     }
-    let folding = dir.join("journal.folding");
+    let folding = dir.join(JOURNAL_FOLDING);
     // A fold that died after renaming: finish it first.
     if std::fs::symlink_metadata(&folding).is_ok() {
         fold_file(dir, &folding, db)?;
     }
-    match std::fs::rename(dir.join("journal"), &folding) {
+    match std::fs::rename(dir.join(JOURNAL), &folding) {
         Ok(()) => fold_file(dir, &folding, db),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).context("renaming the journal for folding"),
@@ -94,7 +95,7 @@ pub fn fold(dir: &Path, db: &mut Db, wait: bool) -> Result<()> {
 }
 
 fn fold_file(dir: &Path, path: &Path, db: &mut Db) -> Result<()> {
-    let f = open_in(dir, "journal.folding", libc::O_RDWR, 0, u64::MAX)
+    let f = open_in(dir, JOURNAL_FOLDING, libc::O_RDWR, 0, u64::MAX)
         .with_context(|| format!("opening {}", path.display()))?;
     // Writers that opened it before the rename finish their record first.
     // One that stopped mid-append does not hold the fold (and so `stats`)

@@ -19,6 +19,7 @@ pub mod digest;
 pub mod exec;
 pub mod journal;
 pub mod key;
+pub mod layout;
 pub mod log;
 pub mod memo;
 pub mod shard;

@@ -59,7 +59,7 @@ impl MemoTable {
     /// directory is not writable: lookups still work, inserts fail quietly.
     pub fn open(dir: &Path) -> std::io::Result<MemoTable> {
         // Not followed, not blocking, a regular file no larger than the table.
-        let open = |flags| crate::beneath::open_in(dir, "memo.v1", flags, 0o600, TABLE_SIZE);
+        let open = |flags| crate::beneath::open_in(dir, crate::layout::MEMO, flags, 0o600, TABLE_SIZE);
         let file = match open(libc::O_RDWR | libc::O_CREAT) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(libc::O_RDONLY)?,
@@ -211,8 +211,7 @@ fn decode_slot(s: &[u8]) -> Option<FileMemo> {
 const COMPILER_MAGIC: &[u8; 8] = b"LTOCCMP1";
 
 fn compiler_memo_path(dir: &Path, compiler: &Path) -> PathBuf {
-    let h = blake3::hash(compiler.as_os_str().as_bytes());
-    dir.join(format!("compiler-{}", crate::util::hex(&h.as_bytes()[..8])))
+    dir.join(crate::layout::compiler_memo(compiler))
 }
 
 /// The memoised identity of the compiler at `compiler`: (stamps, identity).

@@ -267,7 +267,7 @@ fn apply_one(tx: &rusqlite::Transaction, batch: &Batch) -> Result<()> {
 /// transaction costs about that much, so they append one byte to a per-host
 /// file instead (O_APPEND on local disk is atomic); `stats` reads its size.
 pub fn passthrough_counter_path(db_path: &Path) -> PathBuf {
-    db_path.with_file_name("passthrough.count")
+    db_path.with_file_name(crate::layout::PASSTHROUGH)
 }
 
 pub fn count_passthrough(db_path: &Path) -> std::io::Result<()> {
@@ -275,7 +275,7 @@ pub fn count_passthrough(db_path: &Path) -> std::io::Result<()> {
     let dir = db_path.parent().unwrap_or(Path::new("."));
     let mut f = crate::beneath::open_in(
         dir,
-        "passthrough.count",
+        crate::layout::PASSTHROUGH,
         libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
         0o600,
         u64::MAX,

@@ -220,7 +220,7 @@ pub fn choose_state(cache: &Path, stats_dir: Option<&Path>, cache_refused: bool,
                 if fs_type(&cdir, env).is_some_and(|t| NETWORK_FS.contains(&t)) {
                     return private(cache, env, "the cache is on a network filesystem: state on local disk", None);
                 }
-                let rel = Path::new("hosts").join(crate::util::hostname()).join(format!("u{}", euid()));
+                let rel = crate::layout::shared_state_rel(crate::util::hostname(), euid());
                 match shared_user_dir(&cdir, &rel).and_then(writable) {
                     Ok(dir) => return State::at(dir, "per user, in the cache directory".into(), None),
                     // Read-only cache: expected, not counted.

@@ -59,6 +59,14 @@ pub mod ledger {
         Path::new(LAYOUT_DIR).join("size")
     }
 
+    pub fn scan_rel() -> PathBuf {
+        dir().join("scan")
+    }
+
+    pub fn host_rel(host: &str) -> PathBuf {
+        dir().join(format!("host.{host}"))
+    }
+
     fn parse(text: &str) -> Option<Record> {
         let mut it = text.split_whitespace().map(|w| w.parse::<i64>().ok());
         Some(Record { generation: it.next()??, bytes: it.next()?? as u64, files: it.next()?? as u64 })
@@ -72,7 +80,7 @@ pub mod ledger {
 
     /// The last scan, if any host ever scanned this store.
     pub fn scan(store: &LocalStore) -> Option<Record> {
-        let text = store.dir().ok()?.read(dir().join("scan"), 64).ok()?;
+        let text = store.dir().ok()?.read(scan_rel(), 64).ok()?;
         parse(std::str::from_utf8(&text).ok()?)
     }
 
@@ -100,19 +108,26 @@ pub mod ledger {
         files: u64,
     ) -> Result<Record> {
         use std::os::unix::fs::FileExt;
-        let lock_path = state_dir.join("ledger.lock");
+        let lock_path = state_dir.join(crate::layout::LEDGER_LOCK);
         // Write access: on NFS an exclusive lock needs it.
-        let lock = crate::beneath::open_in(state_dir, "ledger.lock", libc::O_WRONLY | libc::O_CREAT, 0o600, 0)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock =
+            crate::beneath::open_in(state_dir, crate::layout::LEDGER_LOCK, libc::O_WRONLY | libc::O_CREAT, 0o600, 4096)
+                .with_context(|| format!("opening {}", lock_path.display()))?;
         // Bounded: a stopped process of this host holding the lock costs an
         // underestimate of this store, not a hung compile.
         crate::beneath::lock_within(&lock, true, Duration::from_secs(2))
             .with_context(|| format!("locking {}", lock_path.display()))?;
-        let rel = dir().join(format!("host.{host}"));
+        let rel = host_rel(host);
         let cache = store.dir_creating()?;
-        let (f, _) = cache
-            .open_creating(&rel, libc::O_RDWR, 0o666, 4096)
-            .with_context(|| format!("opening {}", cache.join(&rel).display()))?;
+        let opened = match cache.open_creating(&rel, libc::O_RDWR, 0o666, 4096) {
+            // Not a record of ours at our name: replaced.
+            Err(e) if is_refused(&e) => {
+                remove(cache, &rel);
+                cache.open_creating(&rel, libc::O_RDWR, 0o666, 4096)
+            }
+            r => r,
+        };
+        let (f, _) = opened.with_context(|| format!("opening {}", cache.join(&rel).display()))?;
         let mut buf = [0u8; 64];
         let n = f.read_at(&mut buf, 0).unwrap_or(0);
         let mut r = match std::str::from_utf8(&buf[..n]).ok().and_then(parse) {
@@ -308,10 +323,16 @@ fn try_lock(store: &LocalStore) -> Result<Option<(File, bool)>> {
     dir.create_dirs(LAYOUT_DIR).with_context(|| format!("creating {}", store.root().display()))?;
     let rel = lock_rel();
     let open = || -> Result<File> {
-        let (f, _) = dir
-            .open_creating(&rel, libc::O_RDWR, 0o666, 4096)
-            .with_context(|| format!("opening {}", dir.join(&rel).display()))?;
-        Ok(f)
+        let opened = match dir.open_creating(&rel, libc::O_RDWR, 0o666, 4096) {
+            // Something planted at the lock's name would stop every cleanup
+            // for good: it goes (a name of ours), and a fresh file is made.
+            Err(e) if is_refused(&e) => {
+                remove(dir, &rel);
+                dir.open_creating(&rel, libc::O_RDWR, 0o666, 4096)
+            }
+            r => r,
+        };
+        Ok(opened.with_context(|| format!("opening {}", dir.join(&rel).display()))?.0)
     };
     let f = open()?;
     match f.try_lock() {
