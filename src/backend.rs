@@ -38,6 +38,9 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub fn new(config: &'a Config, log: &'a Logger) -> Ctx<'a> {
         config.apply_umask();
+        for w in &config.warnings {
+            log.log(w);
+        }
         let state_dir = config.state_dir();
         let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
         Ctx { config, log, state_dir, memo, store: config.store(), remote: Default::default() }
@@ -273,6 +276,9 @@ pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64)
         batch.add("cpu_ns.own_hits", own);
     } else if batch.counters.contains_key("misses") {
         batch.add("cpu_ns.own_misses", own);
+    }
+    if let Some(counter) = config.state().counter {
+        batch.add(counter, 1);
     }
     let dir = config.state_dir();
     match crate::journal::append(&dir, batch) {
