@@ -549,6 +549,19 @@ impl Tier {
     }
 }
 
+/// The `remote.<name>.<metric>` counters, grouped by remote (for `stats`).
+pub fn per_remote(
+    counters: &std::collections::BTreeMap<String, i64>,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> = Default::default();
+    for (k, v) in counters {
+        if let Some((name, metric)) = k.strip_prefix("remote.").and_then(|r| r.rsplit_once('.')) {
+            *out.entry(name.to_string()).or_default().entry(metric.to_string()).or_insert(0) += v;
+        }
+    }
+    out
+}
+
 /// What a remote hit did.
 pub struct RemoteHit {
     pub stderr: Vec<u8>,
