@@ -16,6 +16,7 @@ pub mod commands;
 pub mod compiler;
 pub mod config;
 pub mod digest;
+pub mod distributor;
 pub mod exec;
 pub mod journal;
 pub mod key;
