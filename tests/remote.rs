@@ -478,8 +478,14 @@ fn config_shows_each_remote_and_refuses_remotes_from_another_users_file() {
     let bad = String::from_utf8(ok(f.ltocache().env("LTOCACHE_REMOTE", "https://h/c").arg("config")).stdout).unwrap();
     assert!(bad.contains("REFUSED") && bad.contains("LTOCACHE_REMOTE"), "{bad}");
 
-    // Owned by another user: the remotes are not used (nobody's file could
-    // point this user's builds at a server of theirs).
+    // Writable by others, or owned by another user: the remotes are not
+    // used (someone else's file could point this user's builds at a server
+    // of theirs).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let out = String::from_utf8(ok(f.ltocache().env_remove("LTOCACHE_REMOTE").arg("config")).stdout).unwrap();
+    assert!(out.contains("REFUSED") && out.contains("written by group or others"), "{out}");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         let redis = redis_server(&[]);
