@@ -139,35 +139,33 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     }
     let digest = &job.key.digest;
     match store.get_entry_and_last_use(digest) {
-        Ok((Lookup::Hit(entry), last_use)) => {
-            match crate::store::serve_entry(store, config.serve_mode.value, &entry, &inv.output) {
-                Ok(Some(bytes)) => {
-                    log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
-                    batch.add("hits", 1);
-                    batch.add("bytes_served", bytes as i64);
-                    batch.add("ns_saved", entry.duration_ns as i64);
-                    if !config.readonly.value {
-                        // Fails harmlessly on a read-only store.
-                        store.touch_entry(digest, last_use);
+        Ok((Lookup::Hit(entry), last_use)) => match serve(store, config, &entry, &inv.output) {
+            Ok(Some(bytes)) => {
+                log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
+                batch.add("hits", 1);
+                batch.add("bytes_served", bytes as i64);
+                batch.add("ns_saved", entry.duration_ns as i64);
+                if !config.readonly.value {
+                    // Fails harmlessly on a read-only store.
+                    store.touch_entry(digest, last_use);
+                }
+                if config.reshare.value {
+                    if let Some(tier) = remote_tier(ctx) {
+                        tier.put(&entry, &inv.output, log, batch);
                     }
-                    if config.reshare.value {
-                        if let Some(tier) = remote_tier(ctx) {
-                            tier.put(&entry, &inv.output, log, batch);
-                        }
-                    }
-                    batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
-                    return Some(entry.stderr);
                 }
-                Ok(None) => {
-                    log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
-                    batch.add("errors.corrupt_blob", 1);
-                }
-                Err(e) => {
-                    log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
-                    batch.add("errors.serve", 1);
-                }
+                batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
+                return Some(entry.stderr);
             }
-        }
+            Ok(None) => {
+                log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
+                batch.add("errors.corrupt_blob", 1);
+            }
+            Err(e) => {
+                log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
+                batch.add("errors.serve", 1);
+            }
+        },
         Ok((Lookup::Miss, _)) => {}
         Ok((Lookup::Corrupt(why), _)) => {
             log.log(&format!("corrupt entry {} removed: {why}", hex(&digest[..8])));
@@ -344,6 +342,11 @@ fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
         Ok(m) if m.is_file() => before != Some(FileStamp::of(&m)),
         _ => false,
     }
+}
+
+/// Serves every output of a hit. `Ok(None)` means an output was unavailable.
+fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
+    crate::store::serve_entry(store, config.serve_mode.value, entry, output)
 }
 
 type StoredBlobs = Vec<([u8; 32], u64)>;
