@@ -191,6 +191,9 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let refused = config.refused.as_deref().map(|w| format!("\"{}\"", json_escape(w)));
         let _ = writeln!(s, "  \"cache_dir_refused\": {},", refused.unwrap_or_else(|| "null".into()));
         let _ = writeln!(s, "  \"hits\": {},", r.hits);
+        // Precise hits are hits (counted in "hits" too), shown apart.
+        let _ = writeln!(s, "  \"precise_hits\": {},", r.get("precise_hits"));
+        let _ = writeln!(s, "  \"precise\": {},", map(&crate::precise::counters(&r.counters)));
         let _ = writeln!(s, "  \"misses\": {},", r.misses);
         let _ = writeln!(
             s,
@@ -236,6 +239,12 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         row(&mut out, "Cache directory refused", why.clone());
     }
     row(&mut out, "Hits", r.hits.to_string());
+    if r.get("precise_hits") > 0 || crate::precise::enabled() {
+        row(&mut out, "  post-import unchanged", r.get("precise_hits").to_string());
+        for (k, v) in crate::precise::counters(&r.counters) {
+            row(&mut out, &format!("  precise {k}"), v.to_string());
+        }
+    }
     row(&mut out, "Misses", r.misses.to_string());
     row(&mut out, "Hit rate", r.hit_rate().map(|v| format!("{v:.1} %")).unwrap_or_else(|| "-".into()));
     row(&mut out, "Uncacheable", r.uncacheable.values().sum::<i64>().to_string());
@@ -354,6 +363,9 @@ fn explain(config: &Config, output: &str) -> Result<()> {
         bail!("no compile of {} is recorded on this host", abs.display());
     };
     println!("last compile of {}: {}", abs.display(), last.outcome);
+    if let Some(why) = crate::precise::explain_line(&last.outcome, &last.fields) {
+        println!("{why}");
+    }
     let (Some(prev_outcome), Some(prev)) = (last.prev_outcome, last.prev_fields) else {
         println!("no earlier compile of this output with another key is recorded");
         return Ok(());

@@ -24,6 +24,7 @@ pub mod key;
 pub mod layout;
 pub mod log;
 pub mod memo;
+pub mod precise;
 pub mod shard;
 pub mod stats;
 pub mod store;
