@@ -38,6 +38,9 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub fn new(config: &'a Config, log: &'a Logger) -> Ctx<'a> {
         config.apply_umask();
+        for w in &config.warnings {
+            log.log(w);
+        }
         let state_dir = config.state_dir();
         let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
         Ctx { config, log, state_dir, memo, store: config.store(), remote: Default::default() }
@@ -143,35 +146,33 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     }
     let digest = &job.key.digest;
     match store.get_entry_and_last_use(digest) {
-        Ok((Lookup::Hit(entry), last_use)) => {
-            match crate::store::serve_entry(store, config.serve_mode.value, &entry, &inv.output) {
-                Ok(Some(bytes)) => {
-                    log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
-                    batch.add("hits", 1);
-                    batch.add("bytes_served", bytes as i64);
-                    batch.add("ns_saved", entry.duration_ns as i64);
-                    if !config.readonly.value {
-                        // Fails harmlessly on a read-only store.
-                        store.touch_entry(digest, last_use);
+        Ok((Lookup::Hit(entry), last_use)) => match serve(store, config, &entry, &inv.output) {
+            Ok(Some(bytes)) => {
+                log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
+                batch.add("hits", 1);
+                batch.add("bytes_served", bytes as i64);
+                batch.add("ns_saved", entry.duration_ns as i64);
+                if !config.readonly.value {
+                    // Fails harmlessly on a read-only store.
+                    store.touch_entry(digest, last_use);
+                }
+                if config.reshare.value {
+                    if let Some(tier) = remote_tier(ctx) {
+                        tier.put(&entry, &inv.output, log, batch);
                     }
-                    if config.reshare.value {
-                        if let Some(tier) = remote_tier(ctx) {
-                            tier.put(&entry, &inv.output, log, batch);
-                        }
-                    }
-                    batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
-                    return Some(entry.stderr);
                 }
-                Ok(None) => {
-                    log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
-                    batch.add("errors.corrupt_blob", 1);
-                }
-                Err(e) => {
-                    log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
-                    batch.add("errors.serve", 1);
-                }
+                batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
+                return Some(entry.stderr);
             }
-        }
+            Ok(None) => {
+                log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
+                batch.add("errors.corrupt_blob", 1);
+            }
+            Err(e) => {
+                log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
+                batch.add("errors.serve", 1);
+            }
+        },
         Ok((Lookup::Miss, _)) => {}
         Ok((Lookup::Corrupt(why), _)) => {
             log.log(&format!("corrupt entry {} removed: {why}", hex(&digest[..8])));
@@ -283,6 +284,9 @@ pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64)
     } else if batch.counters.contains_key("misses") {
         batch.add("cpu_ns.own_misses", own);
     }
+    if let Some(counter) = config.state().counter {
+        batch.add(counter, 1);
+    }
     let dir = config.state_dir();
     match crate::journal::append(&dir, batch) {
         Ok(len) if len > crate::journal::FOLD_AT => {
@@ -353,6 +357,11 @@ fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
         Ok(m) if m.is_file() => before != Some(FileStamp::of(&m)),
         _ => false,
     }
+}
+
+/// Serves every output of a hit. `Ok(None)` means an output was unavailable.
+fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
+    crate::store::serve_entry(store, config.serve_mode.value, entry, output)
 }
 
 type StoredBlobs = Vec<([u8; 32], u64)>;

@@ -234,6 +234,13 @@ impl Fixture {
             .collect()
     }
 
+    /// This user's state directory on this host, inside the cache (the default on a local disk).
+    pub fn state_dir(&self) -> PathBuf {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        self.cache.join("hosts").join(ltocache::util::hostname()).join(format!("u{uid}"))
+    }
+
     pub fn entry_files(&self) -> Vec<PathBuf> {
         files_under(&self.cache.join("v1/entries"))
     }
