@@ -464,15 +464,48 @@ fn real_args(inv: &BackendInvocation) -> Vec<String> {
         .collect()
 }
 
+/// The arguments the cc1 memo is keyed on: all but preprocessor macros and
+/// include directories (`-D`, `-U`, `-I`, joined or separate) and
+/// dependency-file requests (`-Wp,-MMD,<file>`, `-Wp,-MD,<file>`), which
+/// differ per file in kernel builds and which the driver does not turn into
+/// any of the cc1 options we read or vet for IR input (tests/precise.rs
+/// checks that the cc1 line is the same without them).
+pub fn cc1_memo_args(args: &[String]) -> Vec<&str> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        i += 1;
+        if matches!(a, "-D" | "-U" | "-I") {
+            i += 1;
+            continue;
+        }
+        if a.starts_with("-D") || a.starts_with("-U") || a.starts_with("-I") {
+            continue;
+        }
+        if let Some(file) = a.strip_prefix("-Wp,-MMD,").or_else(|| a.strip_prefix("-Wp,-MD,")) {
+            if !file.contains(',') {
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
 /// clang's cc1 line for this job (`clang -###`), memoised per host by
-/// everything it depends on: compiler identity and name, the first key's
-/// argument and environment fields, the working directory.
+/// everything it depends on: compiler identity and name, the environment
+/// fields, the arguments but for [`cc1_memo_args`]'s, the working directory.
 fn cc1_line(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, cwd: &Path) -> Result<Vec<String>, Refusal> {
     let mut h = blake3::Hasher::new();
     h.update(b"cc1-v1\0");
     h.update(cwd.as_os_str().as_bytes());
+    for a in cc1_memo_args(&inv.hashed_args) {
+        h.update(&(a.len() as u64).to_le_bytes());
+        h.update(a.as_bytes());
+    }
     for (k, v) in &job.key.fields {
-        if k == "compiler" || k == "compiler-name" || k.starts_with("env:") || k == "argc" || k.starts_with("arg[") {
+        if k == "compiler" || k == "compiler-name" || k.starts_with("env:") {
             h.update(&(k.len() as u64).to_le_bytes());
             h.update(k.as_bytes());
             h.update(&(v.len() as u64).to_le_bytes());
@@ -1027,6 +1060,13 @@ pub fn enabled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cc1_memo_leaves_out_macros_includes_and_dependency_files() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = v(&["-O2", "-DX=1", "-D", "Y", "-Iinc", "-I", "inc2", "-Uz", "-Wp,-MMD,a/.b.o.d", "-Wp,-MD,x,y", "-g"]);
+        assert_eq!(cc1_memo_args(&a), vec!["-O2", "-Wp,-MD,x,y", "-g"]);
+    }
 
     #[test]
     fn thread_count_is_read() {

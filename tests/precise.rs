@@ -409,3 +409,26 @@ fn empty_and_unvetted_indexes_refuse() {
     assert_ne!(shard, shard2, "the module hash changed");
     assert_eq!(shard_without_hashes(&shard2).unwrap(), a);
 }
+
+#[test]
+fn the_cc1_line_does_not_depend_on_what_its_memo_leaves_out() {
+    let p = Project::new(&[], &[]);
+    let cc1 = |extra: &[&str]| -> String {
+        let mut args = p.backend_args("table", "table.native.o");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = ok(Command::new(CLANG).current_dir(&p.dir).args(&args).arg("-###"));
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.starts_with(" \"")).collect::<Vec<_>>().join("\n")
+    };
+    let base = cc1(&[]);
+    let with = cc1(&[
+        "-DKBUILD_MODNAME=\"table\"",
+        "-D",
+        "X",
+        "-Iinclude",
+        "-I",
+        "arch/x86/include",
+        "-UY",
+        "-Wp,-MMD,./.table.o.d",
+    ]);
+    assert_eq!(base, with, "a flag the cc1 memo leaves out changed the cc1 line");
+}

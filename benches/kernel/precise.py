@@ -83,7 +83,7 @@ def main():
             cold = bench.run_pass(dist, "cache", a.jobs, env, extra)
             s0 = stats(env)
             cold_sha = {m: bench.sha(tree.path(dist.native(m, "cache"))) for m in dist.bitcode}
-            shutil.copytree(cache, today, symlinks=True)
+            shutil.copytree(cache, today, symlinks=True, ignore=shutil.ignore_patterns("*.sock", "*.sock.lock"))
             env_today = dict(env, LTOCACHE_DIR=today, LTOCACHE_STATS_DIR=os.path.join(today, "stats"),
                              LTOCACHE_PRECISE="0")
             t0 = stats(env_today)
