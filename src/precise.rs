@@ -665,7 +665,13 @@ fn idle_seconds() -> u64 {
 /// with `LTOCACHE_PRECISE_SERVER=0`, to a process of its own.
 pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
     let server = !std::env::var_os("LTOCACHE_PRECISE_SERVER").is_some_and(|v| v == "0");
-    let sock = state_dir.join("precise").join(format!("h-{}.sock", &hex(&helper.identity)[..16]));
+    // The state directory may be named through one of our descriptors
+    // (/proc/self/fd/N): the server is another process, so it gets the
+    // directory's real path.
+    let dir = state_dir.join("precise");
+    let _ = std::fs::create_dir_all(&dir);
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let sock = dir.join(format!("h-{}.sock", &hex(&helper.identity)[..16]));
     // sun_path holds 108 bytes; a deeper state directory asks a process.
     if !server || sock.as_os_str().len() >= 100 {
         return ask_once(&helper.path, request);
@@ -999,13 +1005,13 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
     if pid != 0 {
         return; // the parent (or a failed fork: nothing happens)
     }
-    // The child: off the build's pipes, its jobserver and its CPU.
+    // The child: off the build's output pipes and its CPU.
     unsafe {
+        // Other descriptors stay: the state directory may be one of them.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         for fd in 0..3 {
             libc::dup2(null, fd);
         }
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         libc::setsid();
         let param = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
