@@ -18,7 +18,8 @@ use crate::key::{self, Key, KeyError};
 use crate::log::Logger;
 use crate::memo::MemoTable;
 use crate::stats::{Batch, Db};
-use crate::store::{Entry, LocalStore, Lookup, Served, Store};
+use crate::store::remote::Tier;
+use crate::store::{Entry, LocalStore, Lookup, Store};
 use crate::util::{hex, FileStamp};
 use std::path::{Path, PathBuf};
 
@@ -30,14 +31,19 @@ pub struct Ctx<'a> {
     pub state_dir: PathBuf,
     pub memo: Option<MemoTable>,
     pub store: LocalStore,
+    /// The remotes, built at the first local miss (see [`remote_tier`]).
+    pub remote: std::sync::OnceLock<Tier>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(config: &'a Config, log: &'a Logger) -> Ctx<'a> {
         config.apply_umask();
+        for w in &config.warnings {
+            log.log(w);
+        }
         let state_dir = config.state_dir();
         let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
-        Ctx { config, log, state_dir, memo, store: config.store() }
+        Ctx { config, log, state_dir, memo, store: config.store(), remote: Default::default() }
     }
 }
 
@@ -57,9 +63,16 @@ pub struct Keyed<'c> {
     output_before: Option<FileStamp>,
     /// The output's absolute path, as `explain` records it.
     pub output_name: String,
+    /// The second key, when precise mode computed one (crate::precise).
+    pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
 }
 
 impl Keyed<'_> {
+    /// Whether the output existed before this job: it was compiled before.
+    pub fn output_existed(&self) -> bool {
+        self.output_before.is_some()
+    }
+
     /// The key's fields as text, one `name\tvalue` per line (for `explain`).
     pub fn fields_text(&self) -> String {
         self.key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
@@ -117,7 +130,7 @@ pub fn prepare<'c>(ctx: &'c Ctx, inv: &BackendInvocation, batch: &mut Batch) -> 
         }
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
-    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output) })
+    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output), precise: Default::default() })
 }
 
 /// Looks the key up in the local store and, on a hit, puts every output in
@@ -127,6 +140,9 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     let (config, log, store) = (ctx.config, ctx.log, &ctx.store);
     if config.recache.value {
         return None;
+    }
+    if config.remote_only.value {
+        return serve_remote(ctx, inv, job, batch);
     }
     let digest = &job.key.digest;
     match store.get_entry_and_last_use(digest) {
@@ -139,6 +155,11 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
                 if !config.readonly.value {
                     // Fails harmlessly on a read-only store.
                     store.touch_entry(digest, last_use);
+                }
+                if config.reshare.value {
+                    if let Some(tier) = remote_tier(ctx) {
+                        tier.put(&entry, &inv.output, log, batch);
+                    }
                 }
                 batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
                 return Some(entry.stderr);
@@ -162,7 +183,24 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
             batch.add("errors.lookup", 1);
         }
     }
-    None
+    // Then the remote tier; then, local only, the second key (crate::precise).
+    serve_remote(ctx, inv, job, batch).or_else(|| crate::precise::try_serve(ctx, inv, job, batch))
+}
+
+/// The remote tier, built at its first use: no URL is parsed before a local
+/// miss. `None` without remotes.
+fn remote_tier<'c>(ctx: &'c Ctx) -> Option<&'c Tier> {
+    (!ctx.config.remote_storage.value.is_empty()).then(|| ctx.remote.get_or_init(|| ctx.config.remote_tier()))
+}
+
+/// After a local miss: each remote in turn (store/remote/mod.rs).
+fn serve_remote(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch) -> Option<Vec<u8>> {
+    let hit = remote_tier(ctx)?.serve_hit(&ctx.store, &job.key.digest, &inv.output, ctx.log, batch)?;
+    if let Some(bytes) = hit.stored_locally {
+        maybe_cleanup(ctx, batch, bytes, 1);
+    }
+    batch.last_compile = Some((job.output_name.clone(), job.key.digest, "remote hit".into(), job.fields_text()));
+    Some(hit.stderr)
 }
 
 /// After the compiler ran with its output captured (the caller has printed
@@ -184,7 +222,7 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
 
     // A store we cannot write to (read-only mount, foreign permissions) still
     // served hits; here it is read-only.
-    if config.readonly.value || !store.writable() {
+    if config.readonly.value || (!config.remote_only.value && !store.writable()) {
         batch.add("readonly_misses", 1);
     } else if let Some(changed) = job.hasher.unchanged_since_hashing() {
         log.log(&format!("{} changed during the compile: not stored", changed.display()));
@@ -197,14 +235,30 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
         // suppressed the object): storing it would serve a stale file.
         log.log(&format!("{} was not written by the compile: not stored", inv.output.display()));
         batch.add("uncacheable.output_not_written", 1);
+    } else if config.remote_only.value {
+        if let Some(tier) = remote_tier(ctx) {
+            let entry = tier.entry_for(&digest, finished.duration.as_nanos() as u64, &finished.stderr, &inv.output);
+            match entry {
+                Ok(entry) => tier.put(&entry, &inv.output, log, batch),
+                Err(e) => {
+                    log.log(&format!("packing {} for the remotes failed: {e:#}", inv.output.display()));
+                    batch.add("errors.remote_pack", 1);
+                }
+            }
+        }
     } else {
         match store_outputs(store, inv, &digest, finished) {
-            Ok((entry_size, blobs)) => {
+            Ok((entry_size, blobs, entry)) => {
                 batch.add("stores", 1);
                 let added: u64 = entry_size + blobs.iter().map(|b| b.1).sum::<u64>();
                 maybe_cleanup(ctx, batch, added, 1 + blobs.len() as u64);
                 batch.stored_entry = Some((digest, entry_size, finished.duration.as_nanos() as u64));
                 batch.stored_blobs = blobs;
+                // After the local store: the object is in place for the build.
+                if let Some(tier) = remote_tier(ctx) {
+                    tier.put(&entry, &inv.output, log, batch);
+                }
+                crate::precise::after_store(ctx, inv, job, batch);
             }
             Err(e) => {
                 log.log(&format!("storing {} failed: {e:#}", inv.output.display()));
@@ -229,6 +283,9 @@ pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64)
         batch.add("cpu_ns.own_hits", own);
     } else if batch.counters.contains_key("misses") {
         batch.add("cpu_ns.own_misses", own);
+    }
+    if let Some(counter) = config.state().counter {
+        batch.add(counter, 1);
     }
     let dir = config.state_dir();
     match crate::journal::append(&dir, batch) {
@@ -288,6 +345,12 @@ fn maybe_cleanup(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
     }
 }
 
+/// Adds what another step stored (an entry precise mode recorded) to the
+/// size ledger, cleaning up when over the limits.
+pub(crate) fn account_store(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
+    maybe_cleanup(ctx, batch, bytes, files);
+}
+
 /// True when `output` is a regular file that the compile created or replaced.
 fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
     match std::fs::symlink_metadata(output) {
@@ -298,15 +361,7 @@ fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
 
 /// Serves every output of a hit. `Ok(None)` means an output was unavailable.
 fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
-    let mut total = 0;
-    for o in &entry.outputs {
-        anyhow::ensure!(o.kind == 0, "entry has an output kind this version cannot restore");
-        match store.serve_output(o, output, config.serve_mode.value)? {
-            Served::Written(n) => total += n,
-            Served::Unavailable(_) => return Ok(None),
-        }
-    }
-    Ok(Some(total))
+    crate::store::serve_entry(store, config.serve_mode.value, entry, output)
 }
 
 type StoredBlobs = Vec<([u8; 32], u64)>;
@@ -316,7 +371,7 @@ fn store_outputs(
     inv: &BackendInvocation,
     key: &[u8; 32],
     finished: &Finished,
-) -> anyhow::Result<(u64, StoredBlobs)> {
+) -> anyhow::Result<(u64, StoredBlobs, Entry)> {
     use anyhow::Context;
     let data = crate::util::read_file(&inv.output).with_context(|| format!("reading {}", inv.output.display()))?;
     let (output, written) = store.put_output(0, &data)?;
@@ -329,7 +384,7 @@ fn store_outputs(
         stderr: finished.stderr.clone(),
     };
     let entry_size = store.put_entry(&entry)?;
-    Ok((entry_size, blobs))
+    Ok((entry_size, blobs, entry))
 }
 
 fn absolute(p: &Path) -> String {
