@@ -170,7 +170,13 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     // Settings: an unusable configuration runs every job plainly.
     let config = Config::load().ok().filter(|c| !c.disable.value);
     let log = Logger::new(config.as_ref().and_then(|c| c.logfile.value.clone()));
-    let ctx = config.as_ref().map(|c| Ctx::new(c, &log));
+    // A cache directory someone else controls is not used (crate::trust):
+    // every job runs plainly, counted as the wrapper counts it.
+    let refused = config.as_ref().and_then(|c| c.refused.clone());
+    if let Some(why) = &refused {
+        log.log(&format!("cache directory refused, running every job plainly: {why}"));
+    }
+    let ctx = config.as_ref().filter(|_| refused.is_none()).map(|c| Ctx::new(c, &log));
 
     let mut jobs: Vec<Job> = file
         .jobs
@@ -181,7 +187,12 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
             let mut batch = Batch::default();
             let plan = match &ctx {
                 Some(ctx) => plan_job(ctx, &compiler, &all, spec, &file.common_inputs, &mut batch),
-                None => Plan::Plain,
+                None => {
+                    if refused.is_some() {
+                        batch.add("uncacheable.cache_dir_refused", 1);
+                    }
+                    Plan::Plain
+                }
             };
             let own_cpu_ns = crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu0;
             let ok = matches!(plan, Plan::Served);
