@@ -216,10 +216,14 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         // file, spawning, draining pipes) is shared out equally.
         let steps: i64 = jobs.iter().map(|j| j.own_cpu_ns).sum();
         let shared = (crate::util::cpu_ns(libc::RUSAGE_SELF) - steps).max(0) / (jobs.len().max(1) as i64);
-        for j in &mut jobs {
-            j.batch.add("distributor_jobs", 1);
-            backend::record(config, &log, &mut j.batch, j.own_cpu_ns + shared);
-        }
+        let mut records: Vec<(&mut Batch, i64)> = jobs
+            .iter_mut()
+            .map(|j| {
+                j.batch.add("distributor_jobs", 1);
+                (&mut j.batch, j.own_cpu_ns + shared)
+            })
+            .collect();
+        backend::record_many(config, &log, &mut records);
     }
 
     // lld needs every output; a job that failed has already printed why.
