@@ -38,6 +38,9 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub fn new(config: &'a Config, log: &'a Logger) -> Ctx<'a> {
         config.apply_umask();
+        for w in &config.warnings {
+            log.log(w);
+        }
         let state_dir = config.state_dir();
         let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
         Ctx { config, log, state_dir, memo, store: config.store(), remote: Default::default() }
@@ -60,9 +63,16 @@ pub struct Keyed<'c> {
     output_before: Option<FileStamp>,
     /// The output's absolute path, as `explain` records it.
     pub output_name: String,
+    /// The second key, when precise mode computed one (crate::precise).
+    pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
 }
 
 impl Keyed<'_> {
+    /// Whether the output existed before this job: it was compiled before.
+    pub fn output_existed(&self) -> bool {
+        self.output_before.is_some()
+    }
+
     /// The key's fields as text, one `name\tvalue` per line (for `explain`).
     pub fn fields_text(&self) -> String {
         self.key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
@@ -120,7 +130,7 @@ pub fn prepare<'c>(ctx: &'c Ctx, inv: &BackendInvocation, batch: &mut Batch) -> 
         }
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
-    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output) })
+    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output), precise: Default::default() })
 }
 
 /// Looks the key up in the local store and, on a hit, puts every output in
@@ -173,7 +183,8 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
             batch.add("errors.lookup", 1);
         }
     }
-    serve_remote(ctx, inv, job, batch)
+    // Then the remote tier; then, local only, the second key (crate::precise).
+    serve_remote(ctx, inv, job, batch).or_else(|| crate::precise::try_serve(ctx, inv, job, batch))
 }
 
 /// The remote tier, built at its first use: no URL is parsed before a local
@@ -247,6 +258,7 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
                 if let Some(tier) = remote_tier(ctx) {
                     tier.put(&entry, &inv.output, log, batch);
                 }
+                crate::precise::after_store(ctx, inv, job, batch);
             }
             Err(e) => {
                 log.log(&format!("storing {} failed: {e:#}", inv.output.display()));
@@ -271,6 +283,9 @@ pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64)
         batch.add("cpu_ns.own_hits", own);
     } else if batch.counters.contains_key("misses") {
         batch.add("cpu_ns.own_misses", own);
+    }
+    if let Some(counter) = config.state().counter {
+        batch.add(counter, 1);
     }
     let dir = config.state_dir();
     match crate::journal::append(&dir, batch) {
@@ -328,6 +343,12 @@ fn maybe_cleanup(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
             batch.add("errors.cleanup", 1);
         }
     }
+}
+
+/// Adds what another step stored (an entry precise mode recorded) to the
+/// size ledger, cleaning up when over the limits.
+pub(crate) fn account_store(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
+    maybe_cleanup(ctx, batch, bytes, files);
 }
 
 /// True when `output` is a regular file that the compile created or replaced.
