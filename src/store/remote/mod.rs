@@ -309,20 +309,19 @@ fn down_mark(state_dir: &Path, r: &Remote) -> PathBuf {
 }
 
 impl Tier {
-    /// Parses the setting. `file` is the config file it came from, if any:
-    /// remotes from a file another user owns are refused (see [`trusted`]).
-    pub fn new(spec: &str, file: Option<&Path>, state_dir: PathBuf) -> Tier {
+    /// Parses the setting. Whose setting it may be is decided before, with
+    /// the others (`config.rs`, `trust.rs`: a `remote_storage` in an
+    /// `ltocache.conf` that another user owns or may write is ignored).
+    pub fn new(spec: &str, state_dir: PathBuf) -> Tier {
         let mut remotes = Vec::new();
         let mut problems = Vec::new();
-        let untrusted = file.and_then(untrusted_because);
         for item in spec.split_whitespace() {
-            match (Remote::parse(item), &untrusted) {
-                (Ok(_), Some(why)) => problems.push(format!("remote_storage ignored: {why}")),
-                (Ok(r), None) if remotes.iter().any(|o: &Remote| o.name == r.name) => {
+            match Remote::parse(item) {
+                Ok(r) if remotes.iter().any(|o: &Remote| o.name == r.name) => {
                     problems.push(format!("two remotes named {}: add |name=", r.name))
                 }
-                (Ok(r), None) => remotes.push(r),
-                (Err(e), _) => problems.push(format!("remote {}: {e}", redact(item))),
+                Ok(r) => remotes.push(r),
+                Err(e) => problems.push(format!("remote {}: {e}", redact(item))),
             }
         }
         Tier {
@@ -569,23 +568,6 @@ pub struct RemoteHit {
     pub stored_locally: Option<u64>,
 }
 
-/// Why a config file's remotes are not to be used, if they are not: a file
-/// that another user owns (not us, not root) or that group or others may
-/// write (ssh's StrictModes rule, as for every setting that decides where
-/// this user's objects come from) could point this user's builds at a
-/// server that serves them objects, or collects theirs and their
-/// credentials. Set `LTOCACHE_REMOTE` instead, or fix the file.
-fn untrusted_because(file: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(file).ok()?;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if m.uid() != me && m.uid() != 0 {
-        return Some(format!("{} is owned by uid {}, not by this user", file.display(), m.uid()));
-    }
-    (m.mode() & 0o022 != 0).then(|| format!("{} may be written by group or others", file.display()))
-}
-
 /// An item of the setting with its password and token hidden, for messages.
 fn redact(item: &str) -> String {
     let mut out = Vec::new();
@@ -704,7 +686,7 @@ mod tests {
     #[test]
     fn secrets_never_reach_messages() {
         assert_eq!(redact("http://u:pw@h/c|bearer-token=abc|read-only"), "http://***@h/c|bearer-token=***|read-only");
-        let t = Tier::new("http://u:pw@h/c|bogus", None, PathBuf::from("/nonexistent"));
+        let t = Tier::new("http://u:pw@h/c|bogus", PathBuf::from("/nonexistent"));
         assert_eq!(t.problems.len(), 1);
         assert!(!t.problems[0].contains("pw"), "{}", t.problems[0]);
         assert!(!Remote::parse("redis://:pw@h").unwrap().describe().contains("pw"));
@@ -712,7 +694,7 @@ mod tests {
 
     #[test]
     fn duplicate_names_are_refused() {
-        let t = Tier::new("redis://h redis://h:6379 redis://h|name=second", None, PathBuf::from("/x"));
+        let t = Tier::new("redis://h redis://h:6379 redis://h|name=second", PathBuf::from("/x"));
         assert_eq!(t.remotes.len(), 2);
         assert_eq!(t.problems.len(), 1);
     }
