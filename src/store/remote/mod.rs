@@ -699,6 +699,81 @@ mod tests {
         assert_eq!(t.problems.len(), 1);
     }
 
+    /// A server on 127.0.0.1 that answers each connection with `answer`
+    /// (after reading the request), writing it `chunk` bytes at a time with
+    /// `pause` between writes.
+    fn serve(answers: Vec<Vec<u8>>, chunk: usize, pause: Duration) -> (u16, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for answer in answers {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut req = [0u8; 4096];
+                let _ = s.read(&mut req);
+                for part in answer.chunks(chunk) {
+                    if s.write_all(part).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+            }
+        });
+        (port, t)
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_and_a_trickling_server_times_out() {
+        let key = [5u8; 32];
+        let entry = Entry {
+            key,
+            duration_ns: 7,
+            created_unix: 1,
+            outputs: vec![crate::store::StoredOutput {
+                kind: 0,
+                size: 3,
+                digest: *blake3::hash(b"obj").as_bytes(),
+                stored: Stored::Inline(b"obj".to_vec()),
+            }],
+            stderr: vec![],
+        };
+        let body = entry.encode();
+        let (a, b) = body.split_at(10);
+        let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [a, b] {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let (port, t) = serve(vec![chunked], 1 << 20, Duration::ZERO);
+        let r = Remote::parse(&format!("http://127.0.0.1:{port}/c")).unwrap();
+        assert!(matches!(r.get_entry(&key).unwrap(), Lookup::Hit(e) if e == entry));
+        t.join().unwrap();
+
+        // One byte every 20 ms: every read succeeds, only the operation's
+        // deadline ends it.
+        let mut slow = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        slow.extend_from_slice(&body);
+        let (port, t) = serve(vec![slow], 1, Duration::from_millis(20));
+        let r = Remote::parse(&format!("http://127.0.0.1:{port}/c|operation-timeout=200")).unwrap();
+        let e = r.get_entry(&key).unwrap_err();
+        assert!(matches!(e.downcast_ref::<Failure>(), Some(Failure::Timeout(_))), "{e:#}");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn counters_group_by_remote() {
+        let c: std::collections::BTreeMap<String, i64> =
+            [("remote.a.hits", 2), ("remote.a.ns_hits", 5), ("remote.b-1.errors", 1), ("hits", 9)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let g = per_remote(&c);
+        assert_eq!(g.len(), 2);
+        assert_eq!((g["a"]["hits"], g["a"]["ns_hits"], g["b-1"]["errors"]), (2, 5, 1));
+    }
+
     #[test]
     fn a_value_that_is_not_a_whole_entry_for_the_key_is_corrupt() {
         // A server that answers whatever was asked with fixed bytes.
