@@ -187,7 +187,8 @@ def report(results, meta):
             w = statistics.mean(walls)
             j = r["jobs"][k]
             label = labels.get(k, f"a second machine: fresh local cache, warm {k} remote")
-            out.append(f"| {label} | {w:.2f} | {none / w:.1f}x faster | {pct(j, .5) * 1e3:.1f} | {pct(j, .9) * 1e3:.1f} |")
+            ratio = "—" if k == "none" else f"{none / w:.1f}x faster"
+            out.append(f"| {label} | {w:.2f} | {ratio} | {pct(j, .5) * 1e3:.1f} | {pct(j, .9) * 1e3:.1f} |")
         for k, s in r["remote_stats"].items():
             hits = s.get("hits", 0)
             if hits:
