@@ -70,6 +70,8 @@ pub fn every_path(
     let mut files = Vec::new();
     for k in keys {
         files.push(LocalStore::entry_rel(k));
+        // Precise maps are named by a second key; the same names serve here.
+        files.push(LocalStore::precise_rel(k));
     }
     for d in digests {
         files.push(LocalStore::blob_rel(d));

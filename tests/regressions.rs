@@ -281,7 +281,9 @@ fn masquerade_symlink_without_a_real_compiler_exits_127_instead_of_looping() {
     let link = dir.path().join("clang-77");
     std::os::unix::fs::symlink(util::ltocache_bin(), &link).unwrap();
     let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
-    for args in [&["-c", "a.c", "-o", "a.o"][..], &["-c", "-fthinlto-index=a.o.thinlto.bc", "-x", "ir", "a.o", "-o", "x"]] {
+    for args in
+        [&["-c", "a.c", "-o", "a.o"][..], &["-c", "-fthinlto-index=a.o.thinlto.bc", "-x", "ir", "a.o", "-o", "x"]]
+    {
         let mut child = Command::new(&link)
             .args(args)
             .current_dir(dir.path())
