@@ -17,7 +17,7 @@ MODULES=(blob hash main str util vec)
 other=$([ "$role" = A ] && echo B || echo A)
 
 R() { echo "@@R $*"; }
-barrier() { echo; echo "@@READY $1"; read -r _; }
+barrier() { R "t_$1" "$(cut -d' ' -f1 /proc/uptime)"; echo; echo "@@READY $1"; read -r _; }
 lc() { "$H/ltocache" "$@"; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # A stats counter from `stats --json` ("-" when stats fails).
