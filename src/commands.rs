@@ -197,6 +197,9 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let refused = config.refused.as_deref().map(|w| format!("\"{}\"", json_escape(w)));
         let _ = writeln!(s, "  \"cache_dir_refused\": {},", refused.unwrap_or_else(|| "null".into()));
         let _ = writeln!(s, "  \"hits\": {},", r.hits);
+        // Precise hits are hits (counted in "hits" too), shown apart.
+        let _ = writeln!(s, "  \"precise_hits\": {},", r.get("precise_hits"));
+        let _ = writeln!(s, "  \"precise\": {},", map(&crate::precise::counters(&r.counters)));
         let _ = writeln!(s, "  \"misses\": {},", r.misses);
         let _ = writeln!(
             s,
@@ -224,6 +227,7 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"stored_by_this_host_bytes\": {},", r.stored_here.1);
         let _ = writeln!(s, "  \"max_size_bytes\": {},", config.max_size.value);
         let _ = writeln!(s, "  \"max_files\": {},", config.max_files.value);
+        let _ = writeln!(s, "  \"remotes\": {},", remotes_json(&r.counters));
         let _ = writeln!(s, "  \"cleanups\": {},", r.get("cleanups"));
         let _ = writeln!(s, "  \"evicted_entries\": {}", r.get("evicted_entries"));
         s.push('}');
@@ -241,6 +245,12 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         row(&mut out, "Cache directory refused", why.clone());
     }
     row(&mut out, "Hits", r.hits.to_string());
+    if r.get("precise_hits") > 0 || crate::precise::enabled() {
+        row(&mut out, "  post-import unchanged", r.get("precise_hits").to_string());
+        for (k, v) in crate::precise::counters(&r.counters) {
+            row(&mut out, &format!("  precise {k}"), v.to_string());
+        }
+    }
     row(&mut out, "Misses", r.misses.to_string());
     row(&mut out, "Hit rate", r.hit_rate().map(|v| format!("{v:.1} %")).unwrap_or_else(|| "-".into()));
     row(&mut out, "Uncacheable", r.uncacheable.values().sum::<i64>().to_string());
@@ -280,6 +290,26 @@ fn stats(config: &Config, json: bool) -> Result<()> {
             ),
         );
     }
+    for (name, m) in crate::store::remote::per_remote(&r.counters) {
+        let g = |k: &str| m.get(k).copied().unwrap_or(0);
+        let line = format!(
+            "{} hits, {} misses, {} errors, {} timeouts, {} corrupt, {} skipped (down), {} stores",
+            g("hits"),
+            g("misses"),
+            g("errors"),
+            g("timeouts"),
+            g("corrupt"),
+            g("skipped_down"),
+            g("stores")
+        );
+        row(&mut out, &format!("Remote {name}"), line);
+        let (read, written) =
+            (format_size(g("bytes_read") as u64, BINARY), format_size(g("bytes_written") as u64, BINARY));
+        row(&mut out, "  bytes read / written", format!("{read} / {written}"));
+        // What fetching remote hits cost the build against the compiles they replaced.
+        let cost = format!("{:.3} s / {:.3} s", g("ns_hits") as f64 / 1e9, g("ns_saved") as f64 / 1e9);
+        row(&mut out, "  hits cost / saved", cost);
+    }
     row(
         &mut out,
         "Cache size",
@@ -298,6 +328,21 @@ fn stats(config: &Config, json: bool) -> Result<()> {
     row(&mut out, "Cleanups (entries evicted)", format!("{} ({})", r.get("cleanups"), r.get("evicted_entries")));
     print!("{out}");
     Ok(())
+}
+
+/// `{"<name>": {"hits": n, ..., "seconds_hits_cost": s, "seconds_saved": s}, ...}`
+fn remotes_json(counters: &BTreeMap<String, i64>) -> String {
+    let items: Vec<String> = crate::store::remote::per_remote(counters)
+        .iter()
+        .map(|(name, m)| {
+            let mut fields: Vec<String> = m.iter().map(|(k, v)| format!("\"{}\": {v}", json_escape(k))).collect();
+            let g = |k: &str| m.get(k).copied().unwrap_or(0) as f64 / 1e9;
+            fields.push(format!("\"seconds_hits_cost\": {:.6}", g("ns_hits")));
+            fields.push(format!("\"seconds_saved\": {:.6}", g("ns_saved")));
+            format!("\"{}\": {{{}}}", json_escape(name), fields.join(", "))
+        })
+        .collect();
+    format!("{{{}}}", items.join(", "))
 }
 
 fn json_escape(s: &str) -> String {
@@ -324,6 +369,9 @@ fn explain(config: &Config, output: &str) -> Result<()> {
         bail!("no compile of {} is recorded on this host", abs.display());
     };
     println!("last compile of {}: {}", abs.display(), last.outcome);
+    if let Some(why) = crate::precise::explain_line(&last.outcome, &last.fields) {
+        println!("{why}");
+    }
     let (Some(prev_outcome), Some(prev)) = (last.prev_outcome, last.prev_fields) else {
         println!("no earlier compile of this output with another key is recorded");
         return Ok(());

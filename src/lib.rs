@@ -9,6 +9,7 @@
 
 pub mod arena;
 pub mod args;
+pub mod backend;
 pub mod beneath;
 pub mod bitcode;
 pub mod cli;
@@ -16,12 +17,14 @@ pub mod commands;
 pub mod compiler;
 pub mod config;
 pub mod digest;
+pub mod distributor;
 pub mod exec;
 pub mod journal;
 pub mod key;
 pub mod layout;
 pub mod log;
 pub mod memo;
+pub mod precise;
 pub mod shard;
 pub mod stats;
 pub mod store;

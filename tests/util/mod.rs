@@ -166,6 +166,9 @@ impl Fixture {
             .env_remove("LTOCACHE_READONLY")
             .env_remove("LTOCACHE_RECACHE")
             .env_remove("LTOCACHE_STATS_DIR")
+            // First key only, even with a precise-mode helper beside the
+            // binary (tests/precise.rs turns it on).
+            .env("LTOCACHE_PRECISE", "0")
             // Raw outputs, so tests can damage and inspect them byte for
             // byte; compression has its own tests.
             .env("LTOCACHE_COMPRESSION", "off")
