@@ -46,6 +46,14 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
         exec::exec_compiler(&compiler, &args);
     }
     let log = Logger::new(config.logfile.value.clone());
+    // A cache directory someone else controls is not used (crate::trust).
+    if let Some(why) = &config.refused {
+        log.log(&format!("cache directory refused, running the compiler: {why}"));
+        let mut batch = Batch::default();
+        batch.add("uncacheable.cache_dir_refused", 1);
+        record(&config, &log, &mut batch);
+        exec::exec_compiler(&compiler, &args);
+    }
     let analysed = args::expand_response_files(&sargs).and_then(|expanded| args::analyze(&compiler, &expanded));
     match analysed {
         Err(reason) => uncacheable(&config, &log, &compiler, &args, &reason),

@@ -110,9 +110,15 @@ impl Dt {
         let clang = self.bin.join("clang");
         if no_hash {
             let bc = format!("{m}.nosum.bc");
-            ok_out(self.cmd(&clang).args(["-O2", "-emit-llvm", "-c", &format!("{m}.c"), "-o", &bc]).output().unwrap(), m);
             ok_out(
-                self.cmd(self.bin.join("opt")).args(["-module-summary", &bc, "-o", &format!("{m}.o")]).output().unwrap(),
+                self.cmd(&clang).args(["-O2", "-emit-llvm", "-c", &format!("{m}.c"), "-o", &bc]).output().unwrap(),
+                m,
+            );
+            ok_out(
+                self.cmd(self.bin.join("opt"))
+                    .args(["-module-summary", &bc, "-o", &format!("{m}.o")])
+                    .output()
+                    .unwrap(),
                 m,
             );
         } else {
@@ -137,11 +143,8 @@ impl Dt {
 
     fn link_through_wrapper(&self) -> Output {
         let d = format!("-fthinlto-distributor={}", plain_distributor().display());
-        let a = [
-            d.as_str(),
-            "-Wl,--thinlto-remote-compiler=ltocache",
-            "-Wl,--thinlto-remote-compiler-prepend-arg=clang",
-        ];
+        let a =
+            [d.as_str(), "-Wl,--thinlto-remote-compiler=ltocache", "-Wl,--thinlto-remote-compiler-prepend-arg=clang"];
         ok_out(self.link(&a), "link with ltocache as remote compiler")
     }
 
@@ -282,7 +285,8 @@ fn distributor_options_and_make_jobserver() {
     assert!(d.log().contains("to run with 1 jobs (--jobs)"), "{}", d.log());
     assert!(d.run().starts_with(EXPECTED_RUN));
 
-    let bad = d.link(&[&format!("-fthinlto-distributor={}", ltocache_bin().display()), "-Xthinlto-distributor=--bogus"]);
+    let bad =
+        d.link(&[&format!("-fthinlto-distributor={}", ltocache_bin().display()), "-Xthinlto-distributor=--bogus"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown distributor option --bogus"));
 
@@ -377,7 +381,9 @@ fn refusals_failures_and_bad_job_files() {
     // The full list is cached.
     let shard = ltocache::shard::read_shard(&d.read(&format!("{m}.o.thinlto.bc"))).unwrap();
     let mut full = vec![format!("{m}.o"), format!("{m}.o.thinlto.bc")];
-    full.extend(shard.modules.iter().map(|x| String::from_utf8(x.path.clone()).unwrap()).filter(|p| *p != format!("{m}.o")));
+    full.extend(
+        shard.modules.iter().map(|x| String::from_utf8(x.path.clone()).unwrap()).filter(|p| *p != format!("{m}.o")),
+    );
     std::fs::write(d.path("full.dist-file.json"), file(&[job(m, &full, "full.native.o")])).unwrap();
     ok_out(d.cmd(ltocache_bin()).arg("full.dist-file.json").output().unwrap(), "distributor");
     assert_eq!(d.stat("misses"), 1);

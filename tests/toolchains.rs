@@ -88,7 +88,10 @@ impl Fixture {
 
     fn thin_link(&self) {
         let objs: Vec<String> = MODULES.iter().map(|m| format!("{m}.o")).collect();
-        ok(self.clang(&self.tc).args(["-fuse-ld=lld", "-flto=thin", "-Wl,--thinlto-index-only", "-o", "prog"]).args(&objs));
+        ok(self
+            .clang(&self.tc)
+            .args(["-fuse-ld=lld", "-flto=thin", "-Wl,--thinlto-index-only", "-o", "prog"])
+            .args(&objs));
     }
 
     fn backend_args(m: &str, out: &str) -> Vec<String> {

@@ -291,7 +291,19 @@ mod tests {
     #[test]
     fn malformed_documents_are_errors() {
         for bad in [
-            "", "{", "[1,]", "{\"a\" 1}", "\"abc", "01", "1.", "-", "tru", "[1] 2", "\"\\x\"", "\"\\ud800\"", "\"a\nb\"",
+            "",
+            "{",
+            "[1,]",
+            "{\"a\" 1}",
+            "\"abc",
+            "01",
+            "1.",
+            "-",
+            "tru",
+            "[1] 2",
+            "\"\\x\"",
+            "\"\\ud800\"",
+            "\"a\nb\"",
             "{\"a\":1,}",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");

@@ -270,8 +270,7 @@ pub fn cross_check(inv: &BackendInvocation, spec: &JobSpec, common_inputs: &[Str
     if !spec.inputs.iter().any(|i| i.as_bytes() == shard_path) {
         bail!("the shard {} is not among the job's inputs", inv.shard.display());
     }
-    let listed: BTreeSet<&[u8]> =
-        spec.inputs.iter().map(|s| s.as_bytes()).filter(|s| *s != shard_path).collect();
+    let listed: BTreeSet<&[u8]> = spec.inputs.iter().map(|s| s.as_bytes()).filter(|s| *s != shard_path).collect();
     let bytes = std::fs::read(&inv.shard).with_context(|| format!("reading {}", inv.shard.display()))?;
     let shard = crate::shard::read_shard(&bytes).map_err(|e| anyhow!("{}: {e:#}", inv.shard.display()))?;
     let table: BTreeSet<&[u8]> = shard.modules.iter().map(|m| m.path.as_slice()).collect();
