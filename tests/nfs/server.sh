@@ -84,7 +84,9 @@ if grep -q 'nsm_connect' "$run/ganesha.log"; then
     exit 1
 fi
 
-# One qemu per client. guestfwd: the guest's 10.0.2.100:PORT is socat to
+# One qemu per client. no_timer_check: on a loaded host, TCG can miss the
+# kernel's boot-time timer IRQ check, which then panics ("IO-APIC + timer
+# doesn't work!", seen here). guestfwd: the guest's 10.0.2.100:PORT is socat to
 # 127.0.0.1:PORT (portmapper, NFS, mountd, NLM); restrict=on drops the rest.
 declare -A qpid infd
 fwd=
@@ -97,7 +99,7 @@ for g in A B; do
     exec {fo}<>"$run/$g.out" # keeps the reader's end from seeing EOF before qemu opens it
     qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nodefaults -no-reboot -display none -monitor none \
         -kernel "$vmlinuz" -initrd "$initrd" \
-        -append "console=ttyS0 loglevel=4 panic=-1 ltonfs.role=$g ltonfs.vers=$vers ltonfs.share=$run/share" \
+        -append "console=ttyS0 loglevel=4 panic=-1 no_timer_check ltonfs.role=$g ltonfs.vers=$vers ltonfs.share=$run/share" \
         -netdev "user,id=n0,restrict=on$fwd" -device virtio-net-pci,netdev=n0 \
         -drive "file=$run/$g.disk,format=raw,if=virtio" \
         -chardev "pipe,id=con,path=$run/$g" -serial chardev:con &
