@@ -411,6 +411,25 @@ fn refusals_failures_and_bad_job_files() {
     ok_out(c.output().unwrap(), "distributor without a usable cache");
     assert!(d.path("full.native.o").is_file());
 
+    // A cache directory another user made and everyone may write
+    // (crate::trust refuses it): the jobs run plainly and nothing is written
+    // there. Needs root to make the directory another user's (CI is root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let open = d.dir.join("open-cache");
+        std::fs::create_dir(&open).unwrap();
+        std::os::unix::fs::chown(&open, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        std::fs::remove_file(d.path("full.native.o")).unwrap();
+        let mut c = d.cmd(ltocache_bin());
+        c.arg("full.dist-file.json").env("LTOCACHE_DIR", &open);
+        ok_out(c.output().unwrap(), "distributor with a refused cache directory");
+        assert!(d.path("full.native.o").is_file());
+        let written = util::files_under(&open);
+        assert!(written.is_empty(), "nothing written into a refused cache directory: {written:?}");
+        assert!(d.log().contains("cache directory refused, running every job plainly"), "{}", d.log());
+    }
+
     // A broken job file: one line, non-zero.
     std::fs::write(d.path("broken.dist-file.json"), "{\"common\": [").unwrap();
     let out = d.cmd(ltocache_bin()).arg("broken.dist-file.json").output().unwrap();
