@@ -100,6 +100,12 @@ fn print_sweep(r: &crate::store::cleanup::Report) {
         println!("another cleanup is running; nothing done");
         return;
     }
+    if r.broke_stale_lock {
+        println!(
+            "broke a stale cleanup lock (untouched for {} s: its holder is gone)",
+            crate::store::cleanup::LOCK_STALE.as_secs()
+        );
+    }
     println!(
         "{} in {} files -> {} in {} files; removed {} entries, {} blobs, {} temp files, {} corrupt entries",
         format_size(r.bytes_before, BINARY),
