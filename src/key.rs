@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 
 /// Any change to what goes into the key, or how, must bump this: old entries
 /// then simply stop matching instead of being served under new rules.
-pub const KEY_VERSION: u32 = 2;
+pub const KEY_VERSION: u32 = 3;
 
-/// Environment variables that change what the clang driver does.
-const HASHED_ENV: &[&str] = &["CCC_OVERRIDE_OPTIONS", "CLANG_NO_DEFAULT_CONFIG", "CCC_ADD_ARGS"];
+/// Environment variables that change what the clang driver does and are not
+/// refused ([`crate::driver::REFUSED_ENV`]): `CLANG_NO_DEFAULT_CONFIG` also
+/// decides the configuration files (whose contents are hashed); Darwin's
+/// `RC_DEBUG_OPTIONS` records the command line in debug info.
+const HASHED_ENV: &[&str] = &["CLANG_NO_DEFAULT_CONFIG", "RC_DEBUG_OPTIONS"];
 
 /// The finished key and its fields as (name, value) text.
 #[derive(Clone, Debug)]
@@ -105,6 +108,19 @@ fn unreadable(path: &Path, e: anyhow::Error) -> KeyError {
     KeyError::NotCacheable(NotCacheable::Unreadable(format!("{}: {e:#}", path.display())))
 }
 
+/// Refuses, from its `stat`, a path that is not a regular file, before
+/// anything opens it: opening and closing a FIFO lets its writer run into a
+/// closed pipe, and the compiler then waits for data that never comes.
+fn regular_file(path: &Path) -> Result<(), KeyError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => {
+            Err(KeyError::NotCacheable(NotCacheable::Unreadable(format!("{} is not a regular file", path.display()))))
+        }
+        Err(e) => Err(KeyError::NotCacheable(NotCacheable::Unreadable(format!("{}: {e}", path.display())))),
+    }
+}
+
 /// Computes the key of a backend invocation.
 pub fn compute(
     inv: &BackendInvocation,
@@ -133,6 +149,7 @@ pub fn compute(
 
     // The shard: its canonical digest (everything but module paths) and, in
     // table order, each module's role and fingerprint.
+    regular_file(&inv.shard)?;
     let shard_bytes = hasher.read_tracked(&inv.shard).map_err(|e| unreadable(&inv.shard, e))?;
     let shard = shard::read_shard(&shard_bytes).map_err(|_| KeyError::NotCacheable(NotCacheable::BadShard))?;
     k.digest_field("shard", &shard.canonical_digest);
@@ -159,14 +176,18 @@ pub fn compute(
     // Files named by flags.
     for f in &inv.flag_files {
         let path = profile_path(f);
-        // A config file's `@includes` are read too.
-        let files = if f.flag.starts_with("--config") { crate::args::config_closure(&path) } else { vec![path] };
-        for (i, path) in files.iter().enumerate() {
-            let h = hasher.hash(path, false).map_err(|e| unreadable(path, e))?;
-            let tag = if i == 0 { format!("file:{}", f.flag) } else { format!("file:{}@{i}", f.flag) };
-            k.digest_field(&tag, &h.digest);
-        }
+        let h = hasher.hash(&path, false).map_err(|e| unreadable(&path, e))?;
+        k.digest_field(&format!("file:{}", f.flag), &h.digest);
     }
+    // Configuration files the driver loads, inclusions included: their
+    // flags are already among the arguments; their bytes are hashed too.
+    for (i, path) in inv.config_files.iter().enumerate() {
+        let h = hasher.hash(path, false).map_err(|e| unreadable(path, e))?;
+        k.labelled_digest_field(&format!("config[{i}]"), &h.digest, &path.to_string_lossy());
+    }
+    // Response and configuration files read before the key: checked again
+    // after the compile like every other input.
+    hasher.seen.extend(inv.read_files.iter().cloned());
 
     // Files pulled in by `.incbin`/`.include`. The assembler tries the name as
     // given (relative to the current directory), then each search directory;
@@ -206,6 +227,7 @@ pub fn compute(
                     }
                     // The assembly that is scanned must be the bytes that are
                     // hashed: one read, tracked like any input.
+                    regular_file(c)?;
                     let text = hasher.read_tracked(c).map_err(|e| unreadable(c, e))?;
                     k.digest_field(&tag, blake3::hash(&text).as_bytes());
                     let mut nested = Vec::new();

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod compiler;
 pub mod config;
 pub mod digest;
+pub mod driver;
 pub mod exec;
 pub mod journal;
 pub mod key;

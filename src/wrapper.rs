@@ -50,15 +50,17 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
         exec::exec_compiler(&compiler, &args);
     }
     let log = Logger::new(config.logfile.value.clone());
-    let analysed = args::expand_response_files(&sargs).and_then(|expanded| args::analyze(&compiler, &expanded));
+    let getenv = |v: &str| std::env::var(v).ok();
+    let analysed = crate::driver::refuse_env(&getenv)
+        .and_then(|()| args::expand_response_files_tracked(&sargs))
+        .and_then(|(expanded, read)| {
+            let mut inv = args::analyze(&compiler, &expanded)?;
+            inv.read_files = read;
+            Ok(inv)
+        });
     match analysed {
         Err(reason) => uncacheable(&config, &log, &compiler, &args, &reason),
-        Ok(mut inv) => {
-            if let (Some(base), Ok(cwd)) = (&config.base_dir.value, std::env::current_dir()) {
-                args::relocate_args(&mut inv.hashed_args, base, &cwd);
-            }
-            cached_compile(&config, &log, &inv, &args)
-        }
+        Ok(inv) => cached_compile(&config, &log, inv, &args),
     }
 }
 
@@ -118,7 +120,7 @@ fn fall_back(config: &Config, log: &Logger, batch: &mut Batch, inv: &BackendInvo
     exec::exec_compiler(&inv.compiler, args)
 }
 
-fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: &[OsString]) -> ! {
+fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &[OsString]) -> ! {
     config.apply_umask();
     let state_dir = config.state_dir();
     let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
@@ -130,7 +132,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         Err(e) => {
             log.log(&format!("{e:#}"));
             batch.add("errors.compiler_not_found", 1);
-            fall_back(config, log, &mut batch, inv, args);
+            fall_back(config, log, &mut batch, &inv, args);
         }
     };
 
@@ -141,7 +143,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             let reason =
                 NotCacheable::UnsupportedOption(format!("output {} is not a regular file", inv.output.display()));
             batch.add(&format!("uncacheable.{}", reason.code()), 1);
-            fall_back(config, log, &mut batch, inv, args);
+            fall_back(config, log, &mut batch, &inv, args);
         }
         Ok(m) => Some(crate::util::FileStamp::of(&m)),
         Err(_) => None,
@@ -150,6 +152,9 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     // Phase 1: the key.
     let mut hasher = FileHasher::new(memo.as_ref());
     let cpu_before = crate::util::cpu_ns(libc::RUSAGE_SELF);
+    let getenv = |v: &str| std::env::var(v).ok();
+    let mut compile_args = args.to_vec();
+    let mut inv = inv;
     let key =
         crate::compiler::identity(&program, Some(&state_dir)).map_err(KeyError::Internal).and_then(|(id, computed)| {
             if computed {
@@ -157,8 +162,28 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
                 // from the per-compile cost in `stats`.
                 batch.add("cpu_ns.compiler_identity", crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu_before);
             }
-            key::compute(inv, &id, &mut hasher, &|v| std::env::var(v).ok())
+            // What the driver reads besides argv (driver.rs).
+            let mut asked = crate::driver::Asked::default();
+            let configs = crate::driver::loaded_configs(
+                &program,
+                &inv.compiler,
+                &id,
+                &inv.expanded,
+                Some(&state_dir),
+                &getenv,
+                &mut asked,
+            );
+            batch.add("driver_probes", asked.probes);
+            inv = crate::driver::with_configs(inv.clone(), &configs.map_err(KeyError::NotCacheable)?)
+                .map_err(KeyError::NotCacheable)?;
+            crate::driver::prepare(&mut inv, &mut compile_args, &getenv)?;
+            if let (Some(base), Ok(cwd)) = (&config.base_dir.value, std::env::current_dir()) {
+                args::relocate_args(&mut inv.hashed_args, base, &cwd);
+            }
+            key::compute(&inv, &id, &mut hasher, &getenv)
         });
+    let inv = &inv;
+    let args = &compile_args[..];
     let key = match key {
         Ok(k) => k,
         Err(KeyError::NotCacheable(reason)) => {
