@@ -57,6 +57,10 @@ pub struct Config {
     pub compression: Setting<Option<i32>>,
     /// Outputs stored in at most this many bytes go inside their entry.
     pub inline_max: Setting<u64>,
+    /// Fraction of hits recompiled and compared (`LTOCACHE_VERIFY`, 0..=1).
+    pub verify: Setting<f64>,
+    /// How the compiler's identity is decided (like ccache's `compiler_check`).
+    pub compiler_check: Setting<crate::compiler::CompilerCheck>,
     /// [`Config::state_dir`], decided once per process.
     state_dir: std::sync::OnceLock<PathBuf>,
 }
@@ -85,6 +89,8 @@ pub const KEYS: &[&str] = &[
     "grace",
     "compression",
     "inline_max",
+    "verify",
+    "compiler_check",
 ];
 
 fn env_name(key: &str) -> &'static str {
@@ -102,6 +108,8 @@ fn env_name(key: &str) -> &'static str {
         "grace" => "LTOCACHE_GRACE",
         "compression" => "LTOCACHE_COMPRESSION",
         "inline_max" => "LTOCACHE_INLINE_MAX",
+        "verify" => "LTOCACHE_VERIFY",
+        "compiler_check" => "LTOCACHE_COMPILER_CHECK",
         _ => unreachable!("unknown key {key}"),
     }
 }
@@ -248,7 +256,16 @@ impl Config {
         // blob files.
         let default_inline = if serve_mode.value == ServeMode::Copy { crate::store::INLINE_MAX as u64 } else { 0 };
         let inline_max = parsed(lookup("inline_max"), "inline_max", default_inline, parse_size)?;
+        let verify = parsed(lookup("verify"), "verify", 0.0, crate::verify::parse_rate)?;
+        let compiler_check = parsed(
+            lookup("compiler_check"),
+            "compiler_check",
+            crate::compiler::CompilerCheck::Content,
+            crate::compiler::CompilerCheck::parse,
+        )?;
         Ok(Config {
+            verify,
+            compiler_check,
             compression,
             inline_max,
             max_size,
@@ -376,6 +393,8 @@ impl Config {
                 humansize::format_size(self.inline_max.value, humansize::BINARY),
                 self.inline_max.origin.to_string(),
             ),
+            ("verify".into(), self.verify.value.to_string(), self.verify.origin.to_string()),
+            ("compiler_check".into(), self.compiler_check.value.to_string(), self.compiler_check.origin.to_string()),
             ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
         ]
     }

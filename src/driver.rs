@@ -151,28 +151,10 @@ impl Answer {
     }
 }
 
-/// Asks the driver which configuration files it loads for these flags.
-fn ask_driver(program: &Path, invoked: &str, flags: &[String]) -> Result<Answer, NotCacheable> {
+/// One `--version` run: the directories the driver reports searching and
+/// the configuration files it loaded.
+fn probe(program: &Path, invoked: &str, flags: &[String]) -> Result<(Vec<PathBuf>, Vec<PathBuf>), NotCacheable> {
     use std::os::unix::process::CommandExt;
-    let stamp_dir = |d: &Path| (d.to_path_buf(), FileStamp::of_path(d).ok());
-    // The stamps are taken before the driver looks, so a file created while
-    // it runs makes the memo stale rather than wrong.
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for f in flags {
-        for p in ["--config-system-dir=", "--config-user-dir="] {
-            if let Some(d) = f.strip_prefix(p).filter(|d| !d.is_empty()) {
-                dirs.push(PathBuf::from(d));
-            }
-        }
-    }
-    let mut pre: Vec<(PathBuf, Option<FileStamp>)> = dirs.iter().map(|d| stamp_dir(d)).collect();
-    let invoked_dir = Path::new(invoked).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    for d in [program.parent().unwrap_or(Path::new("/")), invoked_dir] {
-        pre.push(stamp_dir(d));
-        if let Ok(real) = d.canonicalize() {
-            pre.push(stamp_dir(&real));
-        }
-    }
     let out = std::process::Command::new(program)
         .arg0(invoked)
         .args(flags)
@@ -188,20 +170,70 @@ fn ask_driver(program: &Path, invoked: &str, flags: &[String]) -> Result<Answer,
         )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut configs = Vec::new();
+    let (mut dirs, mut configs) = (Vec::new(), Vec::new());
     for line in text.lines() {
         let dir = line
             .strip_prefix("InstalledDir: ")
             .or_else(|| line.strip_prefix("System configuration file directory: "))
             .or_else(|| line.strip_prefix("User configuration file directory: "));
         if let Some(d) = dir {
-            pre.push(stamp_dir(Path::new(d)));
+            dirs.push(canonical(Path::new(d)));
         } else if let Some(c) = line.strip_prefix("Configuration file: ") {
             configs.push(PathBuf::from(c));
         }
     }
-    pre.dedup();
-    Ok(Answer { dirs: pre, configs })
+    Ok((dirs, configs))
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Asks the driver which configuration files it loads for these flags.
+/// The directories it searches are stamped *before* the answer is taken,
+/// so a file created meanwhile makes the memo stale rather than wrong:
+/// the binary's real directory (and the invoked one under
+/// `-no-canonical-prefixes`) and `--config-*-dir=` are known in advance;
+/// if the driver reports others (a wrapper script runs another clang), they
+/// are stamped and the question asked again. `None` stamps mean absent.
+fn ask_driver(program: &Path, invoked: &str, flags: &[String]) -> Result<(Answer, bool), NotCacheable> {
+    let mut known: Vec<PathBuf> = Vec::new();
+    for f in flags {
+        for p in ["--config-system-dir=", "--config-user-dir="] {
+            if let Some(d) = f.strip_prefix(p).filter(|d| !d.is_empty()) {
+                known.push(canonical(Path::new(d)));
+            }
+        }
+    }
+    // clang searches its real directory; a script's own directory is not
+    // what the clang it runs searches (that one is reported, then stamped).
+    if !crate::compiler::is_script(&canonical(program)) {
+        known.push(canonical(program).parent().map(Path::to_path_buf).unwrap_or_default());
+    }
+    if flags.iter().any(|f| f == "-no-canonical-prefixes") {
+        let d = Path::new(invoked).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        known.push(canonical(d));
+    }
+    let stamp_all = |dirs: &[PathBuf]| -> Vec<(PathBuf, Option<FileStamp>)> {
+        let mut v: Vec<(PathBuf, Option<FileStamp>)> =
+            dirs.iter().map(|d| (d.clone(), FileStamp::of_path(d).ok())).collect();
+        v.dedup();
+        v
+    };
+    for attempt in 0..2 {
+        let stamps = stamp_all(&known);
+        let (reported, configs) = probe(program, invoked, flags)?;
+        let unknown: Vec<PathBuf> = reported.into_iter().filter(|d| !known.contains(d)).collect();
+        if unknown.is_empty() {
+            return Ok((Answer { dirs: stamps, configs }, true));
+        }
+        if attempt == 1 {
+            // Still moving: answer, but do not memoise.
+            return Ok((Answer { dirs: stamps, configs }, false));
+        }
+        known.extend(unknown);
+    }
+    unreachable!()
 }
 
 /// The memo's name for one question to the driver.
@@ -266,7 +298,7 @@ pub fn loaded_configs(
         }
     }
     asked.probes += 1;
-    let answer = ask_driver(program, invoked, &flags)?;
+    let (answer, complete) = ask_driver(program, invoked, &flags)?;
     // A directory that changed within the margin may change again without
     // its stamp moving: answer from the driver, but do not memoise.
     let now = crate::util::coarse_now_ns();
@@ -274,7 +306,7 @@ pub fn loaded_configs(
         .dirs
         .iter()
         .all(|(_, s)| s.is_none_or(|s| now - s.mtime_ns.max(s.ctime_ns) > crate::digest::local_margin_ns()));
-    if let (Some(m), true) = (&memo, settled) {
+    if let (Some(m), true) = (&memo, settled && complete) {
         let dir = crate::util::parent_dir(m);
         let _ = crate::util::write_atomic(&dir, m, &answer.encode());
     }

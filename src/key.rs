@@ -27,6 +27,18 @@ const HASHED_ENV: &[&str] = &["CLANG_NO_DEFAULT_CONFIG", "RC_DEBUG_OPTIONS"];
 pub struct Key {
     pub digest: [u8; 32],
     pub fields: Vec<(String, String)>,
+    /// Strings that can differ between two commands with this key because
+    /// the key covers their contents, not their names: the input, shard and
+    /// output paths and every module path of the shard. Stderr that names
+    /// one of them is not stored (see [`stderr_names_a_path`]).
+    pub unkeyed_paths: Vec<String>,
+}
+
+/// True when `stderr` names a path the key does not cover (or the working
+/// directory): replaying it elsewhere would name another command's files.
+pub fn stderr_names_a_path(stderr: &[u8], unkeyed: &[String]) -> bool {
+    !stderr.is_empty()
+        && unkeyed.iter().filter(|p| !p.is_empty()).any(|p| stderr.windows(p.len()).any(|w| w == p.as_bytes()))
 }
 
 pub struct KeyBuilder {
@@ -80,7 +92,7 @@ impl KeyBuilder {
     }
 
     pub fn finish(self) -> Key {
-        Key { digest: *self.hasher.finalize().as_bytes(), fields: self.fields }
+        Key { digest: *self.hasher.finalize().as_bytes(), fields: self.fields, unkeyed_paths: Vec::new() }
     }
 }
 
@@ -155,6 +167,12 @@ pub fn compute(
     k.digest_field("shard", &shard.canonical_digest);
 
     let input_bytes = inv.input.as_os_str().as_bytes();
+    let mut unkeyed: Vec<String> =
+        [&inv.input, &inv.shard, &inv.output].iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    if let Ok(cwd) = std::env::current_dir() {
+        unkeyed.push(cwd.to_string_lossy().into_owned());
+    }
+    unkeyed.extend(shard.modules.iter().map(|m| String::from_utf8_lossy(&m.path).into_owned()));
     // Modules whose assembly must be scanned: the input and every import
     // (an imported function's inline asm is compiled into this object).
     let mut asm_refs: Vec<AsmRef> = Vec::new();
@@ -248,7 +266,9 @@ pub fn compute(
             )));
         }
     }
-    Ok(k.finish())
+    let mut key = k.finish();
+    key.unkeyed_paths = unkeyed;
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -25,4 +25,5 @@ pub mod shard;
 pub mod stats;
 pub mod store;
 pub mod util;
+pub mod verify;
 pub mod wrapper;

