@@ -4,7 +4,7 @@
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
-for tool in clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux mkfs.xfs:xfsprogs filefrag:e2fsprogs; do
+for tool in clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux strace:strace script:util-linux mkfs.xfs:xfsprogs filefrag:e2fsprogs; do
     bin=${tool%%:*} pkg=${tool##*:}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -644,6 +644,12 @@ fn refuse_flag(arg: &str) -> Result<(), NotCacheable> {
     if arg.starts_with("-gcodeview") || arg == "-arch" || arg.starts_with("-mmacos") || arg.starts_with("-mios") {
         return Err(NotCacheable::UnsupportedOption(arg.into()));
     }
+    // The host's CPU decides the code and is not in the key.
+    if (arg.starts_with("-march=") || arg.starts_with("-mcpu=") || arg.starts_with("-mtune="))
+        && arg.ends_with("=native")
+    {
+        return Err(NotCacheable::UnsupportedOption(arg.into()));
+    }
     // Written in place (mode and hard links kept): a hit replaces the file.
     if arg == "-fno-temp-file" {
         return Err(NotCacheable::UnsupportedOption(arg.into()));
@@ -701,7 +707,7 @@ fn refuse_cc1_flag(value: &str) -> Result<(), NotCacheable> {
     {
         return Err(NotCacheable::UnsupportedOption(format!("-Xclang {value}")));
     }
-    if value.starts_with("-triple") {
+    if value.starts_with("-triple") || value == "native" {
         return Err(NotCacheable::UnsupportedOption(format!("-Xclang {value}")));
     }
     Ok(())
@@ -1021,6 +1027,9 @@ mod tests {
             &["-frecord-command-line"],
             &["-grecord-gcc-switches"],
             &["-Wa,-o,x"],
+            &["-march=native"],
+            &["-mtune=native"],
+            &["-Xclang", "-target-cpu", "-Xclang", "native"],
         ] {
             assert!(backend(v).is_err(), "{v:?} must be refused");
         }

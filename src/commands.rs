@@ -192,6 +192,8 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"compile_failed\": {},", r.get("compile_failed"));
         let _ = writeln!(s, "  \"verified_hits\": {},", r.get("verified_hits"));
         let _ = writeln!(s, "  \"stale_detected\": {},", r.get("stale_detected"));
+        let _ = writeln!(s, "  \"stores_path_keyed\": {},", r.get("stores_path_keyed"));
+        let _ = writeln!(s, "  \"driver_probes\": {},", r.get("driver_probes"));
         let _ = writeln!(s, "  \"stores\": {},", r.get("stores"));
         let _ = writeln!(s, "  \"bytes_served\": {},", r.get("bytes_served"));
         let _ = writeln!(s, "  \"bytes_hashed\": {},", r.get("bytes_hashed"));

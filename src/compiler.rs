@@ -206,8 +206,18 @@ pub fn identity(compiler: &Path, memo_dir: Option<&Path>, check: &CompilerCheck)
                 files.push(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() });
             }
             files.extend(cfgs.iter().filter(|p| p.exists()).cloned());
+            let distro: Vec<PathBuf> = DISTRO_FILES.iter().map(PathBuf::from).filter(|p| p.is_file()).collect();
+            files.extend(distro.iter().cloned());
             let stamps = encode_stamps(&files)?;
-            let id = compute_identity(&real, &libs, &cfgs)?;
+            let mut id = compute_identity(&real, &libs, &cfgs)?;
+            for d in &distro {
+                let data = std::fs::read(d).with_context(|| format!("reading {}", d.display()))?;
+                let mut h = blake3::Hasher::new();
+                h.update(&id);
+                h.update(d.as_os_str().as_bytes());
+                h.update(&data);
+                id = *h.finalize().as_bytes();
+            }
             // Only memoise if nothing changed while we were reading.
             (if encode_stamps(&files)? == stamps { Some(files) } else { None }, id)
         }
@@ -257,6 +267,41 @@ pub fn identity(compiler: &Path, memo_dir: Option<&Path>, check: &CompilerCheck)
         }
     }
     Ok((id, true))
+}
+
+/// Files the driver reads to detect the distribution (clang's `Distro`):
+/// they change link-time and header defaults, so they join the identity
+/// when present (and their stamps the memo's).
+pub const DISTRO_FILES: &[&str] =
+    &["/etc/os-release", "/usr/lib/os-release", "/etc/lsb-release", "/etc/debian_version"];
+
+/// Files the compiler opens that are deliberately not in the key, each
+/// with why (docs/key.md, "The strace audit"): path prefixes.
+pub const COMPILERS_OWN_FILES: &[(&str, &str)] = &[
+    ("/etc/ld.so.cache", "the loader's index; the libraries it leads to are hashed"),
+    ("/dev/null", "no contents"),
+    ("/dev/urandom", "randomness never reaches a deterministic object"),
+    ("/proc/self/", "the process's own state (executable path, limits)"),
+    (
+        "/sys/devices/system/cpu/",
+        "CPU count for thread pools; -march=native, the one use that changes code, is refused",
+    ),
+    ("/proc/cpuinfo", "likewise"),
+    ("/usr/share/terminfo/", "the terminal's colour support, decided by the key's tty field"),
+    ("/lib/terminfo/", "likewise"),
+    ("/etc/terminfo/", "likewise"),
+    ("/usr/lib/locale/", "locale data; diagnostics are not translated"),
+];
+
+/// Every file the identity covers for the binary at `real`: the binary, its
+/// libraries, default configuration files beside it and the distribution
+/// files. For the audit test and `explain`.
+pub fn identity_files(invoked: &Path, real: &Path) -> Vec<PathBuf> {
+    let mut v = vec![real.to_path_buf()];
+    v.extend(loaded_libraries(real));
+    v.extend(default_config_files(invoked, real));
+    v.extend(DISTRO_FILES.iter().map(PathBuf::from).filter(|p| p.exists()));
+    v
 }
 
 /// True when the file starts with `#!`.

@@ -34,6 +34,19 @@ pub struct Key {
     pub unkeyed_paths: Vec<String>,
 }
 
+/// The second key, for an entry whose stderr names unkeyed paths: the key
+/// and those paths, so it is found only by a command with the same ones.
+pub fn path_keyed(key: &Key) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ltocache-path-keyed-v1\0");
+    h.update(&key.digest);
+    for p in &key.unkeyed_paths {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
 /// True when `stderr` names a path the key does not cover (or the working
 /// directory): replaying it elsewhere would name another command's files.
 pub fn stderr_names_a_path(stderr: &[u8], unkeyed: &[String]) -> bool {

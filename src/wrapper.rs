@@ -194,7 +194,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
         });
     let inv = &inv;
     let args = &compile_args[..];
-    let key = match key {
+    let mut key = match key {
         Ok(k) => k,
         Err(KeyError::NotCacheable(reason)) => {
             log.log(&format!("uncacheable ({reason}): {}", inv.output.display()));
@@ -214,7 +214,19 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
 
     // Phase 2: lookup.
     if !config.recache.value {
-        match store.get_entry_and_last_use(&key.digest) {
+        // Stderr that names unkeyed paths is stored under a second key that
+        // covers them (key::path_keyed); it is looked up after the first.
+        let looked = match store.get_entry_and_last_use(&key.digest) {
+            Ok((Lookup::Miss, first)) => match store.get_entry_and_last_use(&key::path_keyed(&key)) {
+                Ok((Lookup::Hit(e), used)) => {
+                    key.digest = key::path_keyed(&key);
+                    Ok((Lookup::Hit(e), used))
+                }
+                _ => Ok((Lookup::Miss, first)),
+            },
+            other => other,
+        };
+        match looked {
             Ok((Lookup::Hit(entry), _)) if crate::verify::selected(config.verify.value, &key.digest) => {
                 verified_hit(config, log, &store, &entry, inv, &program, args, &key, batch, output_name);
             }
@@ -286,15 +298,18 @@ fn cached_compile(config: &Config, log: &Logger, inv: BackendInvocation, args: &
     } else if !finished.stdout.is_empty() {
         // A hit replays stderr only; a compile that printed to stdout is not stored.
         batch.add("uncacheable.wrote_stdout", 1);
-    } else if key::stderr_names_a_path(&finished.stderr, &key.unkeyed_paths) {
-        // Another command with this key would replay this command's paths.
-        batch.add("uncacheable.stderr_names_path", 1);
     } else if !written_by_compile(&inv.output, output_before) {
         // The object at -o is not one this compile wrote (e.g. a cc1 option
         // suppressed the object): storing it would serve a stale file.
         log.log(&format!("{} was not written by the compile: not stored", inv.output.display()));
         batch.add("uncacheable.output_not_written", 1);
     } else {
+        // Another command with this key would replay this command's paths:
+        // such stderr is stored under the key that also covers them.
+        if key::stderr_names_a_path(&finished.stderr, &key.unkeyed_paths) {
+            batch.add("stores_path_keyed", 1);
+            key.digest = key::path_keyed(&key);
+        }
         match store_outputs(&store, inv, &key.digest, &finished) {
             Ok((entry_size, blobs)) => {
                 batch.add("stores", 1);

@@ -313,7 +313,11 @@ fn stderr_naming_a_relocated_path_is_not_replayed_in_another_checkout() {
     let (err_b, inc_b) = run(&b);
     assert!(err_b.contains(&inc_b), "checkout b must see its own path, got: {err_b}");
     assert!(!err_b.contains(&inc_a), "checkout b must not see checkout a's path: {err_b}");
-    assert_eq!(a.stat("stderr_names_path"), 2);
+    assert_eq!((a.stat("misses"), a.stat("stores_path_keyed")), (2, 2), "each checkout gets its own entry");
+    // And each checkout hits its own.
+    let (again_b, _) = run(&b);
+    assert_eq!(again_b, err_b);
+    assert_eq!(a.stat("hits"), 1);
 }
 
 // ---- 6. the compiler behind its name ----
