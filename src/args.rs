@@ -581,7 +581,7 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
         1 => inputs.pop().unwrap(),
         _ => return Err(NotCacheable::SeveralInputs),
     };
-    if !declared_ir && input.extension().is_none_or(|e| e != "bc") {
+    if !declared_ir && input.extension().is_none_or(|e| e != "bc") && !object_named_bitcode(&input) {
         return Err(NotCacheable::NotIrInput);
     }
     let output = match outputs.len() {
@@ -612,6 +612,20 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
         read_files: Vec::new(),
         config_files: Vec::new(),
     })
+}
+
+/// An input clang takes as an object file (`.o`, `.obj`, no extension) that
+/// holds bitcode: with `-fthinlto-index=` clang compiles it as IR, which is
+/// how lld's DTLTO names its jobs' inputs (no `-x ir`). Decided by content
+/// (raw or wrapper bitcode magic), not by name: a `.c` file is compiled as C
+/// whatever it holds, so only object-like names qualify.
+fn object_named_bitcode(input: &Path) -> bool {
+    use std::io::Read;
+    if !input.extension().is_none_or(|e| e == "o" || e == "obj") {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(input).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && crate::bitcode::is_bitcode(&magic)
 }
 
 /// Flags we refuse outright: they do not compile, write other outputs, or
@@ -952,10 +966,38 @@ mod tests {
         assert_eq!(backend(&["-mllvm", "-cgscc-inline-replay=r.txt"]).unwrap_err().code(), "unsupported_option");
         assert_eq!(backend(&["-fno-integrated-as"]).unwrap_err().code(), "unsupported_option");
         assert_eq!(backend(&["-mllvm", "-pass-remarks-output=x"]).unwrap_err().code(), "unsupported_option");
-        let no_x = analyze("clang", &s(&["-c", "-fthinlto-index=a.o.thinlto.bc", "a.o", "-o", "x"]));
+        let no_x = analyze("clang", &s(&["-c", "-fthinlto-index=a.o.thinlto.bc", "/nonexistent/a.o", "-o", "x"]));
         assert_eq!(no_x.unwrap_err(), NotCacheable::NotIrInput);
         let stdin = analyze("clang", &s(&["-c", "-fthinlto-index=s", "-x", "ir", "-", "-o", "x"]));
         assert_eq!(stdin.unwrap_err(), NotCacheable::StdinOrStdout);
+    }
+
+    #[test]
+    fn bitcode_is_recognised_by_content_in_object_named_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: &[u8] = &[b'B', b'C', 0xC0, 0xDE, 0x35, 0x14];
+        let wrapped: &[u8] = &[0xDE, 0xC0, 0x17, 0x0B, 0, 0, 0, 0];
+        let cases: &[(&str, &[u8], bool)] = &[
+            ("a.o", raw, true),
+            ("w.o", wrapped, true),
+            ("lib.a(b.o at 88).2.6451.o", raw, true),
+            ("noext", raw, true),
+            ("a.obj", raw, true),
+            ("elf.o", b"\x7fELF\x02\x01", false),
+            ("short.o", b"BC", false),
+            ("src.c", raw, false),
+            ("text.ll", raw, false),
+        ];
+        for (name, data, cacheable) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, data).unwrap();
+            let r = analyze("clang", &s(&["-c", "-fthinlto-index=s", p.to_str().unwrap(), "-o", "x"]));
+            match (r, cacheable) {
+                (Ok(b), true) => assert_eq!(b.input, p),
+                (Err(e), false) => assert_eq!(e, NotCacheable::NotIrInput, "{name}"),
+                (r, _) => panic!("{name}: {:?}", r.map(|b| b.input)),
+            }
+        }
     }
 
     #[test]

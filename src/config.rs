@@ -61,6 +61,12 @@ pub struct Config {
     pub verify: Setting<f64>,
     /// How the compiler's identity is decided (like ccache's `compiler_check`).
     pub compiler_check: Setting<crate::compiler::CompilerCheck>,
+    /// Remote storage URLs (store/remote/mod.rs), parsed only after a local miss.
+    pub remote_storage: Setting<String>,
+    /// Use only the remotes: no local store.
+    pub remote_only: Setting<bool>,
+    /// Also write local hits to the remotes.
+    pub reshare: Setting<bool>,
     /// [`Config::state_dir`], decided once per process.
     state_dir: std::sync::OnceLock<PathBuf>,
 }
@@ -91,6 +97,9 @@ pub const KEYS: &[&str] = &[
     "inline_max",
     "verify",
     "compiler_check",
+    "remote_storage",
+    "remote_only",
+    "reshare",
 ];
 
 fn env_name(key: &str) -> &'static str {
@@ -110,6 +119,9 @@ fn env_name(key: &str) -> &'static str {
         "inline_max" => "LTOCACHE_INLINE_MAX",
         "verify" => "LTOCACHE_VERIFY",
         "compiler_check" => "LTOCACHE_COMPILER_CHECK",
+        "remote_storage" => "LTOCACHE_REMOTE",
+        "remote_only" => "LTOCACHE_REMOTE_ONLY",
+        "reshare" => "LTOCACHE_RESHARE",
         _ => unreachable!("unknown key {key}"),
     }
 }
@@ -275,6 +287,9 @@ impl Config {
             disable: boolean("disable")?,
             readonly: boolean("readonly")?,
             recache: boolean("recache")?,
+            remote_storage: parsed(lookup("remote_storage"), "remote_storage", String::new(), |v| Ok(v.trim().into()))?,
+            remote_only: boolean("remote_only")?,
+            reshare: boolean("reshare")?,
             logfile: path("logfile"),
             stats_dir: path("stats_dir"),
             base_dir: path("base_dir"),
@@ -396,7 +411,26 @@ impl Config {
             ("verify".into(), self.verify.value.to_string(), self.verify.origin.to_string()),
             ("compiler_check".into(), self.compiler_check.value.to_string(), self.compiler_check.origin.to_string()),
             ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
+            ("remote_only".into(), self.remote_only.value.to_string(), self.remote_only.origin.to_string()),
+            ("reshare".into(), self.reshare.value.to_string(), self.reshare.origin.to_string()),
         ]
+        .into_iter()
+        .chain(self.remote_tier().describe(&self.remote_storage.origin.to_string()))
+        .collect()
+    }
+
+    /// The remote tier these settings describe (parsing its URLs: only
+    /// after a local miss, or for `ltocache config`).
+    pub fn remote_tier(&self) -> crate::store::remote::Tier {
+        let file = match &self.remote_storage.origin {
+            Origin::File(p) => Some(p.as_path()),
+            _ => None,
+        };
+        let mut tier = crate::store::remote::Tier::new(&self.remote_storage.value, file, self.state_dir());
+        tier.fill_local = !self.remote_only.value;
+        tier.readonly = self.readonly.value;
+        tier.compression = self.compression.value.or(Some(DEFAULT_ZSTD_LEVEL));
+        tier
     }
 }
 

@@ -11,6 +11,8 @@
 //! stamps of the directories searched (creating, deleting or renaming a file
 //! there changes the directory's stamp). The files' tokens then go through
 //! the same analysis as argv, placed before it as clang places them.
+//! `driver.rs` also decides the terminal's colours and refuses the
+//! environment variables that make the driver write or edit.
 //! See docs/key.md, "Configuration files".
 
 use crate::args::{self, NotCacheable, ReadFile};
@@ -343,15 +345,10 @@ pub fn read_config(path: &Path, read: &mut Vec<ReadFile>, depth: usize) -> Resul
 
 /// The invocation as the driver sees it with its configuration files: their
 /// tokens in front of argv (clang 19 places every configuration option
-/// before the command line's), analysed together, so a refused flag in a
-/// configuration file is refused and a file it names is hashed.
-pub fn with_configs(
-    inv: args::BackendInvocation,
-    configs: &[PathBuf],
-) -> Result<args::BackendInvocation, NotCacheable> {
-    if configs.is_empty() {
-        return Ok(inv);
-    }
+/// before the command line's), analysed together from the expanded command
+/// line, so a refused flag in a configuration file is refused and a file it
+/// names is hashed. The arguments come out before any `base_dir` rewriting.
+pub fn effective(inv: &args::BackendInvocation, configs: &[PathBuf]) -> Result<args::BackendInvocation, NotCacheable> {
     let mut read = Vec::new();
     let mut effective = Vec::new();
     for c in configs {
@@ -360,36 +357,39 @@ pub fn with_configs(
     let config_files: Vec<PathBuf> = read.iter().map(|(p, _)| p.clone()).collect();
     effective.extend(inv.expanded.iter().cloned());
     let mut out = args::analyze(&inv.compiler, &effective)?;
-    out.expanded = inv.expanded;
-    out.read_files = inv.read_files;
+    out.expanded = inv.expanded.clone();
+    out.read_files = inv.read_files.clone();
     out.read_files.extend(read);
     out.config_files = config_files;
     Ok(out)
 }
 
-/// Adjusts a command for what the terminal shows: a miss captures clang's
+/// Adjusts a job for what the terminal shows: a miss captures clang's
 /// stderr through a pipe, where clang would not colour, so when clang alone
-/// would, the compile gets `-fcolor-diagnostics` and the key says so.
-pub fn prepare(
-    inv: &mut args::BackendInvocation,
-    compile_args: &mut Vec<std::ffi::OsString>,
+/// would, the compile gets `-fcolor-diagnostics` and the key becomes its
+/// tty twin (the key and the marker `-fcolor-diagnostics<tty>`). Returns the
+/// arguments to add to the compile.
+pub fn for_terminal(
+    inv: &args::BackendInvocation,
+    key: &mut crate::key::Key,
     getenv: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), crate::key::KeyError> {
+) -> Result<Vec<std::ffi::OsString>, NotCacheable> {
     // SAFETY: isatty only inspects the descriptor.
     let tty = unsafe { libc::isatty(2) } == 1;
     match colour(&inv.expanded, tty, getenv("TERM").as_deref()) {
-        Colour::AsIs => {}
+        Colour::AsIs => Ok(Vec::new()),
         Colour::Force => {
-            compile_args.push("-fcolor-diagnostics".into());
-            inv.hashed_args.push("-fcolor-diagnostics<tty>".into());
+            let mut h = blake3::Hasher::new();
+            h.update(b"ltocache-tty-colour-v1\0");
+            h.update(&key.digest);
+            key.digest = *h.finalize().as_bytes();
+            key.fields.push(("arg[tty]".into(), "-fcolor-diagnostics<tty>".into()));
+            Ok(vec!["-fcolor-diagnostics".into()])
         }
         Colour::Unknown => {
-            return Err(crate::key::KeyError::NotCacheable(NotCacheable::UnsupportedOption(
-                "stderr is a terminal of unknown colour support".into(),
-            )))
+            Err(NotCacheable::UnsupportedOption("stderr is a terminal of unknown colour support".into()))
         }
     }
-    Ok(())
 }
 
 /// How clang would colour diagnostics written to our stderr, when it cannot

@@ -22,6 +22,9 @@ pub const KEY_VERSION: u32 = 3;
 /// `RC_DEBUG_OPTIONS` records the command line in debug info.
 const HASHED_ENV: &[&str] = &["CLANG_NO_DEFAULT_CONFIG", "RC_DEBUG_OPTIONS"];
 
+/// Flags that load a shared library into the compiler.
+const PLUGIN_FLAGS: &[&str] = &["-fplugin=", "-fpass-plugin=", "-Xclang -load"];
+
 /// The finished key and its fields as (name, value) text.
 #[derive(Clone, Debug)]
 pub struct Key {
@@ -209,6 +212,14 @@ pub fn compute(
         let path = profile_path(f);
         let h = hasher.hash(&path, false).map_err(|e| unreadable(&path, e))?;
         k.digest_field(&format!("file:{}", f.flag), &h.digest);
+        // A plugin's own shared libraries run in the compiler too (one `ldd`
+        // per compile that names a plugin: plugins are rare).
+        if PLUGIN_FLAGS.contains(&f.flag.as_str()) {
+            for (i, lib) in crate::compiler::loaded_libraries(&path).iter().enumerate() {
+                let h = hasher.hash(lib, false).map_err(|e| unreadable(lib, e))?;
+                k.labelled_digest_field(&format!("file:{}#lib{i}", f.flag), &h.digest, &lib.to_string_lossy());
+            }
+        }
     }
     // Configuration files the driver loads, inclusions included: their
     // flags are already among the arguments; their bytes are hashed too.

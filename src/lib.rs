@@ -9,12 +9,14 @@
 
 pub mod arena;
 pub mod args;
+pub mod backend;
 pub mod bitcode;
 pub mod cli;
 pub mod commands;
 pub mod compiler;
 pub mod config;
 pub mod digest;
+pub mod distributor;
 pub mod driver;
 pub mod exec;
 pub mod journal;

@@ -1,5 +1,5 @@
-//! Dispatch only: subcommands go to clap and `commands`, anything else is a
-//! compiler command line for `wrapper`.
+//! Dispatch only: subcommands go to clap and `commands`, a DTLTO job file to
+//! `distributor`, anything else is a compiler command line for `wrapper`.
 
 use clap::Parser;
 use std::ffi::OsString;
@@ -19,6 +19,11 @@ fn main() {
         let compiler = argv.remove(0).to_string_lossy().into_owned();
         let compiler = Path::new(&compiler).file_name().unwrap().to_string_lossy().into_owned();
         ltocache::wrapper::run(compiler, argv);
+    }
+
+    // lld's DTLTO runs `ltocache [--options] OUT.PID.dist-file.json`.
+    if ltocache::distributor::is_invocation(&argv[1..]) {
+        ltocache::distributor::run(argv.split_off(1));
     }
 
     let first = argv.get(1).and_then(|a| a.to_str()).unwrap_or("");

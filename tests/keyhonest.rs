@@ -514,3 +514,32 @@ fn verification_of_an_honest_hit_finds_nothing_and_rate_zero_never_recompiles() 
     let out = backend_with(&f, &cc, "vec", &[], &[check, ("LTOCACHE_VERIFY", "often")]);
     assert!(out.status.success());
 }
+
+#[test]
+fn a_plugins_own_library_is_hashed() {
+    let f = Fixture::new();
+    let build_dep = |v: &str| {
+        f.write("dep.c", &format!("int dep_value(void) {{ return {v}; }}\n"));
+        util::ok(Command::new(CLANG).current_dir(&f.dir).args(["-shared", "-fPIC", "dep.c", "-o", "libdep.so"]));
+    };
+    build_dep("1");
+    f.write("plug.c", "int dep_value(void); int plug(void) { return dep_value(); }\n");
+    util::ok(Command::new(CLANG).current_dir(&f.dir).args([
+        "-shared",
+        "-fPIC",
+        "plug.c",
+        "-o",
+        "libplug.so",
+        "-L.",
+        "-ldep",
+        "-Wl,-rpath,$ORIGIN",
+    ]));
+    let plugin = format!("-fplugin={}", f.path("libplug.so").display());
+    assert!(backend(&f, "vec", &[&plugin], &[]).status.success());
+    backend(&f, "vec", &[&plugin], &[]);
+    assert_eq!((f.stat("misses"), f.stat("hits")), (1, 1));
+    // The plugin loads libdep.so: a new one is another compiler.
+    build_dep("2");
+    backend(&f, "vec", &[&plugin], &[]);
+    assert_eq!(f.stat("misses"), 2, "a plugin's changed library must miss");
+}

@@ -1041,6 +1041,10 @@ def report(results, meta):
         w(f"- Ratios: (b)/(a) wall {b['wall'] / a['wall']:.3f}, CPU {b['cpu'] / a['cpu']:.3f}; "
           f"(a)/(c) wall {a['wall'] / c['wall']:.1f}×, CPU {a['cpu'] / c['cpu']:.1f}×; "
           f"(a)/(d) wall {a['wall'] / d['wall']:.1f}×, CPU {a['cpu'] / d['cpu']:.1f}×.")
+        if "verify" in r:
+            v = r["verify"]
+            w(f"- (v) warm with `LTOCACHE_VERIFY=1`: {v['verified_hits']} hits recompiled and compared byte for byte, "
+              f"**stale_detected = {v['stale_detected']}**; wall {v['wall']:.2f} s, CPU {v['cpu']:.2f} s.")
         if "g_cold" in sc:
             g0, g1, g2 = sc["g_cold"], sc["g_warm"], sc["g_incr"]
             w(f"- (g) {r['ccache']} on the same backends: cold/(a) wall {g0['wall'] / a['wall']:.3f}, CPU "

@@ -25,13 +25,15 @@
 //! (mapping blobs, reflinks, hard links).
 //!
 //! Files: `entry.rs` (the entry grammar), `local.rs` (the directory store),
-//! `codec.rs` (zstd), `cleanup.rs` (size ledger, LRU eviction, verify).
+//! `codec.rs` (zstd), `cleanup.rs` (size ledger, LRU eviction, verify),
+//! `remote/` (the remote tier: Redis and HTTP servers, after a local miss).
 //! Nothing here reads the settings: `config` builds the store and its limits.
 
 pub mod cleanup;
 pub mod codec;
 mod entry;
 mod local;
+pub mod remote;
 
 pub use entry::*;
 pub use local::*;
@@ -60,12 +62,41 @@ pub enum Lookup {
 }
 
 /// The operations every storage backend offers. Local disk implements them
-/// with files; a remote engine (HTTP CAS, Redis) maps them onto GET/PUT of
-/// `entries/<key>` and `blobs/<digest>`.
+/// with files; a remote ([`remote::Remote`]: Redis, HTTP) keeps only
+/// self-contained entries (every output inside), so that a lookup is one
+/// round trip, and has no blobs.
 pub trait Store {
     fn get_entry(&self, key: &Digest) -> Result<Lookup>;
+    /// Returns the bytes written.
     fn put_entry(&self, entry: &Entry) -> Result<u64>;
-    fn has_blob(&self, digest: &Digest) -> bool;
+    fn has_blob(&self, _digest: &Digest) -> bool {
+        false
+    }
     /// Stores bytes under their digest; returns the bytes written (0 when present).
-    fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<u64>;
+    fn put_blob(&self, _digest: &Digest, _data: &[u8]) -> Result<u64> {
+        anyhow::bail!("this store keeps outputs inside entries")
+    }
+}
+
+/// Serves every output of a hit, each verified against its size and digest
+/// (whichever store the entry came from: a remote's entries are inline and
+/// `store` only writes them out). `Ok(None)` means an output was
+/// unavailable or corrupt.
+pub fn serve_entry(
+    store: &LocalStore,
+    mode: ServeMode,
+    entry: &Entry,
+    output: &std::path::Path,
+) -> Result<Option<u64>> {
+    // An entry without the object would leave the build without it.
+    anyhow::ensure!(entry.outputs.iter().any(|o| o.kind == 0), "entry has no object");
+    let mut total = 0;
+    for o in &entry.outputs {
+        anyhow::ensure!(o.kind == 0, "entry has an output kind this version cannot restore");
+        match store.serve_output(o, output, mode)? {
+            Served::Written(n) => total += n,
+            Served::Unavailable(_) => return Ok(None),
+        }
+    }
+    Ok(Some(total))
 }

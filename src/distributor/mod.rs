@@ -1,0 +1,397 @@
+//! ltocache as lld's DTLTO distributor (LLVM 21+):
+//! `clang -flto=thin -fuse-ld=lld -fthinlto-distributor=$(command -v ltocache)`.
+//!
+//! lld writes the link's backend jobs to `OUT.PID.dist-file.json` and runs
+//! `ltocache [-Xthinlto-distributor options…] OUT.PID.dist-file.json` in the
+//! linker's directory; every job's outputs must exist when we exit 0. In one
+//! process: read the file, key every job (the steps of [`crate::backend`]),
+//! serve every hit without spawning anything, run the misses in parallel
+//! (make's jobserver, `--jobs=N`, or one per CPU), store their results.
+//!
+//! The rule of the wrapper holds per job: any internal problem with a job
+//! runs that job's command plainly. Only a job file we cannot read at all
+//! fails the link (there is no command to run).
+
+mod jobserver;
+pub mod json;
+mod pool;
+
+use crate::args::{self, BackendInvocation};
+use crate::backend::{self, Ctx, Keyed};
+use crate::config::Config;
+use crate::exec::Finished;
+use crate::log::Logger;
+use crate::stats::Batch;
+use anyhow::{anyhow, bail, Context, Result};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Is `args` (argv without argv[0]) a distributor invocation? lld's form:
+/// options (`--jobs=N`, from `-Xthinlto-distributor=`), then the job file.
+/// A compiler command line starts with the compiler's name, never with `--`,
+/// and no subcommand takes a `.json` file last.
+pub fn is_invocation(args: &[OsString]) -> bool {
+    let Some((last, opts)) = args.split_last() else { return false };
+    last.to_str().is_some_and(|l| l.ends_with(".json"))
+        && opts.iter().all(|o| o.to_str().is_some_and(|o| o.starts_with("--")))
+}
+
+/// One backend job of the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    pub args: Vec<String>,
+    /// The module, its shard, then every module it imports.
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// The job file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobFile {
+    /// The remote compiler first, then the arguments every job shares.
+    pub common_args: Vec<String>,
+    /// Files every job reads (a sample profile, …).
+    pub common_inputs: Vec<String>,
+    pub jobs: Vec<JobSpec>,
+}
+
+fn strings(v: Option<&json::Value>, what: &str) -> Result<Vec<String>> {
+    let a = v.and_then(json::Value::as_array).ok_or_else(|| anyhow!("{what} is not an array"))?;
+    a.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(|| anyhow!("{what} holds a non-string"))).collect()
+}
+
+pub fn parse_job_file(text: &str) -> Result<JobFile> {
+    let doc = json::parse(text)?;
+    let common = doc.get("common").ok_or_else(|| anyhow!("no \"common\" object"))?;
+    let common_args = strings(common.get("args"), "common.args")?;
+    if common_args.is_empty() {
+        bail!("common.args names no compiler");
+    }
+    // `inputs` is optional in older files.
+    let common_inputs =
+        if common.get("inputs").is_some() { strings(common.get("inputs"), "common.inputs")? } else { Vec::new() };
+    let jobs = doc
+        .get("jobs")
+        .and_then(json::Value::as_array)
+        .ok_or_else(|| anyhow!("no \"jobs\" array"))?
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            Ok(JobSpec {
+                args: strings(j.get("args"), &format!("jobs[{i}].args"))?,
+                inputs: strings(j.get("inputs"), &format!("jobs[{i}].inputs"))?,
+                outputs: strings(j.get("outputs"), &format!("jobs[{i}].outputs"))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(JobFile { common_args, common_inputs, jobs })
+}
+
+#[derive(Debug)]
+struct Options {
+    jobs: Option<usize>,
+    file: PathBuf,
+}
+
+fn parse_options(args: &[OsString]) -> Result<Options> {
+    let (file, opts) = args.split_last().ok_or_else(|| anyhow!("no job file"))?;
+    let mut jobs = None;
+    for o in opts {
+        let o = o.to_str().unwrap_or("");
+        if let Some(n) = o.strip_prefix("--jobs=") {
+            jobs = Some(n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| anyhow!("bad {o}"))?);
+        } else {
+            bail!("unknown distributor option {o} (known: --jobs=N)");
+        }
+    }
+    Ok(Options { jobs, file: PathBuf::from(file) })
+}
+
+/// The compiler and the arguments every job starts with. When lld was told
+/// `--thinlto-remote-compiler=ltocache --thinlto-remote-compiler-prepend-arg=clang`
+/// the compiler is the argument after ltocache.
+fn split_compiler(common: &[String]) -> Result<(String, Vec<String>)> {
+    let first = &common[0];
+    if is_ltocache(first) {
+        let compiler = common.get(1).ok_or_else(|| anyhow!("common.args has ltocache but no compiler"))?;
+        return Ok((compiler.clone(), common[2..].to_vec()));
+    }
+    Ok((first.clone(), common[1..].to_vec()))
+}
+
+fn is_ltocache(name: &str) -> bool {
+    if Path::new(name).file_name().is_some_and(|n| n.to_string_lossy().starts_with("ltocache")) {
+        return true;
+    }
+    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let it = crate::compiler::resolve(name).ok().and_then(|p| p.canonicalize().ok());
+    me.is_some() && me == it
+}
+
+/// Entry point: `ltocache [--jobs=N] FILE.json`.
+pub fn run(args: Vec<OsString>) -> ! {
+    match run_inner(&args) {
+        Ok(true) => crate::exec::exit_now(0),
+        Ok(false) => crate::exec::exit_now(1),
+        Err(e) => {
+            eprintln!("ltocache: distributor: {e:#}");
+            crate::exec::exit_now(1)
+        }
+    }
+}
+
+/// What is to be done with one job.
+enum Plan<'c> {
+    /// Served from the cache: nothing to run.
+    Served,
+    /// Run the compiler and store the result.
+    Cached(Box<(BackendInvocation, Keyed<'c>)>),
+    /// Run the command plainly (the reason is counted in its batch).
+    Plain,
+}
+
+struct Job<'c> {
+    args: Vec<OsString>,
+    plan: Plan<'c>,
+    batch: Batch,
+    /// CPU time this process spent on this job's own steps.
+    own_cpu_ns: i64,
+    ok: bool,
+}
+
+fn run_inner(args: &[OsString]) -> Result<bool> {
+    let opts = parse_options(args)?;
+    let text = std::fs::read_to_string(&opts.file).with_context(|| format!("reading {}", opts.file.display()))?;
+    let file = parse_job_file(&text).with_context(|| format!("{}", opts.file.display()))?;
+    let (compiler, common) = split_compiler(&file.common_args)?;
+    let program = crate::compiler::resolve(&compiler).unwrap_or_else(|_| PathBuf::from(&compiler));
+
+    // Settings: an unusable configuration runs every job plainly.
+    let config = Config::load().ok().filter(|c| !c.disable.value);
+    let log = Logger::new(config.as_ref().and_then(|c| c.logfile.value.clone()));
+    let ctx = config.as_ref().map(|c| Ctx::new(c, &log));
+
+    let mut jobs: Vec<Job> = file
+        .jobs
+        .iter()
+        .map(|spec| {
+            let all: Vec<String> = common.iter().chain(&spec.args).cloned().collect();
+            let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF);
+            let mut batch = Batch::default();
+            let plan = match &ctx {
+                Some(ctx) => plan_job(ctx, &compiler, &all, spec, &file.common_inputs, &mut batch),
+                None => Plan::Plain,
+            };
+            let own_cpu_ns = crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu0;
+            let ok = matches!(plan, Plan::Served);
+            Job { args: all.into_iter().map(OsString::from).collect(), plan, batch, own_cpu_ns, ok }
+        })
+        .collect();
+
+    let queue: Vec<usize> = (0..jobs.len()).filter(|&i| !matches!(jobs[i].plan, Plan::Served)).collect();
+    let (mut limit, how) = jobserver::Limit::choose(std::env::var("MAKEFLAGS").ok().as_deref(), opts.jobs);
+    log.log(&format!(
+        "distributor: {} jobs, {} served, {} to run with {how}",
+        jobs.len(),
+        jobs.len() - queue.len(),
+        queue.len()
+    ));
+    run_jobs(&mut jobs, queue, &mut limit, &program, &compiler, ctx.as_ref(), &log);
+    drop(limit);
+
+    if let Some(config) = &config {
+        // This process's CPU time beyond the jobs' own steps (reading the
+        // file, spawning, draining pipes) is shared out equally.
+        let steps: i64 = jobs.iter().map(|j| j.own_cpu_ns).sum();
+        let shared = (crate::util::cpu_ns(libc::RUSAGE_SELF) - steps).max(0) / (jobs.len().max(1) as i64);
+        for j in &mut jobs {
+            j.batch.add("distributor_jobs", 1);
+            backend::record(config, &log, &mut j.batch, j.own_cpu_ns + shared);
+        }
+    }
+
+    // lld needs every output; a job that failed has already printed why.
+    let mut all_ok = true;
+    for (spec, job) in file.jobs.iter().zip(&jobs) {
+        let missing: Vec<&String> = spec.outputs.iter().filter(|o| !Path::new(o).is_file()).collect();
+        if !job.ok || !missing.is_empty() {
+            all_ok = false;
+            if job.ok {
+                eprintln!("ltocache: distributor: job for {} did not write {missing:?}", spec.args.join(" "));
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+/// Analyses, cross-checks and keys one job, and serves it when it is a hit.
+fn plan_job<'c>(
+    ctx: &'c Ctx,
+    compiler: &str,
+    args: &[String],
+    spec: &JobSpec,
+    common_inputs: &[String],
+    batch: &mut Batch,
+) -> Plan<'c> {
+    // The driver's environment is every job's (driver.rs refuses what makes it write or edit).
+    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+        .and_then(|()| args::expand_response_files(args))
+        .and_then(|expanded| args::analyze(compiler, &expanded));
+    let mut inv = match analysed {
+        Ok(inv) => inv,
+        Err(reason) => {
+            ctx.log.log(&format!("uncacheable ({reason}): {}", spec.args.join(" ")));
+            batch.add(&format!("uncacheable.{}", reason.code()), 1);
+            return Plan::Plain;
+        }
+    };
+    if let (Some(base), Ok(cwd)) = (&ctx.config.base_dir.value, std::env::current_dir()) {
+        args::relocate_args(&mut inv.hashed_args, base, &cwd);
+    }
+    if let Err(why) = cross_check(&inv, spec, common_inputs) {
+        ctx.log.log(&format!("uncacheable (job inputs disagree with its shard: {why}): {}", inv.output.display()));
+        batch.add("uncacheable.dtlto_inputs_disagree", 1);
+        return Plan::Plain;
+    }
+    let Ok(keyed) = backend::prepare(ctx, &inv, batch) else { return Plan::Plain };
+    if let Some(stderr) = backend::serve_hit(ctx, &inv, &keyed, batch) {
+        let _ = std::io::stderr().write_all(&stderr);
+        return Plan::Served;
+    }
+    Plan::Cached(Box::new((inv, keyed)))
+}
+
+/// lld lists what each job reads; the key covers what the shard's module
+/// table lists (what the backend loads). They must be the same set, and
+/// every file common to all jobs must be one the key hashes (a flag's file):
+/// a job that would read something the key does not see is refused.
+pub fn cross_check(inv: &BackendInvocation, spec: &JobSpec, common_inputs: &[String]) -> Result<()> {
+    use std::collections::BTreeSet;
+    use std::os::unix::ffi::OsStrExt;
+    let shard_path = inv.shard.as_os_str().as_bytes();
+    if !spec.inputs.iter().any(|i| i.as_bytes() == shard_path) {
+        bail!("the shard {} is not among the job's inputs", inv.shard.display());
+    }
+    let listed: BTreeSet<&[u8]> = spec.inputs.iter().map(|s| s.as_bytes()).filter(|s| *s != shard_path).collect();
+    let bytes = std::fs::read(&inv.shard).with_context(|| format!("reading {}", inv.shard.display()))?;
+    let shard = crate::shard::read_shard(&bytes).map_err(|e| anyhow!("{}: {e:#}", inv.shard.display()))?;
+    let table: BTreeSet<&[u8]> = shard.modules.iter().map(|m| m.path.as_slice()).collect();
+    if listed != table {
+        let show = |s: &BTreeSet<&[u8]>| s.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>();
+        bail!("inputs {:?}, module table {:?}", show(&listed), show(&table));
+    }
+    if !listed.contains(inv.input.as_os_str().as_bytes()) {
+        bail!("the input {} is not among the job's inputs", inv.input.display());
+    }
+    for c in common_inputs {
+        if !inv.flag_files.iter().any(|f| f.path.as_os_str().as_bytes() == c.as_bytes()) {
+            bail!("common input {c} is not a file the key covers");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the queued jobs, as many at once as `limit` allows, and finishes
+/// each as it ends: its output printed, a cached job's result stored.
+fn run_jobs(
+    jobs: &mut [Job],
+    queue: Vec<usize>,
+    limit: &mut jobserver::Limit,
+    program: &Path,
+    compiler: &str,
+    ctx: Option<&Ctx>,
+    log: &Logger,
+) {
+    let mut queue: std::collections::VecDeque<usize> = queue.into();
+    let mut pool = pool::Pool::default();
+    while !queue.is_empty() || !pool.is_empty() {
+        while !queue.is_empty() && limit.try_start(pool.len()) {
+            let i = queue.pop_front().unwrap();
+            let job = &mut jobs[i];
+            // A cached job runs the resolved compiler; a plain one as well
+            // (never ltocache itself, which would only loop back here).
+            let prog = match &job.plan {
+                Plan::Cached(c) => c.1.program.clone(),
+                _ => program.to_path_buf(),
+            };
+            if let Err(e) = pool.spawn(i, &prog, compiler, &job.args) {
+                log.log(&format!("could not run {}: {e}", prog.display()));
+                if matches!(job.plan, Plan::Cached(_)) {
+                    job.batch.add("errors.spawn", 1);
+                    job.plan = Plan::Plain;
+                    if prog != program {
+                        queue.push_front(i);
+                        continue;
+                    }
+                }
+                eprintln!("ltocache: cannot run {compiler}: {e}");
+                limit.finished(pool.len());
+            }
+        }
+        // Wait for a child, or for a jobserver token when a job is waiting.
+        let token_fd = if queue.is_empty() { None } else { limit.poll_fd() };
+        for (i, finished) in pool.wait_some(token_fd) {
+            limit.finished(pool.len());
+            finish_job(&mut jobs[i], &finished, ctx);
+        }
+    }
+}
+
+fn finish_job(job: &mut Job, finished: &Finished, ctx: Option<&Ctx>) {
+    let _ = std::io::stdout().write_all(&finished.stdout);
+    let _ = std::io::stderr().write_all(&finished.stderr);
+    job.ok = finished.status.success();
+    if let (Plan::Cached(c), Some(ctx)) = (&job.plan, ctx) {
+        let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF);
+        backend::finish_compile(ctx, &c.0, &c.1, finished, &mut job.batch);
+        job.own_cpu_ns += crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu0;
+    } else if !job.ok {
+        job.batch.add("compile_failed", 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn recognises_lld_invocations_only() {
+        assert!(is_invocation(&os(&["prog.123.dist-file.json"])));
+        assert!(is_invocation(&os(&["--jobs=4", "out.9.dist-file.json"])));
+        assert!(!is_invocation(&os(&["clang", "-c", "x.json"])), "a compiler command");
+        assert!(!is_invocation(&os(&["stats"])));
+        assert!(!is_invocation(&os(&[])));
+        assert!(!is_invocation(&os(&["-c", "x.json"])), "single-dash options are a compiler's");
+    }
+
+    #[test]
+    fn options() {
+        let o = parse_options(&os(&["--jobs=3", "f.json"])).unwrap();
+        assert_eq!((o.jobs, o.file), (Some(3), PathBuf::from("f.json")));
+        assert!(parse_options(&os(&["--jobs=0", "f.json"])).is_err());
+        assert!(parse_options(&os(&["--frobnicate", "f.json"])).unwrap_err().to_string().contains("--frobnicate"));
+    }
+
+    #[test]
+    fn job_file_and_compiler() {
+        let f = parse_job_file(
+            r#"{"common":{"linker_output":"p","args":["/usr/bin/ltocache","clang","-c","-O2"],"inputs":[]},
+                "jobs":[{"args":["a.o","-fthinlto-index=a.1.5.native.o.thinlto.bc","-o","a.1.5.native.o"],
+                         "inputs":["a.o","a.1.5.native.o.thinlto.bc"],"outputs":["a.1.5.native.o"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(f.jobs.len(), 1);
+        assert_eq!(f.jobs[0].outputs, vec!["a.1.5.native.o".to_string()]);
+        let (c, rest) = split_compiler(&f.common_args).unwrap();
+        assert_eq!((c.as_str(), rest), ("clang", vec!["-c".to_string(), "-O2".to_string()]));
+        let (c, _) = split_compiler(&["/opt/llvm/bin/clang-23".to_string(), "-c".to_string()]).unwrap();
+        assert_eq!(c, "/opt/llvm/bin/clang-23");
+        assert!(parse_job_file(r#"{"common":{"args":[]},"jobs":[]}"#).is_err());
+        assert!(parse_job_file(r#"{"common":{"args":["c"]},"jobs":[{"args":[1]}]}"#).is_err());
+    }
+}

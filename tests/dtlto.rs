@@ -1,0 +1,420 @@
+//! lld's DTLTO (LLVM 23 from PyPI, see tests/toolchains.rs) with ltocache in
+//! both of its places: as the remote compiler's wrapper behind a plain
+//! distributor, and as the distributor itself. Real links of the fixture,
+//! twice, so that every job file name carries a different linker PID.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use util::{ltocache_bin, stat_of, MODULES};
+
+const EXPECTED_RUN: &str = "sum=1009 max=2000 len=4 hash=37942aa6 blob=";
+
+fn llvm23_bin() -> PathBuf {
+    let dir = std::env::var_os("LTOCACHE_LLVM23_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/ltocache-llvm23"));
+    let bin = dir.join("bin");
+    assert!(bin.join("clang").is_file(), "LLVM 23 not found in {}: run scripts/install-llvm23.sh", dir.display());
+    bin
+}
+
+fn plain_distributor() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/dtlto/plain_distributor.py")
+}
+
+fn ok_out(out: Output, what: &str) -> Output {
+    assert!(out.status.success(), "{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+struct Dt {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    cache: PathBuf,
+    /// `clang` and `ltocache` by bare name, for lld's remote-compiler options.
+    /// Never the venv's bin itself: it has bare `ar`, `nm`, `strip`.
+    path_dir: PathBuf,
+    bin: PathBuf,
+    /// Objects and archives given to the link.
+    inputs: Vec<String>,
+}
+
+impl Dt {
+    fn new() -> Dt {
+        Self::build(false)
+    }
+
+    /// Front ends through `opt -module-summary` without `-module-hash`: the
+    /// shards then carry no module hashes.
+    fn without_module_hash() -> Dt {
+        Self::build(true)
+    }
+
+    fn build(no_hash: bool) -> Dt {
+        let bin = llvm23_bin();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("build");
+        let path_dir = tmp.path().join("path");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&path_dir).unwrap();
+        std::os::unix::fs::symlink(bin.join("clang"), path_dir.join("clang")).unwrap();
+        std::os::unix::fs::symlink(ltocache_bin(), path_dir.join("ltocache")).unwrap();
+        for e in std::fs::read_dir(util::fixture_src()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        let cache = tmp.path().join("cache");
+        let d = Dt { _tmp: tmp, dir, cache, path_dir, bin, inputs: MODULES.iter().map(|m| format!("{m}.o")).collect() };
+        for m in MODULES {
+            d.frontend(m, no_hash);
+        }
+        d
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn edit(&self, name: &str, from: &str, to: &str) {
+        let text = String::from_utf8(self.read(name)).unwrap();
+        assert!(text.contains(from), "{name} does not contain {from:?}");
+        std::fs::write(self.path(name), text.replacen(from, to, 1)).unwrap();
+    }
+
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        let path = format!("{}:{}", self.path_dir.display(), std::env::var("PATH").unwrap_or_default());
+        c.current_dir(&self.dir)
+            .env("PATH", path)
+            .env("LTOCACHE_DIR", &self.cache)
+            .env("LTOCACHE_LOGFILE", self.log_path())
+            .env_remove("LTOCACHE_DISABLE")
+            .env_remove("LTOCACHE_READONLY")
+            .env_remove("LTOCACHE_RECACHE")
+            .env_remove("LTOCACHE_STATS_DIR")
+            .env_remove("MAKEFLAGS");
+        c
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.cache.with_file_name("ltocache.log")
+    }
+
+    fn frontend(&self, m: &str, no_hash: bool) {
+        let clang = self.bin.join("clang");
+        if no_hash {
+            let bc = format!("{m}.nosum.bc");
+            ok_out(
+                self.cmd(&clang).args(["-O2", "-emit-llvm", "-c", &format!("{m}.c"), "-o", &bc]).output().unwrap(),
+                m,
+            );
+            ok_out(
+                self.cmd(self.bin.join("opt"))
+                    .args(["-module-summary", &bc, "-o", &format!("{m}.o")])
+                    .output()
+                    .unwrap(),
+                m,
+            );
+        } else {
+            let args = ["-O2", "-flto=thin", "-c", &format!("{m}.c"), "-o", &format!("{m}.o")];
+            ok_out(self.cmd(&clang).args(args).output().unwrap(), m);
+        }
+    }
+
+    /// A DTLTO link of the inputs into `prog` with `extra` driver arguments.
+    fn link(&self, extra: &[&str]) -> Output {
+        let mut c = self.cmd(self.bin.join("clang"));
+        c.args(["-O2", "-flto=thin", "-fuse-ld=lld", "-o", "prog"]).args(&self.inputs).args(extra);
+        c.output().unwrap()
+    }
+
+    fn link_through_distributor(&self, extra: &[&str]) -> Output {
+        let d = format!("-fthinlto-distributor={}", ltocache_bin().display());
+        let mut a = vec![d.as_str()];
+        a.extend_from_slice(extra);
+        ok_out(self.link(&a), "link with ltocache as distributor")
+    }
+
+    fn link_through_wrapper(&self) -> Output {
+        let d = format!("-fthinlto-distributor={}", plain_distributor().display());
+        let a =
+            [d.as_str(), "-Wl,--thinlto-remote-compiler=ltocache", "-Wl,--thinlto-remote-compiler-prepend-arg=clang"];
+        ok_out(self.link(&a), "link with ltocache as remote compiler")
+    }
+
+    fn run(&self) -> String {
+        String::from_utf8(ok_out(Command::new(self.path("prog")).output().unwrap(), "prog").stdout).unwrap()
+    }
+
+    fn stat(&self, name: &str) -> i64 {
+        let out = ok_out(self.cmd(ltocache_bin()).args(["stats", "--json"]).output().unwrap(), "stats");
+        stat_of(&String::from_utf8(out.stdout).unwrap(), name)
+    }
+
+    /// A raw counter of this host's database (after `stats` folded the journal).
+    fn counter(&self, name: &str) -> i64 {
+        self.stat("hits");
+        let hosts = std::fs::read_dir(self.cache.join("hosts")).unwrap().next().unwrap().unwrap().path();
+        let db = ltocache::stats::Db::open(&hosts.join("stats.sqlite3")).unwrap();
+        db.counters().unwrap().get(name).copied().unwrap_or(0)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Replaces the fixture's objects `members` by an archive of them.
+    fn use_archive(&mut self, members: &[&str]) {
+        let objs: Vec<String> = members.iter().map(|m| format!("{m}.o")).collect();
+        let out = self.cmd(self.bin.join("llvm-ar")).arg("rcs").arg("libfx.a").args(&objs).output().unwrap();
+        ok_out(out, "llvm-ar");
+        self.inputs.retain(|i| !objs.contains(i));
+        self.inputs.push("libfx.a".into());
+    }
+
+    /// The linked program with no cache anywhere: lld's in-process ThinLTO.
+    fn reference_program(&self) -> Vec<u8> {
+        ok_out(self.link(&[]), "in-process link");
+        self.read("prog")
+    }
+
+    fn plain_dtlto_program(&self) -> Vec<u8> {
+        let d = format!("-fthinlto-distributor={}", plain_distributor().display());
+        ok_out(self.link(&[&d]), "plain DTLTO link");
+        self.read("prog")
+    }
+}
+
+/// The hit lines of the log: (key prefix, output file name).
+fn hit_outputs(log: &str) -> Vec<String> {
+    log.lines().filter_map(|l| l.split(" hit ").nth(1)).map(|s| s.split(' ').nth(1).unwrap_or("").to_string()).collect()
+}
+
+#[test]
+fn wrapper_behind_a_plain_distributor_hits_across_links_despite_pids() {
+    let d = Dt::new();
+    let plain = d.plain_dtlto_program();
+    d.link_through_wrapper();
+    assert!(d.run().starts_with(EXPECTED_RUN));
+    assert_eq!((d.stat("misses"), d.stat("hits")), (MODULES.len() as i64, 0), "{}", d.log());
+    assert_eq!(d.stat("not_ir_input"), 0, "DTLTO's commands (no -x ir) are backends");
+    d.link_through_wrapper();
+    assert_eq!(d.stat("hits"), MODULES.len() as i64, "second link: every job a hit\n{}", d.log());
+    assert_eq!(d.read("prog"), plain, "the program is the one a plain distributor links");
+    // The job names carry the second linker's PID, unlike the stored ones.
+    let hits = hit_outputs(&d.log());
+    assert_eq!(hits.len(), MODULES.len());
+    assert!(hits.iter().all(|h| h.ends_with(".native.o")), "{hits:?}");
+}
+
+#[test]
+fn distributor_serves_a_warm_link_and_matches_plain_dtlto() {
+    let d = Dt::new();
+    let plain = d.plain_dtlto_program();
+    let reference = d.reference_program();
+    d.link_through_distributor(&[]);
+    assert_eq!(d.read("prog"), plain, "a cold link through ltocache equals the plain distributor's");
+    assert_eq!((d.stat("misses"), d.stat("hits")), (MODULES.len() as i64, 0));
+    d.link_through_distributor(&[]);
+    assert_eq!(d.read("prog"), plain, "a warm link equals it too");
+    assert_eq!(d.stat("hits"), MODULES.len() as i64);
+    assert_eq!(d.counter("distributor_jobs"), 2 * MODULES.len() as i64, "stats count distributor jobs");
+    assert!(d.counter("cpu_ns.own_hits") > 0 && d.counter("cpu_ns.own_misses") > 0, "own CPU recorded per job");
+    assert!(d.counter("cpu_ns.compiler_misses") > 0, "the compilers' CPU time, from wait4");
+    assert!(d.run().starts_with(EXPECTED_RUN));
+    // In-process ThinLTO gives the same program's behaviour.
+    std::fs::write(d.path("prog"), &reference).unwrap();
+    assert!(d.run().starts_with(EXPECTED_RUN));
+}
+
+/// On a full hit the distributor starts no compiler: a remote compiler that
+/// logs every backend it runs stays silent on the warm link.
+#[test]
+fn warm_link_spawns_no_compiler() {
+    let d = Dt::new();
+    let calls = d.dir.join("backend-calls");
+    let script = d.path_dir.join("logging-clang");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *-fthinlto-index=*) echo x >> {};; esac\nexec {} \"$@\"\n",
+            calls.display(),
+            d.bin.join("clang").display()
+        ),
+    )
+    .unwrap();
+    let mut p = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o755);
+    std::fs::set_permissions(&script, p).unwrap();
+    let rc = format!("-Wl,--thinlto-remote-compiler={}", script.display());
+    // A script compiler is refused unless compiler_check states its identity.
+    std::fs::create_dir_all(&d.cache).unwrap();
+    std::fs::write(d.cache.join("ltocache.conf"), "compiler_check = string:logging-clang\n").unwrap();
+    d.link_through_distributor(&[&rc]);
+    let cold = std::fs::read_to_string(&calls).unwrap_or_default().lines().count();
+    assert_eq!(cold, MODULES.len(), "every job compiled on the cold link");
+    d.link_through_distributor(&[&rc]);
+    let warm = std::fs::read_to_string(&calls).unwrap_or_default().lines().count();
+    assert_eq!(warm, cold, "the warm link ran a backend");
+    assert_eq!(d.stat("hits"), MODULES.len() as i64);
+}
+
+#[test]
+fn archive_members_hit_across_links() {
+    let mut d = Dt::new();
+    d.use_archive(&["util", "hash"]);
+    let plain = d.plain_dtlto_program();
+    d.link_through_distributor(&[]);
+    let misses = d.stat("misses");
+    assert!(misses >= 4, "the archive's members are jobs too ({misses})");
+    d.link_through_distributor(&[]);
+    assert_eq!(d.stat("hits"), misses, "members arrive under new temporary names and still hit\n{}", d.log());
+    assert_eq!(d.read("prog"), plain);
+    assert!(d.log().contains("libfx.a("), "the members' jobs were seen: {}", d.log());
+}
+
+/// `-Xthinlto-distributor=` options reach ltocache, and a jobserver from
+/// make is used (and every token given back: make checks at exit).
+#[test]
+fn distributor_options_and_make_jobserver() {
+    let d = Dt::new();
+    d.link_through_distributor(&["-Xthinlto-distributor=--jobs=1"]);
+    assert!(d.log().contains("to run with 1 jobs (--jobs)"), "{}", d.log());
+    assert!(d.run().starts_with(EXPECTED_RUN));
+
+    let bad =
+        d.link(&[&format!("-fthinlto-distributor={}", ltocache_bin().display()), "-Xthinlto-distributor=--bogus"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown distributor option --bogus"));
+
+    // Recache, so that the make-driven link has jobs to run.
+    let objs = d.inputs.join(" ");
+    let makefile = format!(
+        "prog:\n\t+{} -O2 -flto=thin -fuse-ld=lld -fthinlto-distributor={} {objs} -o prog\n",
+        d.bin.join("clang").display(),
+        ltocache_bin().display()
+    );
+    std::fs::write(d.path("Makefile"), makefile).unwrap();
+    let _ = std::fs::remove_file(d.path("prog"));
+    let mut c = d.cmd("make");
+    c.args(["-j3", "-s"]).env("LTOCACHE_RECACHE", "1");
+    let out = ok_out(c.output().unwrap(), "make");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("jobserver"), "make reported a jobserver problem: {err}");
+    assert!(d.log().contains("to run with make's jobserver"), "{}", d.log());
+    assert!(d.run().starts_with(EXPECTED_RUN));
+}
+
+/// Stale probes: without module hashes, an imported function's body change
+/// leaves the importers' shards alone; a `.incbin` file changes with the
+/// bitcode unchanged. Both must miss, and the program must be the fresh one.
+#[test]
+fn stale_probes_miss_through_the_distributor() {
+    let d = Dt::without_module_hash();
+    d.link_through_distributor(&[]);
+    let before = d.run();
+    assert!(before.starts_with(EXPECTED_RUN));
+    d.edit("hash.c", "2166136261u", "2166136263u");
+    d.frontend("hash", true);
+    d.link_through_distributor(&[]);
+    let after_hash = d.run();
+    assert_ne!(after_hash, before, "the fixture's output depends on hash.c");
+    assert_eq!(d.read("prog"), d.plain_dtlto_program(), "served objects are the fresh ones");
+
+    std::fs::write(d.path("blob.bin"), "ltocache fixture data v2\n").unwrap();
+    d.link_through_distributor(&[]);
+    let after_blob = d.run();
+    assert_ne!(after_blob, after_hash, ".incbin data must reach the program");
+    assert_eq!(d.read("prog"), d.plain_dtlto_program());
+}
+
+/// A job whose listed inputs disagree with its shard's module table is
+/// refused (counted) and still run plainly; a job that fails makes the
+/// distributor fail; a broken job file is a one-line error.
+#[test]
+fn refusals_failures_and_bad_job_files() {
+    let d = Dt::new();
+    // Shards from a thin link, and a job file written by hand.
+    let objs: Vec<String> = MODULES.iter().map(|m| format!("{m}.o")).collect();
+    let thin = d
+        .cmd(d.bin.join("clang"))
+        .args(["-flto=thin", "-fuse-ld=lld", "-Wl,--thinlto-index-only", "-o", "prog"])
+        .args(&objs)
+        .output()
+        .unwrap();
+    ok_out(thin, "thin link");
+    let importers: Vec<&str> = MODULES
+        .iter()
+        .copied()
+        .filter(|m| {
+            let s = ltocache::shard::read_shard(&d.read(&format!("{m}.o.thinlto.bc"))).unwrap();
+            s.modules.len() > 1
+        })
+        .collect();
+    let m = importers[0];
+    let clang = d.bin.join("clang");
+    let job = |m: &str, inputs: &[String], out: &str| {
+        let inputs: Vec<String> = inputs.iter().map(|i| format!("\"{i}\"")).collect();
+        format!(
+            r#"{{"args":["{m}.o","-fthinlto-index={m}.o.thinlto.bc","-o","{out}"],"inputs":[{}],"outputs":["{out}"]}}"#,
+            inputs.join(",")
+        )
+    };
+    let file = |jobs: &[String]| {
+        format!(
+            r#"{{"common":{{"linker_output":"prog","args":["{}","-c","-O2","-Wno-unused-command-line-argument"],"inputs":[]}},"jobs":[{}]}}"#,
+            clang.display(),
+            jobs.join(",")
+        )
+    };
+    // Only the module and its shard: the imports are missing from the list.
+    let short = vec![format!("{m}.o"), format!("{m}.o.thinlto.bc")];
+    std::fs::write(d.path("short.dist-file.json"), file(&[job(m, &short, "short.native.o")])).unwrap();
+    ok_out(d.cmd(ltocache_bin()).arg("short.dist-file.json").output().unwrap(), "distributor");
+    assert!(d.path("short.native.o").is_file(), "the refused job still ran");
+    assert_eq!(d.stat("dtlto_inputs_disagree"), 1);
+    assert_eq!(d.stat("misses"), 0);
+
+    // The full list is cached.
+    let shard = ltocache::shard::read_shard(&d.read(&format!("{m}.o.thinlto.bc"))).unwrap();
+    let mut full = vec![format!("{m}.o"), format!("{m}.o.thinlto.bc")];
+    full.extend(
+        shard.modules.iter().map(|x| String::from_utf8(x.path.clone()).unwrap()).filter(|p| *p != format!("{m}.o")),
+    );
+    std::fs::write(d.path("full.dist-file.json"), file(&[job(m, &full, "full.native.o")])).unwrap();
+    ok_out(d.cmd(ltocache_bin()).arg("full.dist-file.json").output().unwrap(), "distributor");
+    assert_eq!(d.stat("misses"), 1);
+    assert_eq!(d.read("full.native.o"), d.read("short.native.o"));
+
+    // A job that fails (its input is not bitcode: clang refuses it): non-zero
+    // exit, the other job done.
+    std::fs::write(d.path("junk.o"), "not an object\n").unwrap();
+    let junk = vec!["junk.o".to_string(), format!("{m}.o.thinlto.bc")];
+    let failing = job(m, &junk, "fail.native.o").replace(&format!("\"{m}.o\","), "\"junk.o\",");
+    std::fs::write(d.path("fail.dist-file.json"), file(&[failing, job(m, &full, "ok.native.o")])).unwrap();
+    let out = d.cmd(ltocache_bin()).arg("fail.dist-file.json").output().unwrap();
+    assert!(!out.status.success(), "a failed job must fail the distributor");
+    assert!(d.path("ok.native.o").is_file());
+    assert!(!d.path("fail.native.o").exists());
+
+    // An unusable cache directory: every job runs plainly, and succeeds.
+    let mut c = d.cmd(ltocache_bin());
+    c.arg("full.dist-file.json").env("LTOCACHE_DIR", "/proc/version/cache");
+    std::fs::remove_file(d.path("full.native.o")).unwrap();
+    ok_out(c.output().unwrap(), "distributor without a usable cache");
+    assert!(d.path("full.native.o").is_file());
+
+    // A broken job file: one line, non-zero.
+    std::fs::write(d.path("broken.dist-file.json"), "{\"common\": [").unwrap();
+    let out = d.cmd(ltocache_bin()).arg("broken.dist-file.json").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("broken.dist-file.json"), "{err}");
+}
