@@ -126,9 +126,31 @@ fn loader_env() -> Vec<u8> {
 }
 
 /// The files whose stamps decide whether the memo still holds.
+///
+/// The compiler's own libraries (LLVM's, clang's, and whatever its
+/// toolchain directory bundles, e.g. libc++ in `$ORIGIN/../lib`) by their own
+/// stamps; the system's (libstdc++, libc, ...) by the stamps of their
+/// directories: a package manager replaces a library by renaming a new file
+/// into place, which changes the directory's stamp, and one `stat` per
+/// directory instead of one per library keeps the hit path at its budget
+/// (Debian's clang-19 loads 16 system libraries from one directory).
 fn tracked_files(real: &Path, libs: &[PathBuf]) -> Vec<PathBuf> {
     let mut v = vec![real.to_path_buf()];
-    v.extend(libs.iter().cloned());
+    let root = real.parent().and_then(Path::parent);
+    for lib in libs {
+        let name = lib.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let own = name.contains("LLVM")
+            || name.contains("clang")
+            || name.contains("lld")
+            || root.is_some_and(|r| lib.starts_with(r));
+        if own {
+            v.push(lib.clone());
+        } else if let Some(dir) = lib.parent() {
+            if !v.iter().any(|x| x == dir) {
+                v.push(dir.to_path_buf());
+            }
+        }
+    }
     // The binary's directory: adding or removing a `*.cfg` there changes its mtime.
     if let Some(dir) = real.parent() {
         v.push(dir.to_path_buf());

@@ -293,7 +293,7 @@ pub fn loaded_configs(
     let name = question_digest(program, invoked, identity, &flags, &cwd, no_default.as_deref());
     let memo = state_dir.map(|d| d.join("driver").join(&name));
     if let Some(m) = &memo {
-        if let Some(a) = std::fs::read(m).ok().and_then(|d| Answer::decode(&d)) {
+        if let Some(a) = crate::util::read_file(m).ok().and_then(|d| Answer::decode(&d)) {
             if a.still_valid() {
                 return Ok(a.configs);
             }
