@@ -624,6 +624,11 @@ fn object_named_bitcode(input: &Path) -> bool {
     if !input.extension().is_none_or(|e| e == "o" || e == "obj") {
         return false;
     }
+    // Never open what is not a regular file: a FIFO would block here (or,
+    // opened and closed, kill its writer).
+    if !std::fs::metadata(input).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut magic = [0u8; 4];
     std::fs::File::open(input).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && crate::bitcode::is_bitcode(&magic)
 }

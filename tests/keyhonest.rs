@@ -543,3 +543,29 @@ fn a_plugins_own_library_is_hashed() {
     backend(&f, "vec", &[&plugin], &[]);
     assert_eq!(f.stat("misses"), 2, "a plugin's changed library must miss");
 }
+
+#[test]
+fn a_fifo_input_is_not_opened() {
+    let f = Fixture::new();
+    let bitcode = f.read("vec.o");
+    std::fs::write(f.path("vec.real.o"), &bitcode).unwrap();
+    for declared in [true, false] {
+        std::fs::remove_file(f.path("vec.o")).ok();
+        mkfifo(&f.path("vec.o"));
+        let mut writer =
+            Command::new("sh").current_dir(&f.dir).arg("-c").arg("cat vec.real.o > vec.o").spawn().unwrap();
+        let mut a: Vec<String> = vec!["-O2".into(), "-c".into(), "-fthinlto-index=vec.o.thinlto.bc".into()];
+        if declared {
+            a.extend(["-x".into(), "ir".into()]);
+        }
+        a.extend(["vec.o".into(), "-o".into(), "vec.final_o".into()]);
+        let mut c = f.ltocache();
+        c.arg(CLANG).args(&a);
+        let out = run_with_deadline(&mut c, 60);
+        let _ = writer.kill();
+        let _ = writer.wait();
+        let out = out.unwrap_or_else(|| panic!("the compile hung (declared ir: {declared})"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(f.stat("hits") + f.stat("misses"), 0);
+}
