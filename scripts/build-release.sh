@@ -15,6 +15,17 @@
 # the dependencies' position-independent code links into it unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Precise invalidation's helper (helper/, docs/precise-invalidation.md) goes
+# beside the binary, where ltocache looks for it, when LLVM's development
+# files are installed (LLVM_CONFIG, default llvm-config-19). Without them
+# ltocache runs with the first key only.
+finish() {
+    if command -v "${LLVM_CONFIG:-llvm-config-19}" >/dev/null 2>&1; then
+        helper/build.sh "$(dirname "$1")/ltocache-precise" >/dev/null ||
+            echo "build-release.sh: the precise-mode helper did not build; ltocache runs without it" >&2
+    fi
+    echo "$1"
+}
 musl=x86_64-unknown-linux-musl
 if [ "$(uname -m)" = x86_64 ] && [ "${LTOCACHE_BUILD_LIBC:-musl}" = musl ]; then
     if ! command -v musl-gcc >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -23,10 +34,10 @@ if [ "$(uname -m)" = x86_64 ] && [ "${LTOCACHE_BUILD_LIBC:-musl}" = musl ]; then
     if command -v musl-gcc >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1 &&
         { rustup target list --installed | grep -qx "$musl" || rustup target add "$musl" >/dev/null 2>&1; }; then
         cargo rustc --release --locked -q --target "$musl" --bin ltocache -- -C relocation-model=static
-        echo "$PWD/target/$musl/release/ltocache"
+        finish "$PWD/target/$musl/release/ltocache"
         exit 0
     fi
     echo "build-release.sh: musl target unavailable, building a static glibc executable" >&2
 fi
 cargo rustc --release --locked -q --bin ltocache -- -C target-feature=+crt-static -C relocation-model=static
-echo "$PWD/target/release/ltocache"
+finish "$PWD/target/release/ltocache"

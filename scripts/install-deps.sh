@@ -5,7 +5,18 @@
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
-for tool in make:make clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19 unshare:util-linux strace:strace script:util-linux mkfs.xfs:xfsprogs filefrag:e2fsprogs; do
+# One tool per line (binary:Debian package), so additions merge cleanly.
+tools=(
+    make:make
+    clang-19:clang-19 ld.lld-19:lld-19 opt-19:llvm-19 llvm-bcanalyzer-19:llvm-19
+    llvm-config-19:llvm-19-dev
+    unshare:util-linux script:util-linux
+    strace:strace
+    mkfs.xfs:xfsprogs filefrag:e2fsprogs
+    redis-server:redis-server redis-cli:redis-tools
+    nginx:nginx-light
+)
+for tool in "${tools[@]}"; do
     bin=${tool%%:*} pkg=${tool##*:}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

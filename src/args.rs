@@ -236,6 +236,11 @@ const EXTRA_OUTPUT_PREFIXES: &[&str] = &[
 /// are hashed. Any other `-mllvm` option whose name suggests a file or an
 /// output makes the command uncacheable.
 const MLLVM_FILE_OPTIONS: &[&str] = &["-sample-profile-file", "-profile-file", "-import-cutoff-file"];
+/// Options whose names look suspicious but that read and write no file.
+/// `-use-source-filename-for-promoted-locals` (a boolean) names promoted
+/// locals after the source file instead of the module hash; precise
+/// invalidation needs it to be cacheable (docs/precise-invalidation.md).
+const MLLVM_NOT_FILES: &[&str] = &["-use-source-filename-for-promoted-locals"];
 const MLLVM_SUSPICIOUS: &[&str] = &[
     "file",
     "path",
@@ -833,6 +838,9 @@ fn mllvm_option(value: &str, flag_files: &mut Vec<FlagFile>) -> Result<(), NotCa
         return Ok(());
     }
     let lname = name.to_ascii_lowercase();
+    if MLLVM_NOT_FILES.contains(&name) {
+        return Ok(());
+    }
     if MLLVM_SUSPICIOUS.iter().any(|s| lname.contains(s)) {
         return Err(NotCacheable::UnsupportedOption(format!("-mllvm {value}")));
     }
@@ -971,6 +979,7 @@ mod tests {
         assert_eq!(backend(&["-mllvm", "-cgscc-inline-replay=r.txt"]).unwrap_err().code(), "unsupported_option");
         assert_eq!(backend(&["-fno-integrated-as"]).unwrap_err().code(), "unsupported_option");
         assert_eq!(backend(&["-mllvm", "-pass-remarks-output=x"]).unwrap_err().code(), "unsupported_option");
+        assert!(backend(&["-mllvm", "-use-source-filename-for-promoted-locals"]).is_ok());
         let no_x = analyze("clang", &s(&["-c", "-fthinlto-index=a.o.thinlto.bc", "/nonexistent/a.o", "-o", "x"]));
         assert_eq!(no_x.unwrap_err(), NotCacheable::NotIrInput);
         let stdin = analyze("clang", &s(&["-c", "-fthinlto-index=s", "-x", "ir", "-", "-o", "x"]));

@@ -38,6 +38,9 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub fn new(config: &'a Config, log: &'a Logger) -> Ctx<'a> {
         config.apply_umask();
+        for w in &config.warnings {
+            log.log(w);
+        }
         let state_dir = config.state_dir();
         let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
         Ctx { config, log, state_dir, memo, store: config.store(), remote: Default::default() }
@@ -60,12 +63,19 @@ pub struct Keyed<'c> {
     output_before: Option<FileStamp>,
     /// The output's absolute path, as `explain` records it.
     pub output_name: String,
+    /// The second key, when precise mode computed one (crate::precise).
+    pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
     /// The invocation as the driver sees it: configuration files' flags in
     /// front of argv (driver.rs), `base_dir` applied.
     pub inv: BackendInvocation,
 }
 
 impl Keyed<'_> {
+    /// Whether the output existed before this job: it was compiled before.
+    pub fn output_existed(&self) -> bool {
+        self.output_before.is_some()
+    }
+
     /// The key's fields as text, one `name\tvalue` per line (for `explain`).
     pub fn fields_text(&self) -> String {
         self.key.fields.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
@@ -155,7 +165,8 @@ pub fn prepare<'c>(ctx: &'c Ctx, inv: &BackendInvocation, batch: &mut Batch) -> 
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
     let inv = effective.expect("the key was computed from the effective invocation");
-    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output), inv })
+    let output_name = absolute(&inv.output);
+    Ok(Keyed { program, key, hasher, output_before, output_name, precise: Default::default(), inv })
 }
 
 /// Looks the key up in the local store and, on a hit, puts every output in
@@ -172,35 +183,33 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     let (found, looked) = local_lookup(store, &job.key);
     let digest = &found;
     match looked {
-        Ok((Lookup::Hit(entry), last_use)) => {
-            match crate::store::serve_entry(store, config.serve_mode.value, &entry, &inv.output) {
-                Ok(Some(bytes)) => {
-                    log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
-                    batch.add("hits", 1);
-                    batch.add("bytes_served", bytes as i64);
-                    batch.add("ns_saved", entry.duration_ns as i64);
-                    if !config.readonly.value {
-                        // Fails harmlessly on a read-only store.
-                        store.touch_entry(digest, last_use);
+        Ok((Lookup::Hit(entry), last_use)) => match serve(store, config, &entry, &inv.output) {
+            Ok(Some(bytes)) => {
+                log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
+                batch.add("hits", 1);
+                batch.add("bytes_served", bytes as i64);
+                batch.add("ns_saved", entry.duration_ns as i64);
+                if !config.readonly.value {
+                    // Fails harmlessly on a read-only store.
+                    store.touch_entry(digest, last_use);
+                }
+                if config.reshare.value {
+                    if let Some(tier) = remote_tier(ctx) {
+                        tier.put(&entry, &inv.output, log, batch);
                     }
-                    if config.reshare.value {
-                        if let Some(tier) = remote_tier(ctx) {
-                            tier.put(&entry, &inv.output, log, batch);
-                        }
-                    }
-                    batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
-                    return Some(entry.stderr);
                 }
-                Ok(None) => {
-                    log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
-                    batch.add("errors.corrupt_blob", 1);
-                }
-                Err(e) => {
-                    log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
-                    batch.add("errors.serve", 1);
-                }
+                batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
+                return Some(entry.stderr);
             }
-        }
+            Ok(None) => {
+                log.log(&format!("entry {} has a missing or corrupt output: miss", hex(&digest[..8])));
+                batch.add("errors.corrupt_blob", 1);
+            }
+            Err(e) => {
+                log.log(&format!("serving {} failed, compiling instead: {e:#}", inv.output.display()));
+                batch.add("errors.serve", 1);
+            }
+        },
         Ok((Lookup::Miss, _)) => {}
         Ok((Lookup::Corrupt(why), _)) => {
             log.log(&format!("corrupt entry {} removed: {why}", hex(&digest[..8])));
@@ -211,7 +220,8 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
             batch.add("errors.lookup", 1);
         }
     }
-    serve_remote(ctx, inv, job, batch)
+    // Then the remote tier; then, local only, the second key (crate::precise).
+    serve_remote(ctx, inv, job, batch).or_else(|| crate::precise::try_serve(ctx, inv, job, batch))
 }
 
 /// The local lookup under the key, then (on a miss) under its path-keyed
@@ -316,6 +326,7 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
                 if let Some(tier) = remote_tier(ctx) {
                     tier.put(&entry, &inv.output, log, batch);
                 }
+                crate::precise::after_store(ctx, inv, job, batch);
             }
             Err(e) => {
                 log.log(&format!("storing {} failed: {e:#}", inv.output.display()));
@@ -340,6 +351,9 @@ pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64)
         batch.add("cpu_ns.own_hits", own);
     } else if batch.counters.contains_key("misses") {
         batch.add("cpu_ns.own_misses", own);
+    }
+    if let Some(counter) = config.state().counter {
+        batch.add(counter, 1);
     }
     let dir = config.state_dir();
     match crate::journal::append(&dir, batch) {
@@ -399,12 +413,23 @@ fn maybe_cleanup(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
     }
 }
 
+/// Adds what another step stored (an entry precise mode recorded) to the
+/// size ledger, cleaning up when over the limits.
+pub(crate) fn account_store(ctx: &Ctx, batch: &mut Batch, bytes: u64, files: u64) {
+    maybe_cleanup(ctx, batch, bytes, files);
+}
+
 /// True when `output` is a regular file that the compile created or replaced.
 fn written_by_compile(output: &Path, before: Option<FileStamp>) -> bool {
     match std::fs::symlink_metadata(output) {
         Ok(m) if m.is_file() => before != Some(FileStamp::of(&m)),
         _ => false,
     }
+}
+
+/// Serves every output of a hit. `Ok(None)` means an output was unavailable.
+fn serve(store: &LocalStore, config: &Config, entry: &Entry, output: &Path) -> anyhow::Result<Option<u64>> {
+    crate::store::serve_entry(store, config.serve_mode.value, entry, output)
 }
 
 type StoredBlobs = Vec<([u8; 32], u64)>;

@@ -13,6 +13,9 @@ pub fn run(cmd: Cmd) -> Result<()> {
     config.apply_umask();
     let store = config.store();
     let need_writable = || -> Result<()> {
+        if let Some(why) = &config.refused {
+            bail!("cache directory refused: {why}");
+        }
         if !store.writable() {
             bail!(
                 "cache directory {} is not writable (check its owner, group and mode, or the mount)",
@@ -64,7 +67,7 @@ pub fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Stats { json } => stats(&config, json),
         Cmd::ZeroStats => {
-            open_db(&config)?.zero()?;
+            with_db(&config, |db| db.zero())?;
             crate::stats::zero_passthrough(&config.stats_db_path())?;
             println!("Statistics zeroed");
             Ok(())
@@ -72,15 +75,19 @@ pub fn run(cmd: Cmd) -> Result<()> {
         Cmd::Clear => {
             need_writable()?;
             store.clear()?;
-            if let Ok(db) = open_db(&config) {
-                db.forget_entries()?;
-            }
+            with_db(&config, |db| db.forget_entries())?;
             println!("Cleared {}", store.root().display());
             Ok(())
         }
         Cmd::Config => {
             for (k, v, origin) in config.describe() {
                 println!("{k:<12} = {v:<50} ({origin})");
+            }
+            if let Some(why) = &config.refused {
+                println!("warning: cache directory refused, compiles pass through: {why}");
+            }
+            for w in &config.warnings {
+                println!("warning: {w}");
             }
             Ok(())
         }
@@ -106,12 +113,16 @@ fn print_sweep(r: &crate::store::cleanup::Report) {
     );
 }
 
-/// This host's database with its journal folded in, so it has every record.
-fn open_db(config: &Config) -> Result<Db> {
+/// Runs `f` on this host's database with its journal folded in, so it has
+/// every record; a database found damaged on the way is rebuilt
+/// ([`Db::with`]), the journal folded into the new one.
+fn with_db<T>(config: &Config, mut f: impl FnMut(&mut Db) -> Result<T>) -> Result<T> {
     let path = config.stats_db_path();
-    let mut db = Db::open(&path).with_context(|| format!("opening the stats database {}", path.display()))?;
-    crate::journal::fold(&config.state_dir(), &mut db, true).context("folding the stats journal")?;
-    Ok(db)
+    Db::with(&path, |db| {
+        crate::journal::fold(&config.state_dir(), db, true).context("folding the stats journal")?;
+        f(db)
+    })
+    .with_context(|| format!("the stats database {}", config.state().real.join(crate::layout::STATS_DB).display()))
 }
 
 /// The numbers `stats` reports, computed once for both output forms.
@@ -139,8 +150,7 @@ impl Report {
 }
 
 fn report(config: &Config) -> Result<Report> {
-    let db = open_db(config)?;
-    let mut counters = db.counters()?;
+    let (mut counters, stored_here) = with_db(config, |db| Ok((db.counters()?, db.stored_usage()?)))?;
     let front_end = crate::stats::passthrough_count(&config.stats_db_path());
     if front_end > 0 {
         *counters.entry("uncacheable.not_backend".into()).or_insert(0) += front_end;
@@ -154,7 +164,6 @@ fn report(config: &Config) -> Result<Report> {
     };
     let (uncacheable, errors) = (sub("uncacheable."), sub("errors."));
     let (store_entries, store_files, store_bytes) = config.store().scan_usage();
-    let stored_here = db.stored_usage()?;
     Ok(Report {
         hits: counters.get("hits").copied().unwrap_or(0),
         misses: counters.get("misses").copied().unwrap_or(0),
@@ -178,7 +187,13 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         };
         let mut s = String::from("{\n");
         let _ = writeln!(s, "  \"cache_dir\": \"{}\",", json_escape(&config.cache_dir.value.display().to_string()));
+        let _ = writeln!(s, "  \"state_dir\": \"{}\",", json_escape(&config.state().real.display().to_string()));
+        let refused = config.refused.as_deref().map(|w| format!("\"{}\"", json_escape(w)));
+        let _ = writeln!(s, "  \"cache_dir_refused\": {},", refused.unwrap_or_else(|| "null".into()));
         let _ = writeln!(s, "  \"hits\": {},", r.hits);
+        // Precise hits are hits (counted in "hits" too), shown apart.
+        let _ = writeln!(s, "  \"precise_hits\": {},", r.get("precise_hits"));
+        let _ = writeln!(s, "  \"precise\": {},", map(&crate::precise::counters(&r.counters)));
         let _ = writeln!(s, "  \"misses\": {},", r.misses);
         let _ = writeln!(
             s,
@@ -210,6 +225,7 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"stored_by_this_host_bytes\": {},", r.stored_here.1);
         let _ = writeln!(s, "  \"max_size_bytes\": {},", config.max_size.value);
         let _ = writeln!(s, "  \"max_files\": {},", config.max_files.value);
+        let _ = writeln!(s, "  \"remotes\": {},", remotes_json(&r.counters));
         let _ = writeln!(s, "  \"cleanups\": {},", r.get("cleanups"));
         let _ = writeln!(s, "  \"evicted_entries\": {}", r.get("evicted_entries"));
         s.push('}');
@@ -221,8 +237,18 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(out, "{k:<28} {v}");
     };
     row(&mut out, "Cache directory", config.cache_dir.value.display().to_string());
-    row(&mut out, "Stats database", config.stats_db_path().display().to_string());
+    row(&mut out, "Stats database", config.state().real.join(crate::layout::STATS_DB).display().to_string());
+    row(&mut out, "State directory", config.state().why.clone());
+    if let Some(why) = &config.refused {
+        row(&mut out, "Cache directory refused", why.clone());
+    }
     row(&mut out, "Hits", r.hits.to_string());
+    if r.get("precise_hits") > 0 || crate::precise::enabled() {
+        row(&mut out, "  post-import unchanged", r.get("precise_hits").to_string());
+        for (k, v) in crate::precise::counters(&r.counters) {
+            row(&mut out, &format!("  precise {k}"), v.to_string());
+        }
+    }
     row(&mut out, "Misses", r.misses.to_string());
     row(&mut out, "Hit rate", r.hit_rate().map(|v| format!("{v:.1} %")).unwrap_or_else(|| "-".into()));
     row(&mut out, "Uncacheable", r.uncacheable.values().sum::<i64>().to_string());
@@ -266,6 +292,26 @@ fn stats(config: &Config, json: bool) -> Result<()> {
             ),
         );
     }
+    for (name, m) in crate::store::remote::per_remote(&r.counters) {
+        let g = |k: &str| m.get(k).copied().unwrap_or(0);
+        let line = format!(
+            "{} hits, {} misses, {} errors, {} timeouts, {} corrupt, {} skipped (down), {} stores",
+            g("hits"),
+            g("misses"),
+            g("errors"),
+            g("timeouts"),
+            g("corrupt"),
+            g("skipped_down"),
+            g("stores")
+        );
+        row(&mut out, &format!("Remote {name}"), line);
+        let (read, written) =
+            (format_size(g("bytes_read") as u64, BINARY), format_size(g("bytes_written") as u64, BINARY));
+        row(&mut out, "  bytes read / written", format!("{read} / {written}"));
+        // What fetching remote hits cost the build against the compiles they replaced.
+        let cost = format!("{:.3} s / {:.3} s", g("ns_hits") as f64 / 1e9, g("ns_saved") as f64 / 1e9);
+        row(&mut out, "  hits cost / saved", cost);
+    }
     row(
         &mut out,
         "Cache size",
@@ -284,6 +330,21 @@ fn stats(config: &Config, json: bool) -> Result<()> {
     row(&mut out, "Cleanups (entries evicted)", format!("{} ({})", r.get("cleanups"), r.get("evicted_entries")));
     print!("{out}");
     Ok(())
+}
+
+/// `{"<name>": {"hits": n, ..., "seconds_hits_cost": s, "seconds_saved": s}, ...}`
+fn remotes_json(counters: &BTreeMap<String, i64>) -> String {
+    let items: Vec<String> = crate::store::remote::per_remote(counters)
+        .iter()
+        .map(|(name, m)| {
+            let mut fields: Vec<String> = m.iter().map(|(k, v)| format!("\"{}\": {v}", json_escape(k))).collect();
+            let g = |k: &str| m.get(k).copied().unwrap_or(0) as f64 / 1e9;
+            fields.push(format!("\"seconds_hits_cost\": {:.6}", g("ns_hits")));
+            fields.push(format!("\"seconds_saved\": {:.6}", g("ns_saved")));
+            format!("\"{}\": {{{}}}", json_escape(name), fields.join(", "))
+        })
+        .collect();
+    format!("{{{}}}", items.join(", "))
 }
 
 fn json_escape(s: &str) -> String {
@@ -306,11 +367,13 @@ fn json_escape(s: &str) -> String {
 fn explain(config: &Config, output: &str) -> Result<()> {
     let p = std::path::Path::new(output);
     let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
-    let db = open_db(config)?;
-    let Some(last) = db.last_compile(&abs.to_string_lossy())? else {
+    let Some(last) = with_db(config, |db| db.last_compile(&abs.to_string_lossy()))? else {
         bail!("no compile of {} is recorded on this host", abs.display());
     };
     println!("last compile of {}: {}", abs.display(), last.outcome);
+    if let Some(why) = crate::precise::explain_line(&last.outcome, &last.fields) {
+        println!("{why}");
+    }
     let (Some(prev_outcome), Some(prev)) = (last.prev_outcome, last.prev_fields) else {
         println!("no earlier compile of this output with another key is recorded");
         return Ok(());

@@ -67,8 +67,16 @@ pub struct Config {
     pub remote_only: Setting<bool>,
     /// Also write local hits to the remotes.
     pub reshare: Setting<bool>,
+    /// Why the cache directory is not used at all (compiles pass through),
+    /// or `None` (see [`crate::trust`]).
+    pub refused: Option<String>,
+    /// Warnings about `ltocache.conf`: keys ignored from a file others may
+    /// have written, or the whole file ignored. For `config` and the log.
+    pub warnings: Vec<String>,
+    /// Values of the environment the state directory is chosen with.
+    env: crate::trust::Env,
     /// [`Config::state_dir`], decided once per process.
-    state_dir: std::sync::OnceLock<PathBuf>,
+    state: std::sync::OnceLock<std::sync::Arc<crate::trust::State>>,
 }
 
 /// The zstd level used when `compression = zstd` names none, and by default
@@ -186,7 +194,12 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "T" => 1 << 40,
         _ => anyhow::bail!("invalid size {s:?}: use a number with K, M, G or T"),
     };
-    Ok((n * mult as f64) as u64)
+    let bytes = n * mult as f64;
+    // `as u64` would saturate silently.
+    if !(bytes < u64::MAX as f64) {
+        bail!("size {s:?} is too large");
+    }
+    Ok(bytes as u64)
 }
 
 /// Parses `7d`, `12h`, `30m`, `45s` (a bare number is seconds).
@@ -195,14 +208,17 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().with_context(|| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        "w" => n * 7 * 86400,
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
         _ => anyhow::bail!("invalid duration {s:?}: use a number with s, m, h, d or w"),
     };
+    // Checked: an unchecked product wrapped around (213503982334602d became
+    // 17 hours, and `evict` took everything for older than that).
+    let secs = n.checked_mul(unit_secs).with_context(|| format!("duration {s:?} is too large"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -222,7 +238,39 @@ impl Config {
             }
         };
         let file_path = cache_dir.value.join(CONFIG_FILE_NAME);
-        let file_entries = read_config_file(&file_path)?;
+        let env = crate::trust::Env::from(getenv);
+        // The cache directory, its trust, and what of its ltocache.conf may
+        // be honoured (crate::trust).
+        let checked = crate::trust::check_cache_dir(&cache_dir.value, &env);
+        let mut warnings = Vec::new();
+        let file_entries = match &checked.dir {
+            None => Vec::new(),
+            Some(dir) => match crate::trust::read_conf(dir) {
+                Ok(None) => Vec::new(),
+                Ok(Some((text, trusted))) => match parse_config_text(&file_path, &text) {
+                    Ok(entries) if trusted.is_ok() => entries,
+                    Ok(entries) => {
+                        let why = trusted.unwrap_err();
+                        let (kept, ignored): (Vec<_>, Vec<_>) =
+                            entries.into_iter().partition(|(k, v)| !crate::trust::needs_trusted_file(k, v));
+                        for (k, _) in &ignored {
+                            warnings.push(format!("{k} in {} ignored: {why}", file_path.display()));
+                        }
+                        kept
+                    }
+                    // Only the user's own file may break their configuration.
+                    Err(e) if trusted.is_ok() => return Err(e),
+                    Err(e) => {
+                        warnings.push(format!("{} ignored ({}): {e:#}", file_path.display(), trusted.unwrap_err()));
+                        Vec::new()
+                    }
+                },
+                Err(e) => {
+                    warnings.push(format!("{} ignored: {e}", file_path.display()));
+                    Vec::new()
+                }
+            },
+        };
 
         let lookup = |key: &str| -> Option<(String, Origin)> {
             let env = env_name(key);
@@ -253,7 +301,13 @@ impl Config {
                 _ => Setting { value: None, origin: Origin::Default },
             }
         };
-        let serve_mode = parsed(lookup("serve_mode"), "serve_mode", ServeMode::Copy, parse_serve_mode)?;
+        let mut serve_mode = parsed(lookup("serve_mode"), "serve_mode", ServeMode::Copy, parse_serve_mode)?;
+        if serve_mode.value == ServeMode::HardLink {
+            if let Some(why) = crate::trust::hardlink_refusal(checked.dir.as_ref()) {
+                warnings.push(format!("serve_mode = hardlink refused ({why}): copying instead"));
+                serve_mode.value = ServeMode::Copy;
+            }
+        }
         let max_size = parsed(lookup("max_size"), "max_size", DEFAULT_MAX_SIZE, parse_size)?;
         let max_files =
             parsed(lookup("max_files"), "max_files", 0, |v| v.trim().parse::<u64>().context("expected a number"))?;
@@ -295,7 +349,10 @@ impl Config {
             base_dir: path("base_dir"),
             serve_mode,
             cache_dir,
-            state_dir: std::sync::OnceLock::new(),
+            refused: checked.refused,
+            warnings,
+            env,
+            state: std::sync::OnceLock::new(),
         })
     }
 
@@ -333,41 +390,28 @@ impl Config {
     /// NFS, so the default is a per-host directory; `stats_dir` moves it to
     /// local disk when the cache directory itself is on NFS.
     pub fn stats_db_path(&self) -> PathBuf {
-        self.state_dir().join("stats.sqlite3")
+        self.state_dir().join(crate::layout::STATS_DB)
     }
 
-    /// This host's own directory: the database, the journal, the memos.
-    ///
-    /// `stats_dir` if set; else `<cache_dir>/hosts/<hostname>/`; and when that
-    /// cannot be written (a cache mounted read-only, or owned by someone
-    /// else), a directory under `$XDG_CACHE_HOME` (or `~/.cache`) named after
-    /// the cache directory. Without a writable state directory every compile
-    /// would hash clang and its LLVM libraries again (~100 ms) for want of
-    /// the compiler memo.
+    /// This user's state directory on this host: the database, the journal,
+    /// the memos (crate::trust::choose_state says where and why). The path
+    /// returned names the directory through the descriptor it was checked on
+    /// (`/proc/self/fd/N`), so nothing can swap it for another afterwards.
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir
-            .get_or_init(|| {
-                if let Some(d) = &self.stats_dir.value {
-                    return d.clone();
-                }
-                let shared = self.cache_dir.value.join("hosts").join(crate::util::hostname());
-                if writable_dir(&shared) {
-                    return shared;
-                }
-                let base = std::env::var_os("XDG_CACHE_HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-                let name = blake3::hash(self.cache_dir.value.as_os_str().as_encoded_bytes());
-                match base {
-                    Some(b) => b
-                        .join("ltocache")
-                        .join(format!("state-{}", crate::util::hex(&name.as_bytes()[..8])))
-                        .join(crate::util::hostname()),
-                    None => shared,
-                }
-            })
-            .clone()
+        self.state().path.clone()
+    }
+
+    /// Where the state directory is, why there, and a counter to bump per
+    /// compile when it is a fallback.
+    pub fn state(&self) -> &crate::trust::State {
+        self.state.get_or_init(|| {
+            std::sync::Arc::new(crate::trust::choose_state(
+                &self.cache_dir.value,
+                self.stats_dir.value.as_deref(),
+                self.refused.is_some(),
+                &self.env,
+            ))
+        })
     }
 
     /// Lines for `ltocache config`: key, value, origin.
@@ -410,7 +454,12 @@ impl Config {
             ),
             ("verify".into(), self.verify.value.to_string(), self.verify.origin.to_string()),
             ("compiler_check".into(), self.compiler_check.value.to_string(), self.compiler_check.origin.to_string()),
-            ("stats_db".into(), self.stats_db_path().display().to_string(), "derived".into()),
+            ("state_dir".into(), self.state().real.display().to_string(), self.state().why.clone()),
+            (
+                "stats_db".into(),
+                self.state().real.join(crate::layout::STATS_DB).display().to_string(),
+                "derived".into(),
+            ),
             ("remote_only".into(), self.remote_only.value.to_string(), self.remote_only.origin.to_string()),
             ("reshare".into(), self.reshare.value.to_string(), self.reshare.origin.to_string()),
         ]
@@ -434,25 +483,8 @@ impl Config {
     }
 }
 
-/// True when `dir` exists and this process may create files in it, or can be
-/// created. One `access` call in the steady state.
-fn writable_dir(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
-    // SAFETY: access only reads the NUL-terminated path we own.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
-        return true;
-    }
-    std::io::Error::last_os_error().kind() == std::io::ErrorKind::NotFound && std::fs::create_dir_all(dir).is_ok()
-}
-
-/// `key = value` lines; `#` starts a comment. A missing file is an empty config.
-fn read_config_file(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
+/// `key = value` lines; `#` starts a comment.
+fn parse_config_text(path: &Path, text: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -484,6 +516,12 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert!(parse_duration("7 days").is_err());
+        // Products that overflow are errors, not wrapped-around small values.
+        let e = parse_duration("213503982334602d").unwrap_err();
+        assert!(format!("{e:#}").contains("too large"), "{e:#}");
+        assert!(parse_duration("30500568904944w").is_err());
+        assert_eq!(parse_duration("213503982334601d").unwrap().as_secs(), 213503982334601 * 86400);
+        assert!(parse_size("99999999999T").is_err());
     }
 
     use std::collections::HashMap;

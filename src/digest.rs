@@ -27,6 +27,13 @@
 //! costs rehashing; one too short would serve a stale object, so unknown
 //! means long. What no stamp can catch: the system clock stepped back by
 //! more than the margin.
+//!
+//! On a network filesystem the stamps are the server's, so `h` is too: the
+//! stamp of a file just created beside the hashed one, as an offset to this
+//! host's clock measured once per device and invocation ([`FileHasher`]'s
+//! `now_for`). A client clock minutes off the server's then neither trusts a
+//! fresh file too early nor a settled one never. Where no file can be
+//! created there, nothing on that device is memoised.
 
 use crate::memo::{FileMemo, MemoTable};
 use crate::shard::{self, AsmRef};
@@ -92,7 +99,19 @@ pub fn racy_margin_ns(fs_type: Option<i64>, stamp: &FileStamp) -> Option<i64> {
     }
 }
 
+/// This host's coarse clock (skewed in tests, to play a client whose clock is off).
+fn local_clock_ns() -> i64 {
+    #[cfg(test)]
+    return crate::util::coarse_now_ns() + tests::SKEW_NS.with(|s| s.get());
+    #[cfg(not(test))]
+    crate::util::coarse_now_ns()
+}
+
 fn fs_type(file: &File) -> Option<i64> {
+    #[cfg(test)]
+    if let Some(t) = tests::FS_TYPE.with(|t| t.get()) {
+        return Some(t);
+    }
     use std::os::fd::AsRawFd;
     // SAFETY: fstatfs writes one statfs struct into memory we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -118,11 +137,20 @@ pub struct FileHasher<'a> {
     done: HashMap<PathBuf, Hashed>,
     /// Filesystem type per device, asked once per device.
     fs_types: HashMap<u64, Option<i64>>,
+    /// Network filesystems: the server's clock minus ours, per device.
+    server_offsets: HashMap<u64, Option<i64>>,
 }
 
 impl<'a> FileHasher<'a> {
     pub fn new(memo: Option<&'a MemoTable>) -> Self {
-        FileHasher { memo, bytes_hashed: 0, seen: Vec::new(), done: HashMap::new(), fs_types: HashMap::new() }
+        FileHasher {
+            memo,
+            bytes_hashed: 0,
+            seen: Vec::new(),
+            done: HashMap::new(),
+            fs_types: HashMap::new(),
+            server_offsets: HashMap::new(),
+        }
     }
 
     /// Digest of `path` (and its assembly references when `want_asm`).
@@ -190,7 +218,9 @@ impl<'a> FileHasher<'a> {
             return Ok(h);
         }
         // Hashing time and file stamps from the same clock (see the module doc).
-        let now = crate::util::coarse_now_ns();
+        let now = self.now_for(fs, stamp.dev, path);
+        let margin = margin.filter(|_| now.is_some());
+        let now = now.unwrap_or_else(local_clock_ns);
         // A file that will be memoised: hash it under its bucket's lock, so
         // that a backend started alongside (make -j) waits and then uses our
         // memo instead of hashing the same import too.
@@ -219,6 +249,23 @@ impl<'a> FileHasher<'a> {
             table.insert(&memo);
         }
         Ok(Hashed { stamp, digest, asm })
+    }
+
+    /// "Now" by the clock that stamps files on device `dev`: this kernel's
+    /// coarse clock, or on a network filesystem the server's (`None` when it
+    /// cannot be read: then nothing there is memoised).
+    fn now_for(&mut self, fs: Option<i64>, dev: u64, path: &Path) -> Option<i64> {
+        if !fs.is_some_and(|t| NETWORK_FS.contains(&t)) {
+            return Some(local_clock_ns());
+        }
+        let offset = *self.server_offsets.entry(dev).or_insert_with(|| {
+            let dir = crate::beneath::Dir::open_root(&crate::util::parent_dir(path)).ok()?;
+            let server = crate::beneath::fs_now_ns(&dir, Path::new(""))?;
+            // Read after the file was stamped: the offset errs low, so the
+            // hashing time does too (a later `h` could trust a racy file).
+            Some(server - local_clock_ns())
+        });
+        offset.map(|o| local_clock_ns() + o)
     }
 
     /// True when every file the key covered still has the stamp it was hashed with.
@@ -306,6 +353,48 @@ fn decode_asm(data: &[u8]) -> Vec<AsmRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Test-only: the statfs type every file reports (NFS without an NFS client).
+        pub static FS_TYPE: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+        /// Test-only: how far this "client's" clock is off the filesystem's.
+        pub static SKEW_NS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn on_a_network_filesystem_the_racy_guard_uses_the_servers_clock() {
+        // Simulated: the statfs answer says NFS and this host's clock runs
+        // five minutes fast; the files' stamps come from the "server"
+        // (this kernel). With our own clock a file written just now would
+        // look five minutes settled and be memoised at once.
+        FS_TYPE.with(|t| t.set(Some(0x6969)));
+        SKEW_NS.with(|s| s.set(300_000_000_000));
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.o");
+        std::fs::write(&path, b"bitcode").unwrap();
+        let table = MemoTable::open(&d.path().join("state")).unwrap();
+        let stamp = FileStamp::of_path(&path).unwrap();
+        FileHasher::new(Some(&table)).hash(&path, false).unwrap();
+        assert!(table.lookup(&stamp).is_none(), "a file just written is not settled by the server's clock");
+        assert!(std::fs::read_dir(d.path()).unwrap().count() == 2, "the clock probe left nothing behind");
+        // Once it has settled by the server's clock (RACY_NS), it is memoised and used.
+        std::thread::sleep(std::time::Duration::from_nanos(RACY_NS as u64 + 50_000_000));
+        FileHasher::new(Some(&table)).hash(&path, false).unwrap();
+        assert!(table.lookup(&stamp).is_some());
+        let mut h = FileHasher::new(Some(&table));
+        h.hash(&path, false).unwrap();
+        assert_eq!(h.bytes_hashed, 0);
+        // A clock five minutes slow trusts it just the same (our own clock
+        // would have refused it for five minutes).
+        SKEW_NS.with(|s| s.set(-300_000_000_000));
+        let p2 = d.path().join("n.o");
+        std::fs::write(&p2, b"other").unwrap();
+        std::thread::sleep(std::time::Duration::from_nanos(RACY_NS as u64 + 50_000_000));
+        FileHasher::new(Some(&table)).hash(&p2, false).unwrap();
+        assert!(table.lookup(&FileStamp::of_path(&p2).unwrap()).is_some());
+        FS_TYPE.with(|t| t.set(None));
+        SKEW_NS.with(|s| s.set(0));
+    }
 
     #[test]
     fn asm_memo_round_trips() {

@@ -6,7 +6,9 @@
 //!
 //! Folding is exactly-once, crash or not:
 //!
-//! * Writers open `journal` for appending, take a shared `flock` and check
+//! * Writers open `journal` for appending (and reading: on NFS, where Linux
+//!   turns `flock` into a POSIX lock, a shared lock needs read access), take
+//!   a shared `flock` and check
 //!   the path still names the file they hold before writing; a writer that
 //!   lost a race with a fold retries on the new file.
 //! * One folder at a time (an exclusive lock on `journal.lock`) renames
@@ -16,34 +18,44 @@
 //!   it. A folder that dies leaves `journal.folding`: the next one applies it
 //!   unless the database says it already did, and unlinks it either way.
 //!
+//! Locks are taken with bounded waits ([`crate::beneath::lock_within`]): a
+//! stopped process of this host holding one costs seconds, not a hang. A
+//! lock that cannot be taken at all (a filesystem without locks) is an
+//! error: the record is not written (the wrapper logs it) rather than
+//! written where a fold could lose it.
+//!
 //! Record: `LTJ1`, payload length (u32 LE), the first 8 bytes of the
 //! payload's BLAKE3, payload. A torn record (full disk, killed writer) fails
 //! its check; the reader resynchronises on the next `LTJ1` and counts the
 //! bytes it skipped.
 
+use crate::beneath::{lock_within, open_in};
+use crate::layout::{JOURNAL, JOURNAL_FOLDING, JOURNAL_LOCK};
 use crate::stats::{Batch, Db};
 use anyhow::{Context, Result};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
 const MAGIC: &[u8; 4] = b"LTJ1";
 /// A compile that leaves the journal longer than this folds it (a record is
 /// 0.2–2 KiB, so this is a fold every few thousand compiles).
 pub const FOLD_AT: u64 = 4 << 20;
+/// The most of a journal a fold reads: a compile folds it long before.
+const FOLD_CAP: u64 = 256 << 20;
 
 /// Appends one invocation's batch. Returns the journal's length afterwards.
 pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
     let record = encode(batch);
-    let path = dir.join("journal");
+    let path = dir.join(JOURNAL);
     for _ in 0..8 {
-        let mut f = crate::util::open_creating_dir(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, 0o666)?;
-        // Without flock (some network filesystems) a record written during a
-        // fold could be lost; the counters are worth less than the compile.
-        let _ = f.lock_shared();
+        let mut f = open_in(dir, JOURNAL, libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;
+        // A fold holds the exclusive lock only while it waits for writers
+        // already in, so this wait is short; a failure is the caller's to log.
+        lock_within(&f, false, Duration::from_secs(2))?;
         let mine = f.metadata()?;
-        match std::fs::metadata(&path) {
+        match std::fs::symlink_metadata(&path) {
             Ok(m) if m.ino() == mine.ino() && m.dev() == mine.dev() => {}
             // A fold renamed it between our open and our lock: use the new one.
             _ => continue,
@@ -57,42 +69,48 @@ pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
 /// Folds the journal into `db`. `wait`: block for a concurrent folder (the
 /// subcommands, which must see every record) or give up (a compile).
 pub fn fold(dir: &Path, db: &mut Db, wait: bool) -> Result<()> {
-    let lock_path = dir.join("journal.lock");
-    let lock = match OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
-        Ok(f) => f,
-        // No directory yet: nothing was ever journalled.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", lock_path.display())),
-    };
+    let lock_path = dir.join(JOURNAL_LOCK);
+    if !dir.is_dir() {
+        return Ok(()); // no directory yet: nothing was ever journalled
+    }
+    // Opened for writing: an exclusive lock on NFS needs it.
+    let lock = open_in(dir, JOURNAL_LOCK, libc::O_RDWR | libc::O_CREAT, 0o600, 4096)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
     if wait {
-        lock.lock()?;
+        lock_within(&lock, true, Duration::from_secs(30))
+            .with_context(|| format!("another fold of {} is still running", dir.display()))?;
     } else if lock.try_lock().is_err() {
         return Ok(());
     }
-    let folding = dir.join("journal.folding");
+    let folding = dir.join(JOURNAL_FOLDING);
     // A fold that died after renaming: finish it first.
-    if folding.exists() {
-        fold_file(&folding, db)?;
+    if std::fs::symlink_metadata(&folding).is_ok() {
+        fold_file(dir, &folding, db)?;
     }
-    match std::fs::rename(dir.join("journal"), &folding) {
-        Ok(()) => fold_file(&folding, db),
+    match std::fs::rename(dir.join(JOURNAL), &folding) {
+        Ok(()) => fold_file(dir, &folding, db),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).context("renaming the journal for folding"),
     }
 }
 
-fn fold_file(path: &Path, db: &mut Db) -> Result<()> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+fn fold_file(dir: &Path, path: &Path, db: &mut Db) -> Result<()> {
+    let f = open_in(dir, JOURNAL_FOLDING, libc::O_RDWR, 0, u64::MAX)
+        .with_context(|| format!("opening {}", path.display()))?;
     // Writers that opened it before the rename finish their record first.
-    f.lock()?;
+    // One that stopped mid-append does not hold the fold (and so `stats`)
+    // forever: after the wait its record, if it ever comes, is lost.
+    match lock_within(&f, true, Duration::from_secs(10)) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        r => r.with_context(|| format!("locking {}", path.display()))?,
+    }
     let meta = f.metadata()?;
     let ident = (meta.dev(), meta.ino(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), meta.len());
     if db.journal_folded(ident)? {
         std::fs::remove_file(path)?;
         return Ok(());
     }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut data)?;
+    let data = crate::util::read_sized(&f, meta.len().min(FOLD_CAP))?;
     let (mut batches, skipped) = decode_all(&data);
     if skipped > 0 {
         let mut b = Batch::default();
@@ -305,7 +323,7 @@ mod tests {
         // fold recognises the file and does not count it twice.
         append(d.path(), &batch(1)).unwrap();
         std::fs::rename(d.path().join("journal"), d.path().join("journal.folding")).unwrap();
-        let f = File::open(d.path().join("journal.folding")).unwrap();
+        let f = std::fs::File::open(d.path().join("journal.folding")).unwrap();
         let m = f.metadata().unwrap();
         let ident = (m.dev(), m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len());
         db.apply(&[batch(1)], Some(ident)).unwrap();

@@ -58,10 +58,11 @@ impl MemoTable {
     /// Opens (creating when needed) `memo.v1` in `dir`. Read-only when the
     /// directory is not writable: lookups still work, inserts fail quietly.
     pub fn open(dir: &Path) -> std::io::Result<MemoTable> {
-        let path = dir.join("memo.v1");
-        let file = match crate::util::open_creating_dir(&path, libc::O_RDWR | libc::O_CREAT, 0o666) {
+        // Not followed, not blocking, a regular file no larger than the table.
+        let open = |flags| crate::beneath::open_in(dir, crate::layout::MEMO, flags, 0o600, TABLE_SIZE);
+        let file = match open(libc::O_RDWR | libc::O_CREAT) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(&path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(libc::O_RDONLY)?,
             Err(e) => return Err(e),
         };
         // Concurrent creators all extend to the same size; a sparse file
@@ -210,13 +211,15 @@ fn decode_slot(s: &[u8]) -> Option<FileMemo> {
 const COMPILER_MAGIC: &[u8; 8] = b"LTOCCMP1";
 
 fn compiler_memo_path(dir: &Path, compiler: &Path) -> PathBuf {
-    let h = blake3::hash(compiler.as_os_str().as_bytes());
-    dir.join(format!("compiler-{}", crate::util::hex(&h.as_bytes()[..8])))
+    dir.join(crate::layout::compiler_memo(compiler))
 }
 
 /// The memoised identity of the compiler at `compiler`: (stamps, identity).
 pub fn lookup_compiler(dir: &Path, compiler: &Path) -> Option<(Vec<u8>, [u8; 32])> {
-    let data = crate::util::read_file(&compiler_memo_path(dir, compiler)).ok()?;
+    let path = compiler_memo_path(dir, compiler);
+    let name = path.file_name()?.to_str()?;
+    let f = crate::beneath::open_in(dir, name, libc::O_RDONLY, 0, 1 << 20).ok()?;
+    let data = crate::util::read_sized(&f, f.metadata().ok()?.len()).ok()?;
     let rest = data.strip_prefix(COMPILER_MAGIC)?;
     let id: [u8; 32] = rest.get(..32)?.try_into().ok()?;
     let n = u32::from_le_bytes(rest.get(32..36)?.try_into().ok()?) as usize;

@@ -89,15 +89,36 @@ impl Db {
         match Db::open_once(path) {
             Ok(db) => Ok(db),
             Err(e) if is_corruption(&e) => {
-                let aside = path.with_extension(format!("corrupt.{}", std::process::id()));
-                std::fs::rename(path, &aside).with_context(|| format!("moving aside corrupt {}", path.display()))?;
-                for ext in ["sqlite3-wal", "sqlite3-shm"] {
-                    let _ = std::fs::remove_file(path.with_extension(ext));
-                }
+                Db::move_aside(path)?;
                 Db::open_once(path).context("recreating the stats database")
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Runs `f` on the database; when SQLite finds it corrupt on the way —
+    /// damage past the first page passes `open` and shows only when a query
+    /// reaches it — the file is moved aside and `f` runs once more on a fresh
+    /// one. Counters restart; the cache itself is untouched.
+    pub fn with<T>(path: &Path, mut f: impl FnMut(&mut Db) -> Result<T>) -> Result<T> {
+        let first = Db::open(path).and_then(|mut db| f(&mut db));
+        match first {
+            Err(e) if is_corruption(&e) => {
+                Db::move_aside(path)?;
+                let mut db = Db::open_once(path).context("recreating the stats database")?;
+                f(&mut db)
+            }
+            r => r,
+        }
+    }
+
+    fn move_aside(path: &Path) -> Result<()> {
+        let aside = path.with_extension(format!("corrupt.{}", std::process::id()));
+        std::fs::rename(path, &aside).with_context(|| format!("moving aside corrupt {}", path.display()))?;
+        for ext in ["sqlite3-wal", "sqlite3-shm", "sqlite3-journal"] {
+            let _ = std::fs::remove_file(path.with_extension(ext));
+        }
+        Ok(())
     }
 
     fn open_once(path: &Path) -> Result<Db> {
@@ -246,25 +267,28 @@ fn apply_one(tx: &rusqlite::Transaction, batch: &Batch) -> Result<()> {
 /// transaction costs about that much, so they append one byte to a per-host
 /// file instead (O_APPEND on local disk is atomic); `stats` reads its size.
 pub fn passthrough_counter_path(db_path: &Path) -> PathBuf {
-    db_path.with_file_name("passthrough.count")
+    db_path.with_file_name(crate::layout::PASSTHROUGH)
 }
 
 pub fn count_passthrough(db_path: &Path) -> std::io::Result<()> {
     use std::io::Write;
-    let path = passthrough_counter_path(db_path);
-    let mut f = match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-            std::fs::OpenOptions::new().create(true).append(true).open(&path)?
-        }
-        Err(e) => return Err(e),
-    };
+    let dir = db_path.parent().unwrap_or(Path::new("."));
+    let mut f = crate::beneath::open_in(
+        dir,
+        crate::layout::PASSTHROUGH,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        0o600,
+        u64::MAX,
+    )?;
     f.write_all(b".")
 }
 
 pub fn passthrough_count(db_path: &Path) -> i64 {
-    std::fs::metadata(passthrough_counter_path(db_path)).map(|m| m.len() as i64).unwrap_or(0)
+    std::fs::symlink_metadata(passthrough_counter_path(db_path))
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len() as i64)
+        .unwrap_or(0)
 }
 
 pub fn zero_passthrough(db_path: &Path) -> std::io::Result<()> {

@@ -92,14 +92,20 @@ pub fn open_creating_dir(path: &Path, flags: libc::c_int, mode: libc::c_uint) ->
 pub fn dir_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     use std::os::fd::AsRawFd;
     let dir = open_raw(path, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    dir_names_fd(dir.as_raw_fd())
+}
+
+/// [`dir_names`] of a directory already open (read from its start).
+pub fn dir_names_fd(fd: std::os::fd::RawFd) -> std::io::Result<Vec<Vec<u8>>> {
+    // SAFETY: lseek on a descriptor the caller owns: a reused one lists from the start.
+    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
     // u64s, so that the records (8-byte aligned by the kernel) are aligned in memory too.
     let mut buf = vec![0u64; 512];
     let mut names = Vec::new();
     loop {
         // SAFETY: the buffer is ours and its length in bytes is passed.
-        let n = unsafe {
-            libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len() * 8)
-        };
+        let n =
+            unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len() * 8) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {

@@ -46,6 +46,14 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
         exec::exec_compiler(&compiler, &args);
     }
     let log = Logger::new(config.logfile.value.clone());
+    // A cache directory someone else controls is not used (crate::trust).
+    if let Some(why) = &config.refused {
+        log.log(&format!("cache directory refused, running the compiler: {why}"));
+        let mut batch = Batch::default();
+        batch.add("uncacheable.cache_dir_refused", 1);
+        record(&config, &log, &mut batch);
+        exec::exec_compiler(&compiler, &args);
+    }
     // The driver's environment first (driver.rs), then argv with its
     // response files, tracked for the after-compile check. `base_dir` is
     // applied by backend::prepare, after configuration files.

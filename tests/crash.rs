@@ -105,7 +105,7 @@ fn sigkill_at_random_points_never_corrupts_the_cache() {
     assert!(util::files_under(&f.cache.join("v1/tmp")).is_empty());
 
     // SQLite is consistent (or was rebuilt).
-    let db = f.cache.join("hosts").join(ltocache::util::hostname()).join("stats.sqlite3");
+    let db = f.state_dir().join("stats.sqlite3");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");

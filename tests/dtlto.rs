@@ -160,8 +160,12 @@ impl Dt {
     /// A raw counter of this host's database (after `stats` folded the journal).
     fn counter(&self, name: &str) -> i64 {
         self.stat("hits");
-        let hosts = std::fs::read_dir(self.cache.join("hosts")).unwrap().next().unwrap().unwrap().path();
-        let db = ltocache::stats::Db::open(&hosts.join("stats.sqlite3")).unwrap();
+        // Where the database is: `ltocache config` says (the state directory is per user).
+        let out = ok_out(self.cmd(ltocache_bin()).arg("config").output().unwrap(), "config");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text.lines().find(|l| l.starts_with("stats_db")).expect("config shows stats_db");
+        let path = line.split('=').nth(1).unwrap().trim().split("  ").next().unwrap().trim().to_string();
+        let db = ltocache::stats::Db::open(std::path::Path::new(&path)).unwrap();
         db.counters().unwrap().get(name).copied().unwrap_or(0)
     }
 

@@ -348,7 +348,7 @@ fn corrupt_stats_database_is_rebuilt() {
     f.cached_backend("vec", &[]);
     // Compiles only append to the journal; `stats` folds it into the database.
     assert_eq!(f.stat("misses"), 1);
-    let db = f.cache.join("hosts").join(ltocache::util::hostname()).join("stats.sqlite3");
+    let db = f.state_dir().join("stats.sqlite3");
     assert!(db.exists());
     std::fs::write(&db, vec![0x42u8; 16384]).unwrap();
     let out = f.cached_backend("vec", &[]);
@@ -489,7 +489,7 @@ fn closed_stderr_does_not_capture_a_cache_file() {
     assert_eq!(f.stat("misses"), 1);
     assert_eq!(f.stat("hits"), 1);
     assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &["-L/nonexistent-dir"]));
-    let state = f.cache.join("hosts").join(ltocache::util::hostname());
+    let state = f.state_dir();
     for file in [state.join("memo.v1")].into_iter().chain(f.entry_files()) {
         let data = std::fs::read(&file).unwrap();
         // The entry holds the warning once, as stderr to replay; nothing else may.

@@ -61,12 +61,13 @@ fn four_hosts_share_one_directory_under_a_size_limit() {
         }
     }
 
-    // Counters add up: each host kept its own database under hosts/<name>/.
+    // Counters add up: each host kept its own database under hosts/<name>/u<uid>/.
     let per_host = 2 * VARIANTS.len() * MODULES.len();
     let mut total = 0;
     let mut evicted = 0;
     for h in 0..HOSTS {
-        let dir = first.cache.join("hosts").join(format!("host{h}"));
+        // SAFETY: geteuid has no preconditions.
+        let dir = first.cache.join("hosts").join(format!("host{h}")).join(format!("u{}", unsafe { libc::geteuid() }));
         assert!(dir.join("journal").exists(), "host{h} has its own stats journal");
         let out = first.ltocache().env("LTOCACHE_STATS_DIR", &dir).args(["stats", "--json"]).output().unwrap();
         let json = String::from_utf8(out.stdout).unwrap();

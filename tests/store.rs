@@ -169,22 +169,22 @@ fn read_only_cache_directory_serves_hits_and_builds_succeed() {
     let args = f.backend_args("main", "main.ro_o", &[]).join(" ");
     let miss_args = f.backend_args("main", "main.ro_miss_o", &["-O1"]).join(" ");
     // This host's state cannot live in the read-only cache: without any
-    // setting it moves under $XDG_CACHE_HOME, so stats and the memos (the
+    // setting it moves under $XDG_STATE_HOME, so stats and the memos (the
     // compiler identity above all) keep working. The hit and the miss succeed.
     let text = in_mount_namespace(
         &f,
         &format!(
             "mount --bind {cache} {cache} && mount -o remount,bind,ro {cache}
-             export XDG_CACHE_HOME=$PWD/xdg
+             export XDG_STATE_HOME=$PWD/xdg
              $L {CLANG} {args}
              $L {CLANG} {miss_args}
              $L cleanup || echo cleanup-refused
              $L stats --json
-             ls $PWD/xdg/ltocache/state-*/*/"
+             ls $PWD/xdg/ltocache/*/*/"
         ),
     );
     assert!(text.contains("cleanup-refused") && text.contains("not writable"), "{text}");
-    assert!(text.contains("memo.v1") && text.contains("compiler-"), "state moved to XDG_CACHE_HOME: {text}");
+    assert!(text.contains("memo.v1") && text.contains("compiler-"), "state moved to XDG_STATE_HOME: {text}");
     assert_eq!(util::stat_of(&text, "hits"), 1, "{text}");
     assert_eq!(util::stat_of(&text, "misses"), 1, "{text}");
     assert_eq!(f.read("main.ro_o"), f.fresh_object("main", &[]));

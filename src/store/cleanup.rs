@@ -9,13 +9,21 @@
 //! reader sees a file or a miss, and a concurrent writer at worst loses an
 //! entry it had just written (a future miss, never a wrong object).
 
-use crate::store::{Entry, LocalStore, Stored};
+use crate::beneath::{is_gone, is_refused, Dir, READ_CAP};
+use crate::store::{Entry, LocalStore, Stored, JUNK_DEPTH, LAYOUT_DIR};
 use crate::util::{hex, unhex};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+/// A cleanup lock whose file has not been touched for this long belongs to a
+/// cleaner that is gone without its lock being released — an NFSv3 client
+/// that died (its NLM lock lasts until it reboots), a hung host — and is
+/// broken. A live cleaner touches it every [`LOCK_HEARTBEAT`].
+pub const LOCK_STALE: Duration = Duration::from_secs(600);
+pub const LOCK_HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// Cleanup trims to this fraction of the limit, so it does not run again at the next store.
 pub const TRIM_TO: f64 = 0.9;
@@ -47,8 +55,16 @@ pub mod ledger {
         pub files: u64,
     }
 
-    fn dir(store: &LocalStore) -> PathBuf {
-        store.root().join("size")
+    fn dir() -> PathBuf {
+        Path::new(LAYOUT_DIR).join("size")
+    }
+
+    pub fn scan_rel() -> PathBuf {
+        dir().join("scan")
+    }
+
+    pub fn host_rel(host: &str) -> PathBuf {
+        dir().join(format!("host.{host}"))
     }
 
     fn parse(text: &str) -> Option<Record> {
@@ -59,12 +75,12 @@ pub mod ledger {
     fn write(store: &LocalStore, name: &str, r: Record) -> Result<()> {
         // write_atomic creates the temp directory (and the ledger's) when missing.
         let text = format!("{} {} {}\n", r.generation, r.bytes, r.files);
-        crate::util::write_atomic(&store.tmp_dir(), &dir(store).join(name), text.as_bytes())
+        store.write_rel(&dir().join(name), text.as_bytes())
     }
 
     /// The last scan, if any host ever scanned this store.
     pub fn scan(store: &LocalStore) -> Option<Record> {
-        let text = crate::util::read_file(&dir(store).join("scan")).ok()?;
+        let text = store.dir().ok()?.read(scan_rel(), 64).ok()?;
         parse(std::str::from_utf8(&text).ok()?)
     }
 
@@ -92,13 +108,26 @@ pub mod ledger {
         files: u64,
     ) -> Result<Record> {
         use std::os::unix::fs::FileExt;
-        let lock_path = state_dir.join("ledger.lock");
-        let lock = crate::util::open_creating_dir(&lock_path, libc::O_WRONLY | libc::O_CREAT, 0o666)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        lock.lock()?;
-        let path = dir(store).join(format!("host.{host}"));
-        let f = crate::util::open_creating_dir(&path, libc::O_RDWR | libc::O_CREAT, 0o666)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let lock_path = state_dir.join(crate::layout::LEDGER_LOCK);
+        // Write access: on NFS an exclusive lock needs it.
+        let lock =
+            crate::beneath::open_in(state_dir, crate::layout::LEDGER_LOCK, libc::O_WRONLY | libc::O_CREAT, 0o600, 4096)
+                .with_context(|| format!("opening {}", lock_path.display()))?;
+        // Bounded: a stopped process of this host holding the lock costs an
+        // underestimate of this store, not a hung compile.
+        crate::beneath::lock_within(&lock, true, Duration::from_secs(2))
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+        let rel = host_rel(host);
+        let cache = store.dir_creating()?;
+        let opened = match cache.open_creating(&rel, libc::O_RDWR, 0o666, 4096) {
+            // Not a record of ours at our name: replaced.
+            Err(e) if is_refused(&e) => {
+                remove(cache, &rel);
+                cache.open_creating(&rel, libc::O_RDWR, 0o666, 4096)
+            }
+            r => r,
+        };
+        let (f, _) = opened.with_context(|| format!("opening {}", cache.join(&rel).display()))?;
         let mut buf = [0u8; 64];
         let n = f.read_at(&mut buf, 0).unwrap_or(0);
         let mut r = match std::str::from_utf8(&buf[..n]).ok().and_then(parse) {
@@ -109,7 +138,7 @@ pub mod ledger {
         r.files += files;
         // Fixed width, so an overwrite never leaves a longer old tail behind.
         let line = format!("{:<63}\n", format!("{} {} {}", r.generation, r.bytes, r.files));
-        f.write_all_at(line.as_bytes(), 0).with_context(|| format!("writing {}", path.display()))?;
+        f.write_all_at(line.as_bytes(), 0).with_context(|| format!("writing {}", cache.join(&rel).display()))?;
         Ok(r)
     }
 
@@ -117,14 +146,14 @@ pub mod ledger {
     pub fn others(store: &LocalStore, generation: i64, me: &str) -> (u64, u64) {
         let mine = format!("host.{me}");
         let (mut b, mut f) = (0, 0);
-        let dir = dir(store);
-        let Ok(names) = crate::util::dir_names(&dir) else { return (0, 0) };
+        let Ok(cache) = store.dir() else { return (0, 0) };
+        let Ok(names) = cache.names(Some(&dir())) else { return (0, 0) };
         for name in names {
             let Ok(name) = std::str::from_utf8(&name) else { continue };
             if !name.starts_with("host.") || name == mine {
                 continue;
             }
-            let text = crate::util::read_file(&dir.join(name)).ok();
+            let text = cache.read(dir().join(name), 4096).ok();
             if let Some(r) = text.as_deref().and_then(|t| std::str::from_utf8(t).ok()).and_then(parse) {
                 if r.generation == generation {
                     b += r.bytes;
@@ -150,6 +179,8 @@ pub struct Report {
     pub removed_blobs: u64,
     pub removed_temp: u64,
     pub removed_corrupt: u64,
+    /// A stale cleanup lock was broken (its holder gone for [`LOCK_STALE`]).
+    pub broke_stale_lock: bool,
 }
 
 struct EntryInfo {
@@ -172,26 +203,44 @@ struct Inventory {
     corrupt_entries: Vec<PathBuf>,
 }
 
-fn inventory(store: &LocalStore) -> Inventory {
+/// An entry file read for cleanup or verify: its stat and bytes, `Err` with
+/// why it is not an entry file at all (a symlink, FIFO, directory or giant
+/// planted at an entry's name), `None` when it vanished meanwhile.
+fn read_entry(dir: &Dir, rel: &Path) -> Option<std::result::Result<(crate::beneath::Stat, Vec<u8>), String>> {
+    match dir.open_regular(rel, libc::O_RDONLY, 0, READ_CAP) {
+        Ok((f, st)) => match crate::util::read_sized(&f, st.st_size as u64) {
+            Ok(d) => Some(Ok((crate::beneath::Stat::of_raw(&st), d))),
+            Err(e) if is_gone(&e) => None,
+            Err(e) => Some(Err(e.to_string())),
+        },
+        Err(e) if is_gone(&e) => None,
+        Err(e) if is_refused(&e) => Some(Err(format!("refused: {e}"))),
+        Err(e) => Some(Err(e.to_string())),
+    }
+}
+
+fn inventory(store: &LocalStore, dir: &Dir, beat: &mut Heartbeat) -> Inventory {
     let mut inv = Inventory { entries: Vec::new(), blobs: HashMap::new(), corrupt_entries: Vec::new() };
     for path in store.files("entries") {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        let Ok(data) = std::fs::read(&path) else { continue };
+        beat.beat();
+        let (meta, data) = match read_entry(dir, &path) {
+            None => continue,
+            Some(Ok(x)) => x,
+            Some(Err(_)) => {
+                inv.corrupt_entries.push(path);
+                continue;
+            }
+        };
         if Entry::is_foreign(&data) {
             // Another version's entry: kept, evicted by age with no blob references known.
-            inv.entries.push(EntryInfo {
-                used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                size: meta.len(),
-                blobs: Vec::new(),
-                path,
-            });
+            inv.entries.push(EntryInfo { used: meta.modified(), size: meta.size, blobs: Vec::new(), path });
             continue;
         }
         match Entry::decode(&data) {
             Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
                 inv.entries.push(EntryInfo {
-                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    size: meta.len(),
+                    used: meta.modified(),
+                    size: meta.size,
                     blobs: e.outputs.iter().filter(|o| o.stored == Stored::Blob).map(|o| o.digest).collect(),
                     path,
                 })
@@ -200,14 +249,54 @@ fn inventory(store: &LocalStore) -> Inventory {
         }
     }
     for path in store.files("blobs") {
+        beat.beat();
         let Some(digest) = blob_digest(&path) else { continue };
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        inv.blobs.insert(
-            digest,
-            BlobInfo { modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), size: meta.len(), path },
-        );
+        let meta = match dir.stat(&path) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        if !meta.is_file() {
+            // Not a blob: something planted at a blob's name.
+            inv.corrupt_entries.push(path);
+            continue;
+        }
+        inv.blobs.insert(digest, BlobInfo { modified: meta.modified(), size: meta.size, path });
     }
     inv
+}
+
+/// Removes a file of ours, or whatever was planted at its name (a directory
+/// tree is emptied by descriptor, never through a symlink).
+fn remove(dir: &Dir, rel: &Path) -> bool {
+    match dir.unlink(rel) {
+        Ok(()) => true,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {
+            dir.remove_tree(rel, JUNK_DEPTH).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Keeps the cleanup lock file's mtime fresh while a cleanup runs, so that
+/// no other host takes it for a dead cleaner's ([`LOCK_STALE`]).
+struct Heartbeat {
+    lock: File,
+    last: std::time::Instant,
+}
+
+impl Heartbeat {
+    fn beat(&mut self) {
+        if self.last.elapsed() >= LOCK_HEARTBEAT {
+            touch_fd(&self.lock);
+            self.last = std::time::Instant::now();
+        }
+    }
+}
+
+fn touch_fd(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: futimens with NULL times sets "now" (the server's clock on NFS).
+    unsafe { libc::futimens(f.as_raw_fd(), std::ptr::null()) };
 }
 
 /// The digest a blob file is named by (raw `<hex>` or compressed `<hex>.zst`).
@@ -216,20 +305,64 @@ fn blob_digest(path: &Path) -> Option<[u8; 32]> {
     unhex(name.strip_suffix(crate::store::ZSTD_SUFFIX).unwrap_or(name))?.try_into().ok()
 }
 
-/// Takes the cleanup lock without waiting. `None` when another process holds it.
-fn try_lock(store: &LocalStore) -> Result<Option<File>> {
-    std::fs::create_dir_all(store.root()).with_context(|| format!("creating {}", store.root().display()))?;
-    let path = store.root().join("cleanup.lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+/// The name of the cleanup lock, beneath the cache directory.
+pub fn lock_rel() -> PathBuf {
+    Path::new(LAYOUT_DIR).join("cleanup.lock")
+}
+
+/// Takes the cleanup lock without waiting. `None` when another process holds
+/// it — unless its file has not been touched for [`LOCK_STALE`] by the
+/// clock of the filesystem that stamps it: then its holder is taken for
+/// dead, the file is replaced and the new one locked (the flag says so).
+///
+/// Opened for writing: Linux's NFS client turns `flock` into a POSIX lock,
+/// and an exclusive one needs write access. A failed lock (no lock support)
+/// is an error, never taken as held.
+fn try_lock(store: &LocalStore) -> Result<Option<(File, bool)>> {
+    let dir = store.dir_creating()?;
+    dir.create_dirs(LAYOUT_DIR).with_context(|| format!("creating {}", store.root().display()))?;
+    let rel = lock_rel();
+    let open = || -> Result<File> {
+        let opened = match dir.open_creating(&rel, libc::O_RDWR, 0o666, 4096) {
+            // Something planted at the lock's name would stop every cleanup
+            // for good: it goes (a name of ours), and a fresh file is made.
+            Err(e) if is_refused(&e) => {
+                remove(dir, &rel);
+                dir.open_creating(&rel, libc::O_RDWR, 0o666, 4096)
+            }
+            r => r,
+        };
+        Ok(opened.with_context(|| format!("opening {}", dir.join(&rel).display()))?.0)
+    };
+    let f = open()?;
     match f.try_lock() {
-        Ok(()) => Ok(Some(f)),
+        Ok(()) => {
+            touch_fd(&f);
+            return Ok(Some((f, false)));
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", dir.join(&rel).display()))
+        }
+    }
+    let stamp = crate::beneath::Stat::of_raw(&crate::beneath::fstat_file(&f)?);
+    let now = crate::beneath::fs_now_ns(dir, &LocalStore::tmp_rel()).unwrap_or_else(crate::util::now_ns);
+    if now - stamp.mtime_ns < LOCK_STALE.as_nanos() as i64 {
+        return Ok(None);
+    }
+    // Replace the file (by name: the dead holder's lock stays on the old
+    // inode). Two hosts breaking the same stale lock at once may both win;
+    // two cleaners then evict concurrently, which costs extra misses, never
+    // a wrong object.
+    let _ = dir.unlink(&rel);
+    let f = open()?;
+    match f.try_lock() {
+        Ok(()) => {
+            touch_fd(&f);
+            Ok(Some((f, true)))
+        }
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", dir.join(&rel).display())),
     }
 }
 
@@ -241,16 +374,18 @@ fn older_than(t: SystemTime, age: Duration, now: SystemTime) -> bool {
 /// `evict` says so), then every blob no entry names any more and every stale
 /// temp file. `evict(bytes, files, entry)` decides per entry.
 fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &EntryInfo) -> bool) -> Result<Report> {
-    let Some(_lock) = try_lock(store)? else {
+    let Some((lock, broke_stale_lock)) = try_lock(store)? else {
         return Ok(Report { skipped: true, ..Report::default() });
     };
+    let dir = store.dir()?;
+    let mut beat = Heartbeat { lock, last: std::time::Instant::now() };
     let now = SystemTime::now();
     let generation = crate::util::now_ns();
-    let mut inv = inventory(store);
-    let mut r = Report { generation, ..Report::default() };
+    let mut inv = inventory(store, dir, &mut beat);
+    let mut r = Report { generation, broke_stale_lock, ..Report::default() };
 
     for p in &inv.corrupt_entries {
-        if std::fs::remove_file(p).is_ok() {
+        if remove(dir, p) {
             r.removed_corrupt += 1;
         }
     }
@@ -269,10 +404,11 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
 
     inv.entries.sort_by_key(|e| e.used);
     for e in &inv.entries {
+        beat.beat();
         if !evict(bytes, files, e) {
             continue;
         }
-        if std::fs::remove_file(&e.path).is_err() {
+        if dir.unlink(&e.path).is_err() {
             continue;
         }
         r.removed_entries += 1;
@@ -285,7 +421,7 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
                 // Its last entry is gone: the blob goes too (whatever its age;
                 // a writer that re-references it re-stores it on a miss).
                 if let Some(info) = inv.blobs.remove(b) {
-                    if std::fs::remove_file(&info.path).is_ok() {
+                    if dir.unlink(&info.path).is_ok() {
                         r.removed_blobs += 1;
                         bytes = bytes.saturating_sub(info.size);
                         files = files.saturating_sub(1);
@@ -305,21 +441,27 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
         .collect();
     for d in orphans {
         let info = inv.blobs.remove(&d).unwrap();
-        if std::fs::remove_file(&info.path).is_ok() {
+        if dir.unlink(&info.path).is_ok() {
             r.removed_blobs += 1;
             bytes = bytes.saturating_sub(info.size);
             files = files.saturating_sub(1);
         }
     }
 
-    // Temp files of writers that died (or are very slow) past the grace period.
-    if let Ok(rd) = std::fs::read_dir(store.tmp_dir()) {
-        for e in rd.flatten() {
-            let stale =
-                e.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| older_than(t, limits.grace, now));
-            if stale && std::fs::remove_file(e.path()).is_ok() {
-                r.removed_temp += 1;
-            }
+    // Temp files of writers that died (or are very slow) past the grace
+    // period, and trees moved aside by `clear` or from an entry's name. Only
+    // names of our shape; a tree is emptied by descriptor.
+    let tmp = LocalStore::tmp_rel();
+    for name in dir.names(Some(&tmp)).unwrap_or_default() {
+        beat.beat();
+        let Ok(name) = String::from_utf8(name) else { continue };
+        if !(name.ends_with(".tmp") || name.ends_with(".junk")) {
+            continue;
+        }
+        let rel = tmp.join(&name);
+        let stale = dir.stat(&rel).is_ok_and(|m| older_than(m.modified(), limits.grace, now));
+        if stale && remove(dir, &rel) {
+            r.removed_temp += 1;
         }
     }
     r.bytes_after = bytes;
@@ -371,46 +513,80 @@ impl VerifyReport {
 }
 
 /// Checks every blob's digest and every entry's checksum and references.
+///
+/// Paths in the report are absolute. A file deleted meanwhile (by a cleanup,
+/// another host: ENOENT, ESTALE) is skipped; anything that is not a regular
+/// file at a blob's or entry's name is reported bad and, with `fix`, removed.
 pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
     let mut r = VerifyReport::default();
+    let Ok(dir) = store.dir() else { return Ok(r) };
     let mut good_blobs: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut bad_rel = Vec::new();
     for path in store.files("blobs") {
+        let data = match dir.open_regular(&path, libc::O_RDONLY, 0, crate::beneath::BLOB_CAP) {
+            Ok((f, st)) => match crate::util::map_file(&f, st.st_size as u64) {
+                Ok(m) => {
+                    if path.to_string_lossy().ends_with(crate::store::ZSTD_SUFFIX) {
+                        zstd::stream::decode_all(&m[..]).ok()
+                    } else {
+                        Some(m.to_vec())
+                    }
+                }
+                Err(e) if is_gone(&e) => continue,
+                Err(_) => None,
+            },
+            Err(e) if is_gone(&e) => continue,
+            Err(_) => None,
+        };
         r.blobs += 1;
-        let mut data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        if path.to_string_lossy().ends_with(crate::store::ZSTD_SUFFIX) {
-            data = zstd::stream::decode_all(&data[..]).unwrap_or_default();
-        }
-        match blob_digest(&path) {
-            Some(d) if &d == blake3::hash(&data).as_bytes() => {
+        match (blob_digest(&path), data) {
+            (Some(d), Some(data)) if &d == blake3::hash(&data).as_bytes() => {
                 good_blobs.insert(d, data.len() as u64);
             }
-            _ => r.bad_blobs.push(path),
+            _ => {
+                r.bad_blobs.push(dir.join(&path));
+                bad_rel.push(path);
+            }
         }
     }
     for path in store.files("entries") {
+        let data = match read_entry(dir, &path) {
+            None => continue,
+            Some(Ok((_, d))) => d,
+            Some(Err(_)) => {
+                r.entries += 1;
+                r.bad_entries.push(dir.join(&path));
+                bad_rel.push(path);
+                continue;
+            }
+        };
         r.entries += 1;
-        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if Entry::is_foreign(&data) {
             continue; // another ltocache version's entry
         }
         match Entry::decode(&data) {
             Ok(e) if path.file_name().and_then(|n| n.to_str()) == Some(hex(&e.key).as_str()) => {
                 if e.outputs.iter().any(|o| matches!(o.inline_data(), Some(Err(_)))) {
-                    r.bad_entries.push(path);
+                    r.bad_entries.push(dir.join(&path));
+                    bad_rel.push(path);
                 } else if e
                     .outputs
                     .iter()
                     .any(|o| o.stored == Stored::Blob && good_blobs.get(&o.digest) != Some(&o.size))
                 {
-                    r.dangling_entries.push(path);
+                    r.dangling_entries.push(dir.join(&path));
+                    bad_rel.push(path);
                 }
             }
-            _ => r.bad_entries.push(path),
+            _ => {
+                r.bad_entries.push(dir.join(&path));
+                bad_rel.push(path);
+            }
         }
     }
     if fix {
-        for p in r.bad_blobs.iter().chain(&r.bad_entries).chain(&r.dangling_entries) {
-            if std::fs::remove_file(p).is_ok() {
+        for p in &bad_rel {
+            if remove(dir, p) {
                 r.fixed += 1;
             }
         }

@@ -2,14 +2,20 @@
 //! mapped and verified serving (copy, reflink, hard link).
 
 use super::{Digest, Entry, Lookup, ServeMode, Store, Stored, StoredOutput, ENTRY_FORMAT, LAYOUT_DIR, RAW_MAX};
-use crate::util::{self, hex, map_file, write_atomic};
+use crate::beneath::{is_gone, is_refused, Dir, BLOB_CAP, READ_CAP};
+use crate::util::{self, hex, map_file};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The store in a local (or NFS-mounted) directory.
+/// The store in a local (or NFS-mounted) directory. Every file in it is
+/// opened through [`crate::beneath`]: by descriptor under the cache
+/// directory, never through a symlink, only regular files of sane size.
 pub struct LocalStore {
+    /// The cache directory (the store is its `v1/`), opened once, when first needed.
+    cache: PathBuf,
+    dir: std::sync::OnceLock<Dir>,
     root: PathBuf,
     /// zstd level for new outputs; `None` stores them raw (mapped, served
     /// without decoding — the fast path). Reading handles both kinds.
@@ -32,7 +38,31 @@ pub enum Served {
 
 impl LocalStore {
     pub fn new(cache_dir: &Path) -> LocalStore {
-        LocalStore { root: cache_dir.join(LAYOUT_DIR), compression: None, inline_max: 0 }
+        LocalStore {
+            cache: cache_dir.to_path_buf(),
+            dir: std::sync::OnceLock::new(),
+            root: cache_dir.join(LAYOUT_DIR),
+            compression: None,
+            inline_max: 0,
+        }
+    }
+
+    /// The cache directory, opened (not created: a missing one is a miss).
+    pub fn dir(&self) -> std::io::Result<&Dir> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d);
+        }
+        let d = Dir::open_root(&self.cache)?;
+        Ok(self.dir.get_or_init(|| d))
+    }
+
+    /// The cache directory, created when missing (before a store).
+    pub fn dir_creating(&self) -> std::io::Result<&Dir> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d);
+        }
+        let d = Dir::create_root(&self.cache)?;
+        Ok(self.dir.get_or_init(|| d))
     }
 
     /// Keep outputs stored in at most `max` bytes inside their entry.
@@ -51,25 +81,49 @@ impl LocalStore {
         &self.root
     }
 
-    /// The one place that decides where a blob or entry lives.
-    pub fn entry_path(&self, key: &Digest) -> PathBuf {
+    /// The one place that decides where a blob or entry lives: paths
+    /// relative to the cache directory ([`LocalStore::dir`]).
+    pub fn entry_rel(key: &Digest) -> PathBuf {
         let h = hex(key);
-        self.root.join("entries").join(&h[..2]).join(&h)
+        Path::new(LAYOUT_DIR).join("entries").join(&h[..2]).join(&h)
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub fn blob_rel(digest: &Digest) -> PathBuf {
         let h = hex(digest);
-        self.root.join("blobs").join(&h[..2]).join(&h)
+        Path::new(LAYOUT_DIR).join("blobs").join(&h[..2]).join(&h)
     }
 
-    pub fn zst_path(&self, digest: &Digest) -> PathBuf {
-        let mut p = self.blob_path(digest).into_os_string();
+    pub fn zst_rel(digest: &Digest) -> PathBuf {
+        let mut p = Self::blob_rel(digest).into_os_string();
         p.push(ZSTD_SUFFIX);
         PathBuf::from(p)
     }
 
+    pub fn tmp_rel() -> PathBuf {
+        Path::new(LAYOUT_DIR).join("tmp")
+    }
+
+    /// The same paths, absolute (messages, tests).
+    pub fn entry_path(&self, key: &Digest) -> PathBuf {
+        self.cache.join(Self::entry_rel(key))
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.cache.join(Self::blob_rel(digest))
+    }
+
+    pub fn zst_path(&self, digest: &Digest) -> PathBuf {
+        self.cache.join(Self::zst_rel(digest))
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.cache.join(Self::tmp_rel())
+    }
+
+    /// Writes `data` at `rel` atomically (temp file in `v1/tmp`, rename).
+    pub fn write_rel(&self, rel: &Path, data: &[u8]) -> Result<()> {
+        let dir = self.dir_creating().with_context(|| format!("opening {}", self.cache.display()))?;
+        dir.write_atomic(&Self::tmp_rel(), rel, data).with_context(|| format!("writing {}", dir.join(rel).display()))
     }
 
     /// Stores one output of a compile: inside the entry when its stored form
@@ -100,8 +154,8 @@ impl LocalStore {
             return Ok((output(Stored::Blob), 0));
         }
         match packed {
-            Some(p) => write_atomic(&self.tmp_dir(), &self.zst_path(&digest), &p)?,
-            None => write_atomic(&self.tmp_dir(), &self.blob_path(&digest), data)?,
+            Some(p) => self.write_rel(&Self::zst_rel(&digest), &p)?,
+            None => self.write_rel(&Self::blob_rel(&digest), data)?,
         }
         Ok((output(Stored::Blob), stored_len as u64))
     }
@@ -118,37 +172,51 @@ impl LocalStore {
     /// Serves a blob into `dest` atomically (temp file next to `dest`, then
     /// rename), after checking its bytes hash to `digest`.
     pub fn serve_blob(&self, digest: &Digest, size: u64, dest: &Path, mode: ServeMode) -> Result<Served> {
-        let path = self.blob_path(digest);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.serve_compressed(digest, size, dest),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        let rel = Self::blob_rel(digest);
+        let dir = match self.dir() {
+            Ok(d) => d,
+            Err(e) if is_gone(&e) => return Ok(Served::Unavailable("blob missing")),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.cache.display())),
         };
-        let len = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
+        let (file, st) = match dir.open_regular(&rel, libc::O_RDONLY, 0, BLOB_CAP) {
+            Ok(f) => f,
+            Err(e) if is_gone(&e) => return self.serve_compressed(digest, size, dest),
+            Err(e) if is_refused(&e) => return Ok(Served::Unavailable("blob is not a regular file of sane size")),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", dir.join(&rel).display())),
+        };
+        let len = st.st_size as u64;
         if len != size {
-            self.discard_blob(&path);
+            self.discard_blob(&rel);
             return Ok(Served::Unavailable("blob has the wrong size"));
         }
-        let map = map_file(&file, len).with_context(|| format!("mapping {}", path.display()))?;
+        let map = match map_file(&file, len) {
+            Ok(m) => m,
+            // Deleted by another NFS client since we opened it.
+            Err(e) if is_gone(&e) => return Ok(Served::Unavailable("blob missing")),
+            Err(e) => return Err(e).with_context(|| format!("mapping {}", dir.join(&rel).display())),
+        };
         if blake3::hash(&map).as_bytes() != digest {
-            self.discard_blob(&path);
+            self.discard_blob(&rel);
             return Ok(Served::Unavailable("blob digest mismatch"));
         }
-        self.write_output(&map, Some((&path, &file)), dest, mode)
+        self.write_output(&map, Some(&file), dest, mode)
     }
 
     /// Serves a zstd blob: decode, verify the decoded bytes, write.
     fn serve_compressed(&self, digest: &Digest, size: u64, dest: &Path) -> Result<Served> {
-        let path = self.zst_path(digest);
-        let packed = match std::fs::read(&path) {
+        let rel = Self::zst_rel(digest);
+        let dir = self.dir()?;
+        // Only stored compressed when smaller than the raw bytes: a bigger file is not ours.
+        let packed = match dir.read(&rel, size.min(BLOB_CAP)) {
             Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Served::Unavailable("blob missing")),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) if is_gone(&e) => return Ok(Served::Unavailable("blob missing")),
+            Err(e) if is_refused(&e) => return Ok(Served::Unavailable("blob is not a regular file of sane size")),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.join(&rel).display())),
         };
         let data = match super::codec::decompress(&packed, size as usize) {
             Ok(d) if d.len() as u64 == size && blake3::hash(&d).as_bytes() == digest => d,
             _ => {
-                self.discard_blob(&path);
+                self.discard_blob(&rel);
                 return Ok(Served::Unavailable("compressed blob does not decode to its digest"));
             }
         };
@@ -156,31 +224,26 @@ impl LocalStore {
     }
 
     /// Writes verified bytes to a temp file next to `dest` and renames it into
-    /// place. `source` (the raw blob) enables reflinks and hard links.
-    fn write_output(
-        &self,
-        bytes: &[u8],
-        source: Option<(&Path, &File)>,
-        dest: &Path,
-        mode: ServeMode,
-    ) -> Result<Served> {
+    /// place. `source` (the raw blob, opened beneath the cache) enables
+    /// reflinks and hard links.
+    fn write_output(&self, bytes: &[u8], source: Option<&File>, dest: &Path, mode: ServeMode) -> Result<Served> {
         let len = bytes.len() as u64;
         let dir = util::parent_dir(dest);
         let name = dest.file_name().context("output has no file name")?.to_string_lossy().into_owned();
         let tmp = dir.join(util::temp_name(&format!(".{name}.ltocache.")));
         let result = (|| -> Result<()> {
             match (mode, source) {
-                (ServeMode::HardLink, Some((path, _))) if std::fs::hard_link(path, &tmp).is_ok() => {}
+                (ServeMode::HardLink, Some(file)) if hard_link_read_only(file, &tmp) => {}
                 _ => {
                     // Copy (also the fallback when a hard link is impossible:
                     // another filesystem, or no permission).
                     let mut out = util::open_raw(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)
                         .with_context(|| format!("creating {}", tmp.display()))?;
                     let cloned = match (mode, source) {
-                        (ServeMode::Reflink, Some((_, file))) => reflink(file, &out),
+                        (ServeMode::Reflink, Some(file)) => reflink(file, &out),
                         // The kernel copies page to page (and on btrfs/xfs may
                         // share extents); we already read the bytes to verify them.
-                        (ServeMode::Copy, Some((_, file))) => copy_range(file, &out, len),
+                        (ServeMode::Copy, Some(file)) => copy_range(file, &out, len),
                         _ => false,
                     };
                     if !cloned {
@@ -214,32 +277,40 @@ impl LocalStore {
         if last_use.and_then(|t| t.elapsed().ok()).is_some_and(|age| age < std::time::Duration::from_secs(60)) {
             return;
         }
-        let Ok(path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.entry_path(key).as_os_str()))
-        else {
-            return;
-        };
         // utimensat(..., NULL): "now" by the file's own clock (the server's on
         // NFS), allowed to any user with write access, unlike setting an
-        // explicit time, which only the owner may do.
-        // SAFETY: a NUL-terminated path we own; NULL times means "set both to now".
-        unsafe {
-            libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0);
+        // explicit time, which only the owner may do. Best effort.
+        if let Ok(dir) = self.dir() {
+            let _ = dir.touch(Self::entry_rel(key));
         }
     }
 
     /// Looks an entry up and also returns its last use (mtime), read from the
     /// same open file, for [`LocalStore::touch_entry`].
     pub fn get_entry_and_last_use(&self, key: &Digest) -> Result<(Lookup, Option<std::time::SystemTime>)> {
-        let path = self.entry_path(key);
-        let file = match util::open_raw(&path, libc::O_RDONLY, 0) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Lookup::Miss, None)),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        let rel = Self::entry_rel(key);
+        let dir = match self.dir() {
+            Ok(d) => d,
+            Err(e) if is_gone(&e) => return Ok((Lookup::Miss, None)),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.cache.display())),
         };
-        let meta = file.metadata().with_context(|| format!("stat {}", path.display()))?;
-        let last_use = meta.modified().ok();
+        let (file, st) = match dir.open_regular(&rel, libc::O_RDONLY, 0, READ_CAP) {
+            Ok(f) => f,
+            // Never stored, or deleted by another host since (ESTALE on NFS).
+            Err(e) if is_gone(&e) => return Ok((Lookup::Miss, None)),
+            // A symlink, FIFO, directory or giant planted here: not an entry.
+            // Left in place; the store's rename replaces it (a directory is
+            // moved aside first).
+            Err(e) if is_refused(&e) => return Ok((Lookup::Corrupt(format!("refused: {e}")), None)),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", dir.join(&rel).display())),
+        };
+        let last_use = Some(crate::beneath::Stat::of_raw(&st).modified());
         // Entries are renamed into place whole, never rewritten: its size is final.
-        let data = util::read_sized(&file, meta.len()).with_context(|| format!("reading {}", path.display()))?;
+        let data = match util::read_sized(&file, st.st_size as u64) {
+            Ok(d) => d,
+            Err(e) if is_gone(&e) => return Ok((Lookup::Miss, None)),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.join(&rel).display())),
+        };
         // Another ltocache version sharing the store wrote this: a miss, and
         // its file is left for that version (the key version differs anyway).
         if Entry::format_of(&data).is_some_and(|f| f != ENTRY_FORMAT) {
@@ -248,11 +319,11 @@ impl LocalStore {
         let lookup = match Entry::decode(&data) {
             Ok(entry) if &entry.key == key => Lookup::Hit(entry),
             Ok(_) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = dir.unlink(&rel);
                 Lookup::Corrupt("entry names another key".into())
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = dir.unlink(&rel);
                 Lookup::Corrupt(e.to_string())
             }
         };
@@ -271,33 +342,67 @@ impl LocalStore {
         unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
     }
 
-    fn discard_blob(&self, path: &Path) {
+    fn discard_blob(&self, rel: &Path) {
         // Another process may have replaced it with a good copy meanwhile; a
         // removed good blob is only a future miss, a kept bad one is re-detected.
-        let _ = std::fs::remove_file(path);
+        if let Ok(dir) = self.dir() {
+            let _ = dir.unlink(rel);
+        }
     }
 
     /// Removes every entry and blob. Temp files of running writers are left.
+    ///
+    /// Each of `entries/`, `blobs/`, `size/` is first renamed into `tmp/`
+    /// (atomic: compiles storing meanwhile create a fresh one), then removed
+    /// there by descriptor. What a writer still renames into the old tree is
+    /// swept with the rest of `tmp/` by the next cleanup.
     pub fn clear(&self) -> Result<()> {
+        let dir = match self.dir() {
+            Ok(d) => d,
+            Err(e) if is_gone(&e) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.cache.display())),
+        };
+        let tmp = Self::tmp_rel();
+        dir.create_dirs(&tmp).with_context(|| format!("creating {}", dir.join(&tmp).display()))?;
         for sub in ["entries", "blobs", "size"] {
-            let dir = self.root.join(sub);
-            match std::fs::remove_dir_all(&dir) {
+            let rel = Path::new(LAYOUT_DIR).join(sub);
+            let junk = tmp.join(util::temp_name(&format!("clear-{sub}.")).replace(".tmp", ".junk"));
+            match dir.rename(&rel, &junk) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+                Err(e) if is_gone(&e) => continue,
+                Err(e) => return Err(e).with_context(|| format!("moving {} aside", dir.join(&rel).display())),
             }
+            // Best effort: a writer that had the old directory open may still
+            // add a file; cleanup sweeps the rest of `tmp/` after `grace`.
+            let _ = dir.remove_tree(&junk, JUNK_DEPTH);
         }
         Ok(())
     }
 
-    /// Every file under `entries/` or `blobs/` (`sub`), across the
-    /// two-hex-digit fan-out directories.
+    /// Every file of ours under `entries/` or `blobs/` (`sub`), across the
+    /// two-hex-digit fan-out directories, as paths relative to the cache
+    /// directory. Walked by descriptor; a fan-out directory that is a symlink
+    /// (or anything but a directory) is skipped, and only names of our shape
+    /// (hex of the right length in the right fan-out) are listed.
     pub fn files(&self, sub: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        let Ok(shards) = std::fs::read_dir(self.root.join(sub)) else { return out };
-        for shard in shards.flatten() {
-            let Ok(items) = std::fs::read_dir(shard.path()) else { continue };
-            out.extend(items.flatten().map(|e| e.path()));
+        let Ok(dir) = self.dir() else { return out };
+        let base = Path::new(LAYOUT_DIR).join(sub);
+        let Ok(shards) = dir.subdir(&base) else { return out };
+        let Ok(names) = shards.names(None) else { return out };
+        for shard in names {
+            let Ok(shard) = String::from_utf8(shard) else { continue };
+            if shard.len() != 2 || !shard.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                continue;
+            }
+            let Ok(items) = shards.names(Some(Path::new(&shard))) else { continue };
+            for item in items {
+                let Ok(item) = String::from_utf8(item) else { continue };
+                let hexpart = item.strip_suffix(ZSTD_SUFFIX).filter(|_| sub == "blobs").unwrap_or(&item);
+                if hexpart.len() == 64 && hexpart.starts_with(&shard) && util::unhex(hexpart).is_some() {
+                    out.push(base.join(&shard).join(&item));
+                }
+            }
         }
         out
     }
@@ -305,8 +410,12 @@ impl LocalStore {
     /// (entries, files, bytes) by walking the directory: the authoritative
     /// size of a shared store, whatever each host's database believes.
     pub fn scan_usage(&self) -> (u64, u64, u64) {
+        let Ok(dir) = self.dir() else { return (0, 0, 0) };
         let size = |paths: Vec<PathBuf>| -> (u64, u64) {
-            paths.iter().filter_map(|p| std::fs::metadata(p).ok()).fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+            paths
+                .iter()
+                .filter_map(|p| dir.stat(p).ok().filter(|s| s.is_file()))
+                .fold((0, 0), |(n, b), m| (n + 1, b + m.size))
         };
         let (entries, entry_bytes) = size(self.files("entries"));
         let (blobs, blob_bytes) = size(self.files("blobs"));
@@ -321,12 +430,15 @@ impl Store for LocalStore {
 
     fn put_entry(&self, entry: &Entry) -> Result<u64> {
         let data = entry.encode();
-        write_atomic(&self.tmp_dir(), &self.entry_path(&entry.key), &data)?;
+        self.write_rel(&Self::entry_rel(&entry.key), &data)?;
         Ok(data.len() as u64)
     }
 
     fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).exists() || self.zst_path(digest).exists()
+        // Only a regular file counts: a planted symlink or directory must not
+        // stop the real blob from being stored.
+        let Ok(dir) = self.dir() else { return false };
+        [Self::blob_rel(digest), Self::zst_rel(digest)].iter().any(|r| dir.stat(r).is_ok_and(|s| s.is_file()))
     }
 
     fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<u64> {
@@ -340,11 +452,11 @@ impl Store for LocalStore {
             let packed = compress(data, level)?;
             // Incompressible outputs stay raw (and keep the mapped fast path).
             if packed.len() < data.len() {
-                write_atomic(&self.tmp_dir(), &self.zst_path(digest), &packed)?;
+                self.write_rel(&Self::zst_rel(digest), &packed)?;
                 return Ok(packed.len() as u64);
             }
         }
-        write_atomic(&self.tmp_dir(), &self.blob_path(digest), data)?;
+        self.write_rel(&Self::blob_rel(digest), data)?;
         Ok(data.len() as u64)
     }
 }
@@ -385,6 +497,47 @@ fn copy_range(src: &File, dst: &File, len: u64) -> bool {
             return false;
         }
         done += n as u64;
+    }
+    true
+}
+
+/// How deep `clear` and cleanup descend into a tree moved into `tmp/`:
+/// entries and blobs sit two levels down; a planted tree deeper than this
+/// stays (and costs nothing but its space).
+pub const JUNK_DEPTH: u32 = 8;
+
+/// Serves a blob by hard link, read-only and with a fresh mtime; false (and
+/// nothing left at `tmp`) when that cannot be done, so the caller copies.
+///
+/// The link is made from the descriptor already opened and verified
+/// (`/proc/self/fd/N`), not from the blob's path, which another process
+/// could have replaced since. Read-only, so a tool that opens the output for
+/// writing fails instead of editing the cache; a fresh mtime, since an
+/// output older than its inputs makes `make` rebuild it every time.
+fn hard_link_read_only(blob: &File, tmp: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = blob.metadata() else { return false };
+    let mode = meta.permissions().mode();
+    if mode & 0o222 != 0 && blob.set_permissions(std::fs::Permissions::from_mode(mode & 0o7555)).is_err() {
+        return false; // not ours to make read-only
+    }
+    let (Ok(src), Ok(dst)) = (
+        std::ffi::CString::new(format!("/proc/self/fd/{}", blob.as_raw_fd())),
+        std::ffi::CString::new(tmp.as_os_str().as_bytes()),
+    ) else {
+        return false;
+    };
+    // SAFETY: NUL-terminated paths we own.
+    if unsafe { libc::linkat(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), libc::AT_SYMLINK_FOLLOW) } != 0
+    {
+        return false;
+    }
+    // SAFETY: NUL-terminated path we own; NULL times means "now".
+    if unsafe { libc::utimensat(libc::AT_FDCWD, dst.as_ptr(), std::ptr::null(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        let _ = std::fs::remove_file(tmp);
+        return false;
     }
     true
 }

@@ -166,6 +166,9 @@ impl Fixture {
             .env_remove("LTOCACHE_READONLY")
             .env_remove("LTOCACHE_RECACHE")
             .env_remove("LTOCACHE_STATS_DIR")
+            // First key only, even with a precise-mode helper beside the
+            // binary (tests/precise.rs turns it on).
+            .env("LTOCACHE_PRECISE", "0")
             // Raw outputs, so tests can damage and inspect them byte for
             // byte; compression has its own tests.
             .env("LTOCACHE_COMPRESSION", "off")
@@ -229,6 +232,13 @@ impl Fixture {
             })
             .map(|m| m.to_string())
             .collect()
+    }
+
+    /// This user's state directory on this host, inside the cache (the default on a local disk).
+    pub fn state_dir(&self) -> PathBuf {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        self.cache.join("hosts").join(ltocache::util::hostname()).join(format!("u{uid}"))
     }
 
     pub fn entry_files(&self) -> Vec<PathBuf> {

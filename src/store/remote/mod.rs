@@ -549,6 +549,19 @@ impl Tier {
     }
 }
 
+/// The `remote.<name>.<metric>` counters, grouped by remote (for `stats`).
+pub fn per_remote(
+    counters: &std::collections::BTreeMap<String, i64>,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> = Default::default();
+    for (k, v) in counters {
+        if let Some((name, metric)) = k.strip_prefix("remote.").and_then(|r| r.rsplit_once('.')) {
+            *out.entry(name.to_string()).or_default().entry(metric.to_string()).or_insert(0) += v;
+        }
+    }
+    out
+}
+
 /// What a remote hit did.
 pub struct RemoteHit {
     pub stderr: Vec<u8>,
@@ -557,15 +570,20 @@ pub struct RemoteHit {
 }
 
 /// Why a config file's remotes are not to be used, if they are not: a file
-/// owned by another user (not us, not root) could point this user's builds
-/// at a server that serves them objects, or collect theirs. Set
-/// `LTOCACHE_REMOTE` instead, or own the file.
+/// that another user owns (not us, not root) or that group or others may
+/// write (ssh's StrictModes rule, as for every setting that decides where
+/// this user's objects come from) could point this user's builds at a
+/// server that serves them objects, or collects theirs and their
+/// credentials. Set `LTOCACHE_REMOTE` instead, or fix the file.
 fn untrusted_because(file: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(file).ok()?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    (m.uid() != me && m.uid() != 0).then(|| format!("{} is owned by uid {}, not by this user", file.display(), m.uid()))
+    if m.uid() != me && m.uid() != 0 {
+        return Some(format!("{} is owned by uid {}, not by this user", file.display(), m.uid()));
+    }
+    (m.mode() & 0o022 != 0).then(|| format!("{} may be written by group or others", file.display()))
 }
 
 /// An item of the setting with its password and token hidden, for messages.
