@@ -34,8 +34,9 @@ impl Results {
     }
 
     fn want(&self, vers: &str, client: &str, key: &str) -> &str {
-        self.get(vers, client, key)
-            .unwrap_or_else(|| panic!("NFSv{vers} client {client}: no result {key:?} (see target/nfs/v{vers}/{client}.log)"))
+        self.get(vers, client, key).unwrap_or_else(|| {
+            panic!("NFSv{vers} client {client}: no result {key:?} (see target/nfs/v{vers}/{client}.log)")
+        })
     }
 
     fn num(&self, vers: &str, client: &str, key: &str) -> u64 {
@@ -78,8 +79,23 @@ fn two_nfs_clients_share_one_cache() {
             }
             // Every object of the other client's variant was a hit.
             assert_eq!(r.num(vers, c, "cross_hits"), MODULES, "NFSv{vers} {c}: hits of the other client's entries");
-            assert_eq!(r.want(vers, c, "cross_stats_hits"), MODULES.to_string(), "NFSv{vers} {c}: `stats` counted them");
-            for cmd in ["version", "help", "config", "stats", "stats_json", "explain", "verify", "evict", "cleanup", "zero_stats"] {
+            assert_eq!(
+                r.want(vers, c, "cross_stats_hits"),
+                MODULES.to_string(),
+                "NFSv{vers} {c}: `stats` counted them"
+            );
+            for cmd in [
+                "version",
+                "help",
+                "config",
+                "stats",
+                "stats_json",
+                "explain",
+                "verify",
+                "evict",
+                "cleanup",
+                "zero_stats",
+            ] {
                 assert_eq!(r.want(vers, c, &format!("rc_{cmd}")), "0", "NFSv{vers} {c}: `{cmd}` with default settings");
             }
             assert_eq!(r.want(vers, c, "after_zero_hits"), "0", "NFSv{vers} {c}: zero-stats");
@@ -99,13 +115,21 @@ fn two_nfs_clients_share_one_cache() {
         assert!(r.get(vers, "host", "killed_B").is_some(), "NFSv{vers}: the host did not power B off");
         assert_eq!(r.want(vers, "A", "rc_verify_after_kill"), "0", "NFSv{vers}: verify after B died");
         for phase in ["final", "again"] {
-            assert_eq!(r.num(vers, "A", &format!("{phase}_mismatch")), 0, "NFSv{vers}: {phase} build differs from clang's");
+            assert_eq!(
+                r.num(vers, "A", &format!("{phase}_mismatch")),
+                0,
+                "NFSv{vers}: {phase} build differs from clang's"
+            );
         }
         assert_eq!(r.num(vers, "A", "again_hits"), MODULES, "NFSv{vers}: the rebuild after the power-off hits");
         assert_eq!(r.want(vers, "A", "rc_stats_final"), "0", "NFSv{vers}: stats after B died");
         if vers != "3" {
             // NFSv4: the server's lease on the dead client's lock runs out.
-            assert_eq!(r.want(vers, "A", "lock_released"), "1", "NFSv{vers}: the dead client's cleanup lock never went");
+            assert_eq!(
+                r.want(vers, "A", "lock_released"),
+                "1",
+                "NFSv{vers}: the dead client's cleanup lock never went"
+            );
         }
         assert_eq!(r.want(vers, "A", "rc_clear"), "0", "NFSv{vers}: clear");
         assert_eq!(r.want(vers, "A", "after_clear_entries"), "0", "NFSv{vers}: clear left entries");

@@ -339,7 +339,9 @@ fn cold_compiles_compute_nothing_before_compiling_and_record_in_the_background()
 #[test]
 fn unvetted_inputs_refuse_and_keep_the_first_key() {
     let cases: &[(&[&str], &str)] =
-        &[(&["-mllvm", "-unroll-threshold=100"], "refused.mllvm_option"), (&["-fembed-bitcode"], "refused.driver")];
+        // -fembed-bitcode embeds the command line with the role-marked paths:
+        // since issue 11 the whole command is refused before the first key.
+        &[(&["-mllvm", "-unroll-threshold=100"], "refused.mllvm_option"), (&["-fembed-bitcode"], "unsupported_option")];
     for (flags, code) in cases {
         let p = Project::new(&[], flags);
         p.build();

@@ -157,7 +157,10 @@ fn a_compile_that_prints_to_stdout_is_not_stored() {
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     for _ in 0..2 {
-        let out = f.cached_backend_with(&fake, "vec", &[]);
+        // A script compiler is refused unless compiler_check states it.
+        let mut c = f.ltocache();
+        c.env("LTOCACHE_COMPILER_CHECK", "string:printcc").arg(&fake).args(f.backend_args("vec", "vec.final_o", &[]));
+        let out = c.output().unwrap();
         assert!(out.status.success());
         // No newline at the end: it is still in the wrapper's stdout buffer at exit.
         assert_eq!(String::from_utf8_lossy(&out.stdout), "statistics\non stdout", "stdout passes through");

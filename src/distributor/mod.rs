@@ -249,7 +249,10 @@ fn plan_job<'c>(
     common_inputs: &[String],
     batch: &mut Batch,
 ) -> Plan<'c> {
-    let analysed = args::expand_response_files(args).and_then(|expanded| args::analyze(compiler, &expanded));
+    // The driver's environment is every job's (driver.rs refuses what makes it write or edit).
+    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+        .and_then(|()| args::expand_response_files(args))
+        .and_then(|expanded| args::analyze(compiler, &expanded));
     let mut inv = match analysed {
         Ok(inv) => inv,
         Err(reason) => {
