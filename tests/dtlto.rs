@@ -160,8 +160,10 @@ impl Dt {
     /// A raw counter of this host's database (after `stats` folded the journal).
     fn counter(&self, name: &str) -> i64 {
         self.stat("hits");
-        let hosts = std::fs::read_dir(self.cache.join("hosts")).unwrap().next().unwrap().unwrap().path();
-        let db = ltocache::stats::Db::open(&hosts.join("stats.sqlite3")).unwrap();
+        let host = std::fs::read_dir(self.cache.join("hosts")).unwrap().next().unwrap().unwrap().path();
+        // SAFETY: geteuid has no preconditions.
+        let state = host.join(format!("u{}", unsafe { libc::geteuid() }));
+        let db = ltocache::stats::Db::open(&state.join("stats.sqlite3")).unwrap();
         db.counters().unwrap().get(name).copied().unwrap_or(0)
     }
 

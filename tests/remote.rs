@@ -281,7 +281,7 @@ fn refusing_and_hung_servers_cost_one_timeout_and_are_then_skipped() {
         assert_eq!(remote_stat(&f, "x", "skipped_down"), 2 * n() - 1, "{url}");
         assert_eq!(f.stat("misses"), n());
         assert_eq!(f.entry_files().len(), MODULES.len(), "{url}: the local store works as ever");
-        let mark = f.cache.join("hosts").join(hostname()).join("remote-down.x");
+        let mark = f.state_dir().join("remote-down.x");
         assert!(mark.exists(), "{url}: no down mark");
         // Not a performance figure: a hang (10 s default timeout per call,
         // twelve calls) would take minutes.
