@@ -580,6 +580,9 @@ fn every_path_lists_what_ltocache_really_opens() {
 fn regex_lite_fd() -> impl Fn(&str) -> Vec<String> {
     |line: &str| {
         let mut out = Vec::new();
+        // `*at` calls resolve a name under their directory descriptor; others' strings are data.
+        let call = line.split_whitespace().nth(1).and_then(|c| c.split('(').next()).unwrap_or("");
+        let at_call = call.ends_with("at") || call.ends_with("at2");
         let mut rest = line;
         while let Some(i) = rest.find("</") {
             let after = &rest[i + 1..];
@@ -589,7 +592,7 @@ fn regex_lite_fd() -> impl Fn(&str) -> Vec<String> {
             out.push(dir.to_string());
             // `3</dir>, "name"`: a name resolved under that directory.
             let tail = &after[end + 1..];
-            if let Some(q) = tail.strip_prefix(", \"") {
+            if let Some(q) = tail.strip_prefix(", \"").filter(|_| at_call) {
                 if let Some(e) = q.find('"') {
                     let name = &q[..e];
                     if !name.starts_with('/') && !name.is_empty() {

@@ -290,10 +290,6 @@ fn refusing_and_hung_servers_cost_one_timeout_and_are_then_skipped() {
     drop(hung);
 }
 
-fn hostname() -> String {
-    String::from_utf8(ok(&mut Command::new("hostname")).stdout).unwrap().trim().to_string()
-}
-
 #[test]
 fn auth_failures_and_too_large_values_are_counted_and_the_build_goes_on() {
     let web = nginx();
