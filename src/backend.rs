@@ -33,6 +33,9 @@ pub struct Ctx<'a> {
     pub store: LocalStore,
     /// The remotes, built at the first local miss (see [`remote_tier`]).
     pub remote: std::sync::OnceLock<Tier>,
+    /// Compiler identities already known to this process: a driver keying
+    /// hundreds of jobs for one compiler reads its memo once, not per job.
+    identities: std::cell::RefCell<Vec<(PathBuf, [u8; 32])>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -43,7 +46,15 @@ impl<'a> Ctx<'a> {
         }
         let state_dir = config.state_dir();
         let memo = MemoTable::open(&state_dir).map_err(|e| log.log(&format!("memo table unavailable: {e:#}"))).ok();
-        Ctx { config, log, state_dir, memo, store: config.store(), remote: Default::default() }
+        Ctx {
+            config,
+            log,
+            state_dir,
+            memo,
+            store: config.store(),
+            remote: Default::default(),
+            identities: Default::default(),
+        }
     }
 }
 
@@ -106,16 +117,21 @@ pub fn prepare<'c>(ctx: &'c Ctx, inv: &BackendInvocation, batch: &mut Batch) -> 
 
     let mut hasher = FileHasher::new(ctx.memo.as_ref());
     let cpu_before = crate::util::cpu_ns(libc::RUSAGE_SELF);
-    let key = crate::compiler::identity(&program, Some(&ctx.state_dir)).map_err(KeyError::Internal).and_then(
-        |(id, computed)| {
-            if computed {
-                // Hashing clang and its libraries once per host: reported apart
-                // from the per-compile cost in `stats`.
-                batch.add("cpu_ns.compiler_identity", crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu_before);
-            }
-            key::compute(inv, &id, &mut hasher, &|v| std::env::var(v).ok())
-        },
-    );
+    let known = ctx.identities.borrow().iter().find(|(p, _)| *p == program).map(|(_, id)| (*id, false));
+    let identity = match known {
+        Some(k) => Ok(k),
+        None => crate::compiler::identity(&program, Some(&ctx.state_dir)).inspect(|(id, _)| {
+            ctx.identities.borrow_mut().push((program.clone(), *id));
+        }),
+    };
+    let key = identity.map_err(KeyError::Internal).and_then(|(id, computed)| {
+        if computed {
+            // Hashing clang and its libraries once per host: reported apart
+            // from the per-compile cost in `stats`.
+            batch.add("cpu_ns.compiler_identity", crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu_before);
+        }
+        key::compute(inv, &id, &mut hasher, &|v| std::env::var(v).ok())
+    });
     let key = match key {
         Ok(k) => k,
         Err(KeyError::NotCacheable(reason)) => {
@@ -275,6 +291,31 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
 /// the figure the cold-overhead target is about, free of the wall-clock noise
 /// of a shared machine.
 pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64) {
+    record_many(config, log, &mut [(batch, own_cpu_ns)]);
+}
+
+/// [`record`] for many jobs of one process, in one journal write.
+pub fn record_many(config: &Config, log: &Logger, jobs: &mut [(&mut Batch, i64)]) {
+    for (batch, own_cpu_ns) in jobs.iter_mut() {
+        close_batch(config, batch, *own_cpu_ns);
+    }
+    let batches: Vec<&Batch> = jobs.iter().map(|(b, _)| &**b).collect();
+    let dir = config.state_dir();
+    match crate::journal::append_many(&dir, &batches) {
+        Ok(len) if len > crate::journal::FOLD_AT => {
+            let folded =
+                Db::open(&config.stats_db_path()).and_then(|mut db| crate::journal::fold(&dir, &mut db, false));
+            if let Err(e) = folded {
+                log.log(&format!("folding the journal failed: {e:#}"));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log.log(&format!("stats journal not written: {e:#}")),
+    }
+}
+
+/// The counters every job's record ends with.
+fn close_batch(config: &Config, batch: &mut Batch, own_cpu_ns: i64) {
     batch.at_ns = crate::util::now_ns();
     // The one-time hashing of the compiler is counted apart (and not here).
     let identity = batch.counters.get("cpu_ns.compiler_identity").copied().unwrap_or(0);
@@ -286,18 +327,6 @@ pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64)
     }
     if let Some(counter) = config.state().counter {
         batch.add(counter, 1);
-    }
-    let dir = config.state_dir();
-    match crate::journal::append(&dir, batch) {
-        Ok(len) if len > crate::journal::FOLD_AT => {
-            let folded =
-                Db::open(&config.stats_db_path()).and_then(|mut db| crate::journal::fold(&dir, &mut db, false));
-            if let Err(e) = folded {
-                log.log(&format!("folding the journal failed: {e:#}"));
-            }
-        }
-        Ok(_) => {}
-        Err(e) => log.log(&format!("stats journal not written: {e:#}")),
     }
 }
 

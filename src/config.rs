@@ -452,11 +452,7 @@ impl Config {
     /// The remote tier these settings describe (parsing its URLs: only
     /// after a local miss, or for `ltocache config`).
     pub fn remote_tier(&self) -> crate::store::remote::Tier {
-        let file = match &self.remote_storage.origin {
-            Origin::File(p) => Some(p.as_path()),
-            _ => None,
-        };
-        let mut tier = crate::store::remote::Tier::new(&self.remote_storage.value, file, self.state_dir());
+        let mut tier = crate::store::remote::Tier::new(&self.remote_storage.value, self.state_dir());
         tier.fill_local = !self.remote_only.value;
         tier.readonly = self.readonly.value;
         tier.compression = self.compression.value.or(Some(DEFAULT_ZSTD_LEVEL));

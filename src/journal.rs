@@ -47,7 +47,13 @@ const FOLD_CAP: u64 = 256 << 20;
 
 /// Appends one invocation's batch. Returns the journal's length afterwards.
 pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
-    let record = encode(batch);
+    append_many(dir, &[batch])
+}
+
+/// Appends several records in one `write` (the DTLTO distributor records a
+/// whole link's jobs at once: one open and lock instead of one per job).
+pub fn append_many(dir: &Path, batches: &[&Batch]) -> std::io::Result<u64> {
+    let record: Vec<u8> = batches.iter().flat_map(|b| encode(b)).collect();
     let path = dir.join(JOURNAL);
     for _ in 0..8 {
         let mut f = open_in(dir, JOURNAL, libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;

@@ -932,8 +932,10 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         }
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         libc::setsid();
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        // The system call itself: musl's sched_setscheduler() is a stub that
+        // returns ENOSYS, and its sched_param has extra fields (zeroed here).
+        let param: libc::sched_param = std::mem::zeroed();
+        libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param as *const libc::sched_param);
     }
     let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
     if let Ok(second) = compute(ctx, inv, job, &mut hasher) {

@@ -160,10 +160,12 @@ impl Dt {
     /// A raw counter of this host's database (after `stats` folded the journal).
     fn counter(&self, name: &str) -> i64 {
         self.stat("hits");
-        let host = std::fs::read_dir(self.cache.join("hosts")).unwrap().next().unwrap().unwrap().path();
-        // SAFETY: geteuid has no preconditions.
-        let state = host.join(format!("u{}", unsafe { libc::geteuid() }));
-        let db = ltocache::stats::Db::open(&state.join("stats.sqlite3")).unwrap();
+        // Where the database is: `ltocache config` says (the state directory is per user).
+        let out = ok_out(self.cmd(ltocache_bin()).arg("config").output().unwrap(), "config");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text.lines().find(|l| l.starts_with("stats_db")).expect("config shows stats_db");
+        let path = line.split('=').nth(1).unwrap().trim().split("  ").next().unwrap().trim().to_string();
+        let db = ltocache::stats::Db::open(std::path::Path::new(&path)).unwrap();
         db.counters().unwrap().get(name).copied().unwrap_or(0)
     }
 
@@ -408,6 +410,25 @@ fn refusals_failures_and_bad_job_files() {
     std::fs::remove_file(d.path("full.native.o")).unwrap();
     ok_out(c.output().unwrap(), "distributor without a usable cache");
     assert!(d.path("full.native.o").is_file());
+
+    // A cache directory another user made and everyone may write
+    // (crate::trust refuses it): the jobs run plainly and nothing is written
+    // there. Needs root to make the directory another user's (CI is root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let open = d.dir.join("open-cache");
+        std::fs::create_dir(&open).unwrap();
+        std::os::unix::fs::chown(&open, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        std::fs::remove_file(d.path("full.native.o")).unwrap();
+        let mut c = d.cmd(ltocache_bin());
+        c.arg("full.dist-file.json").env("LTOCACHE_DIR", &open);
+        ok_out(c.output().unwrap(), "distributor with a refused cache directory");
+        assert!(d.path("full.native.o").is_file());
+        let written = util::files_under(&open);
+        assert!(written.is_empty(), "nothing written into a refused cache directory: {written:?}");
+        assert!(d.log().contains("cache directory refused, running every job plainly"), "{}", d.log());
+    }
 
     // A broken job file: one line, non-zero.
     std::fs::write(d.path("broken.dist-file.json"), "{\"common\": [").unwrap();

@@ -4,7 +4,7 @@
 # docs/benchmarks.md. On a fresh Debian 12 machine it installs what it needs.
 #
 #   benches/realworld/run.sh [--corpus zstd|lua|libgit2]... [--quick] [--repeat N]
-#                            [--skip-llvm-cache] [--no-docs]
+#                            [--skip-llvm-cache] [--no-docs] [--remote]
 #
 # Work files go to benches/realworld/work/ (git-ignored); front-end bitcode is
 # kept there between runs. Results are printed and written into
@@ -74,5 +74,8 @@ print(json.dumps({p["name"]: os.path.dirname(p["manifest_path"]) for p in pk if 
 
 # 4. The benchmark.
 say "running the benchmark"
-exec python3 "$HERE/bench.py" --ltocache "$LTOCACHE" --work "$WORK" --crates "$CRATES" \
+# --remote: the remote tier's "second machine" benchmark (remote.py) instead.
+SCRIPT=bench.py
+for a in "$@"; do [ "$a" = "--remote" ] && SCRIPT=remote.py; done
+exec python3 "$HERE/$SCRIPT" --ltocache "$LTOCACHE" --work "$WORK" --crates "$CRATES" \
     --command "$CMDLINE" ${DOCS:+--docs "$DOCS"} "${PASS[@]}"

@@ -95,7 +95,7 @@ impl Jobserver {
         let auth = flags
             .split_ascii_whitespace()
             .filter_map(|w| w.strip_prefix("--jobserver-auth=").or_else(|| w.strip_prefix("--jobserver-fds=")))
-            .last()?;
+            .next_back()?;
         Some(Self::open(auth))
     }
 

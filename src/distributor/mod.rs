@@ -170,7 +170,13 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     // Settings: an unusable configuration runs every job plainly.
     let config = Config::load().ok().filter(|c| !c.disable.value);
     let log = Logger::new(config.as_ref().and_then(|c| c.logfile.value.clone()));
-    let ctx = config.as_ref().map(|c| Ctx::new(c, &log));
+    // A cache directory someone else controls is not used (crate::trust):
+    // every job runs plainly, counted as the wrapper counts it.
+    let refused = config.as_ref().and_then(|c| c.refused.clone());
+    if let Some(why) = &refused {
+        log.log(&format!("cache directory refused, running every job plainly: {why}"));
+    }
+    let ctx = config.as_ref().filter(|_| refused.is_none()).map(|c| Ctx::new(c, &log));
 
     let mut jobs: Vec<Job> = file
         .jobs
@@ -181,7 +187,12 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
             let mut batch = Batch::default();
             let plan = match &ctx {
                 Some(ctx) => plan_job(ctx, &compiler, &all, spec, &file.common_inputs, &mut batch),
-                None => Plan::Plain,
+                None => {
+                    if refused.is_some() {
+                        batch.add("uncacheable.cache_dir_refused", 1);
+                    }
+                    Plan::Plain
+                }
             };
             let own_cpu_ns = crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu0;
             let ok = matches!(plan, Plan::Served);
@@ -205,10 +216,14 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         // file, spawning, draining pipes) is shared out equally.
         let steps: i64 = jobs.iter().map(|j| j.own_cpu_ns).sum();
         let shared = (crate::util::cpu_ns(libc::RUSAGE_SELF) - steps).max(0) / (jobs.len().max(1) as i64);
-        for j in &mut jobs {
-            j.batch.add("distributor_jobs", 1);
-            backend::record(config, &log, &mut j.batch, j.own_cpu_ns + shared);
-        }
+        let mut records: Vec<(&mut Batch, i64)> = jobs
+            .iter_mut()
+            .map(|j| {
+                j.batch.add("distributor_jobs", 1);
+                (&mut j.batch, j.own_cpu_ns + shared)
+            })
+            .collect();
+        backend::record_many(config, &log, &mut records);
     }
 
     // lld needs every output; a job that failed has already printed why.

@@ -309,20 +309,19 @@ fn down_mark(state_dir: &Path, r: &Remote) -> PathBuf {
 }
 
 impl Tier {
-    /// Parses the setting. `file` is the config file it came from, if any:
-    /// remotes from a file another user owns are refused (see [`trusted`]).
-    pub fn new(spec: &str, file: Option<&Path>, state_dir: PathBuf) -> Tier {
+    /// Parses the setting. Whose setting it may be is decided before, with
+    /// the others (`config.rs`, `trust.rs`: a `remote_storage` in an
+    /// `ltocache.conf` that another user owns or may write is ignored).
+    pub fn new(spec: &str, state_dir: PathBuf) -> Tier {
         let mut remotes = Vec::new();
         let mut problems = Vec::new();
-        let untrusted = file.and_then(untrusted_because);
         for item in spec.split_whitespace() {
-            match (Remote::parse(item), &untrusted) {
-                (Ok(_), Some(why)) => problems.push(format!("remote_storage ignored: {why}")),
-                (Ok(r), None) if remotes.iter().any(|o: &Remote| o.name == r.name) => {
+            match Remote::parse(item) {
+                Ok(r) if remotes.iter().any(|o: &Remote| o.name == r.name) => {
                     problems.push(format!("two remotes named {}: add |name=", r.name))
                 }
-                (Ok(r), None) => remotes.push(r),
-                (Err(e), _) => problems.push(format!("remote {}: {e}", redact(item))),
+                Ok(r) => remotes.push(r),
+                Err(e) => problems.push(format!("remote {}: {e}", redact(item))),
             }
         }
         Tier {
@@ -569,23 +568,6 @@ pub struct RemoteHit {
     pub stored_locally: Option<u64>,
 }
 
-/// Why a config file's remotes are not to be used, if they are not: a file
-/// that another user owns (not us, not root) or that group or others may
-/// write (ssh's StrictModes rule, as for every setting that decides where
-/// this user's objects come from) could point this user's builds at a
-/// server that serves them objects, or collects theirs and their
-/// credentials. Set `LTOCACHE_REMOTE` instead, or fix the file.
-fn untrusted_because(file: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(file).ok()?;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if m.uid() != me && m.uid() != 0 {
-        return Some(format!("{} is owned by uid {}, not by this user", file.display(), m.uid()));
-    }
-    (m.mode() & 0o022 != 0).then(|| format!("{} may be written by group or others", file.display()))
-}
-
 /// An item of the setting with its password and token hidden, for messages.
 fn redact(item: &str) -> String {
     let mut out = Vec::new();
@@ -704,7 +686,7 @@ mod tests {
     #[test]
     fn secrets_never_reach_messages() {
         assert_eq!(redact("http://u:pw@h/c|bearer-token=abc|read-only"), "http://***@h/c|bearer-token=***|read-only");
-        let t = Tier::new("http://u:pw@h/c|bogus", None, PathBuf::from("/nonexistent"));
+        let t = Tier::new("http://u:pw@h/c|bogus", PathBuf::from("/nonexistent"));
         assert_eq!(t.problems.len(), 1);
         assert!(!t.problems[0].contains("pw"), "{}", t.problems[0]);
         assert!(!Remote::parse("redis://:pw@h").unwrap().describe().contains("pw"));
@@ -712,9 +694,84 @@ mod tests {
 
     #[test]
     fn duplicate_names_are_refused() {
-        let t = Tier::new("redis://h redis://h:6379 redis://h|name=second", None, PathBuf::from("/x"));
+        let t = Tier::new("redis://h redis://h:6379 redis://h|name=second", PathBuf::from("/x"));
         assert_eq!(t.remotes.len(), 2);
         assert_eq!(t.problems.len(), 1);
+    }
+
+    /// A server on 127.0.0.1 that answers each connection with `answer`
+    /// (after reading the request), writing it `chunk` bytes at a time with
+    /// `pause` between writes.
+    fn serve(answers: Vec<Vec<u8>>, chunk: usize, pause: Duration) -> (u16, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for answer in answers {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut req = [0u8; 4096];
+                let _ = s.read(&mut req);
+                for part in answer.chunks(chunk) {
+                    if s.write_all(part).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+            }
+        });
+        (port, t)
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_and_a_trickling_server_times_out() {
+        let key = [5u8; 32];
+        let entry = Entry {
+            key,
+            duration_ns: 7,
+            created_unix: 1,
+            outputs: vec![crate::store::StoredOutput {
+                kind: 0,
+                size: 3,
+                digest: *blake3::hash(b"obj").as_bytes(),
+                stored: Stored::Inline(b"obj".to_vec()),
+            }],
+            stderr: vec![],
+        };
+        let body = entry.encode();
+        let (a, b) = body.split_at(10);
+        let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [a, b] {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let (port, t) = serve(vec![chunked], 1 << 20, Duration::ZERO);
+        let r = Remote::parse(&format!("http://127.0.0.1:{port}/c")).unwrap();
+        assert!(matches!(r.get_entry(&key).unwrap(), Lookup::Hit(e) if e == entry));
+        t.join().unwrap();
+
+        // One byte every 20 ms: every read succeeds, only the operation's
+        // deadline ends it.
+        let mut slow = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        slow.extend_from_slice(&body);
+        let (port, t) = serve(vec![slow], 1, Duration::from_millis(20));
+        let r = Remote::parse(&format!("http://127.0.0.1:{port}/c|operation-timeout=200")).unwrap();
+        let e = r.get_entry(&key).unwrap_err();
+        assert!(matches!(e.downcast_ref::<Failure>(), Some(Failure::Timeout(_))), "{e:#}");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn counters_group_by_remote() {
+        let c: std::collections::BTreeMap<String, i64> =
+            [("remote.a.hits", 2), ("remote.a.ns_hits", 5), ("remote.b-1.errors", 1), ("hits", 9)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let g = per_remote(&c);
+        assert_eq!(g.len(), 2);
+        assert_eq!((g["a"]["hits"], g["a"]["ns_hits"], g["b-1"]["errors"]), (2, 5, 1));
     }
 
     #[test]
