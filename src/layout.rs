@@ -93,6 +93,8 @@ pub fn every_path(
             .map(|s| s.to_string())
             .collect();
     state_files.extend(compilers.iter().map(|c| compiler_memo(c)));
+    // The compiler memo is replaced through a temp file beside it (a fresh name each time).
+    state_files.push(crate::util::temp_name(""));
     out.extend(state_files.into_iter().map(|f| (State, PathBuf::from(f), File)));
     out
 }

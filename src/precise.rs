@@ -835,7 +835,9 @@ pub fn compute(
         Err(e) => return refuse("helper_error", format!("cwd: {e}")),
     };
     let cc1 = parse_cc1(&cc1_line(ctx, inv, job, &cwd)?)?;
-    let answer = match ask(&ctx.state_dir, &helper, &request_text(&cwd, inv, &cc1, None)) {
+    // The real path: the socket's name is handed to the helper server, a
+    // process of its own, where this one's /proc/self/fd means nothing.
+    let answer = match ask(&ctx.config.state().real, &helper, &request_text(&cwd, inv, &cc1, None)) {
         Ok(a) => a,
         Err(e) => return refuse("helper_error", format!("{e:#}")),
     };

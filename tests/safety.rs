@@ -5,6 +5,7 @@
 
 mod util;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 use util::{ok, Fixture, CLANG, MODULES};
@@ -19,6 +20,10 @@ fn hold_cleanup_lock(f: &Fixture) -> std::process::Child {
     let child = Command::new("flock")
         .args(["-o", "-x", lock.to_str().unwrap(), "sleep", "600"])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: killed with its `sleep` (which must not
+        // outlive the test holding the test harness's pipes).
+        .process_group(0)
         .spawn()
         .expect("flock(1)");
     // Wait until it holds the lock.
@@ -41,8 +46,8 @@ fn a_cleaner_that_died_or_hung_holding_the_lock_does_not_stop_cleanup_for_long()
     let mut holder = hold_cleanup_lock(&f);
     let out = text(&ok(f.ltocache().args(["cleanup"])));
     assert!(out.contains("another cleanup is running"), "{out}");
-    // SAFETY: kill sends a signal to the child we spawned.
-    unsafe { libc::kill(holder.id() as i32, libc::SIGKILL) };
+    // SAFETY: kill sends a signal to the process group of the child we spawned.
+    unsafe { libc::kill(-(holder.id() as i32), libc::SIGKILL) };
     holder.wait().unwrap();
     let out = text(&ok(f.ltocache().args(["cleanup"])));
     assert!(out.contains("removed") && !out.contains("stale"), "{out}");
@@ -69,8 +74,8 @@ fn a_cleaner_that_died_or_hung_holding_the_lock_does_not_stop_cleanup_for_long()
     let holder2 = hold_cleanup_lock(&f);
     assert!(text(&ok(f.ltocache().args(["cleanup"]))).contains("another cleanup is running"));
     for mut h in [holder, holder2] {
-        // SAFETY: kill sends a signal to a child we spawned.
-        unsafe { libc::kill(h.id() as i32, libc::SIGKILL) };
+        // SAFETY: kill sends a signal to the process group of a child we spawned.
+        unsafe { libc::kill(-(h.id() as i32), libc::SIGKILL) };
         let _ = h.wait();
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU time (user + system, from wait4) of one hit and one front-end
 pass-through for two ltocache binaries, alternating in one loop; plus the
-system calls a hit makes (strace -c -f, the wrapper only). On the Lua build
+system calls a hit makes (strace, the wrapper only). On the Lua build
 that demo/run.sh prepares, each binary with its own cache.
 
     benches/probes/hit_cpu_ab.py OLD_BINARY NEW_BINARY [runs] [module]
@@ -42,8 +42,8 @@ print("| binary | hit CPU p50 ms | hit CPU mean ms | pass-through CPU p50 ms | s
 print("|---|---:|---:|---:|---:|")
 for t in bins:
     h, p = sorted(res[(t, "hit")]), sorted(res[(t, "pass")])
-    # Only the wrapper's own calls: -f would count clang's too, and a hit runs no clang.
-    out = subprocess.run(["strace", "-c", "-o", "/dev/stdout", bins[t]] + backend, cwd=build, env=env[t],
-                         capture_output=True, text=True).stdout
-    calls = re.findall(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?total", out, re.M)
-    print(f"| {t} | {h[len(h)//2]*1e3:.3f} | {sum(h)/len(h)*1e3:.3f} | {p[len(p)//2]*1e3:.3f} | {calls[0] if calls else '?'} |")
+    # Only the wrapper's own calls (no -f: a hit runs no clang): one line per call.
+    trace = subprocess.run(["strace", "-o", "/dev/stdout", bins[t]] + backend, cwd=build, env=env[t],
+                           capture_output=True, text=True).stdout
+    calls = sum(1 for line in trace.splitlines() if line and not line.startswith("+++"))
+    print(f"| {t} | {h[len(h)//2]*1e3:.3f} | {sum(h)/len(h)*1e3:.3f} | {p[len(p)//2]*1e3:.3f} | {calls} |")
