@@ -28,4 +28,14 @@ if ((${#need[@]})); then
     # shellcheck disable=SC2046
     $sudo apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
+# The NFS test (tests/nfs/run.sh): userspace NFS server, qemu clients, their initramfs.
+# Without recommends (qemu's GUI and firmware). Note: Debian 12's qemu-system-x86
+# replaces a newer backported qemu-utils (qemu-img), which the project does not use.
+nfs=(qemu-system-x86 nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common socat busybox-static cpio)
+if [ "$(dpkg-query -W -f '${Status}\n' "${nfs[@]}" 2>/dev/null | grep -c ' installed$')" != "${#nfs[@]}" ]; then
+    [[ $(id -u) -ne 0 ]] && sudo="sudo" || sudo=""
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${nfs[@]}" >/dev/null ||
+        { DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${nfs[@]}" >/dev/null; }
+fi
 bash "$(dirname "$0")/install-llvm23.sh" >/dev/null

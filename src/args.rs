@@ -100,8 +100,20 @@ pub struct BackendInvocation {
     /// Files named by flags, in command-line order.
     pub flag_files: Vec<FlagFile>,
     /// Directories the integrated assembler searches for `.incbin`/`.include`
-    /// after the current directory (clang passes its -I style paths on).
+    /// after the current directory, in the assembler's order: `-Wa,-I` and
+    /// `-Xassembler -I` in command order, then cc1's `-Xclang -I`, then its
+    /// `-Xclang -iquote`/`-isystem` (the driver's own `-I` does not reach the
+    /// assembler for IR input: measured with clang-19).
     pub asm_search_dirs: Vec<PathBuf>,
+    /// The command line after response-file expansion (before any
+    /// configuration file's flags are put in front of it).
+    pub expanded: Vec<String>,
+    /// Response and configuration files read, with their stamps: checked
+    /// again after the compile, like every hashed input.
+    pub read_files: Vec<ReadFile>,
+    /// Configuration files the driver loads (with their `@` inclusions), in
+    /// reading order: their contents are in the key.
+    pub config_files: Vec<PathBuf>,
 }
 
 /// The options that take the following argument as their value.
@@ -187,7 +199,6 @@ const FILE_FLAGS: &[&str] = &[
     "-fpass-plugin=",
     "-fplugin=",
     "-fembed-offload-object=",
-    "--config=",
 ];
 
 /// Flags that make the compile write files besides `-o` (or print
@@ -210,6 +221,7 @@ const EXTRA_OUTPUT_PREFIXES: &[&str] = &[
     "-ftime-trace",
     "-fstack-usage",
     "-save-stats",
+    "--save-stats",
     "-fproc-stat-report",
     "-ftime-report",
     "-fthin-link-bitcode",
@@ -245,15 +257,34 @@ const MLLVM_SUSPICIOUS: &[&str] = &[
     "yaml",
 ];
 
-/// Expands `@file` arguments the way clang does on Unix: GNU quoting, nested
-/// files resolved relative to the file that names them.
+/// A response file that was read, with the stamp it had: checked again after
+/// the compile like every hashed input.
+pub type ReadFile = (PathBuf, crate::util::FileStamp);
+
+/// Expands `@file` arguments the way clang 19 does on Unix (GNU quoting):
+/// a nested `@file` is resolved relative to the *working directory*, not to
+/// the file that names it (measured with clang-19: `@sub/outer.rsp` naming
+/// `@inner.rsp` reads `./inner.rsp`). Only regular files are read: a FIFO
+/// or `<(...)` is refused from its `stat`, never opened (reading it would
+/// consume the data clang then misses).
 pub fn expand_response_files(args: &[String]) -> Result<Vec<String>, NotCacheable> {
-    let mut out = Vec::with_capacity(args.len());
-    expand_into(args, None, &mut out, 0)?;
-    Ok(out)
+    expand_response_files_tracked(args).map(|(a, _)| a)
 }
 
-fn expand_into(args: &[String], base: Option<&Path>, out: &mut Vec<String>, depth: usize) -> Result<(), NotCacheable> {
+/// The same, also returning every response file read with its stamp.
+pub fn expand_response_files_tracked(args: &[String]) -> Result<(Vec<String>, Vec<ReadFile>), NotCacheable> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut read = Vec::new();
+    expand_into(args, &mut out, &mut read, 0)?;
+    Ok((out, read))
+}
+
+fn expand_into(
+    args: &[String],
+    out: &mut Vec<String>,
+    read: &mut Vec<ReadFile>,
+    depth: usize,
+) -> Result<(), NotCacheable> {
     for arg in args {
         let Some(name) = arg.strip_prefix('@') else {
             out.push(arg.clone());
@@ -262,55 +293,128 @@ fn expand_into(args: &[String], base: Option<&Path>, out: &mut Vec<String>, dept
         if depth > 20 {
             return Err(NotCacheable::Unreadable(format!("response files nest too deeply at {arg}")));
         }
-        let path = match base {
-            Some(dir) if Path::new(name).is_relative() => dir.join(name),
-            _ => PathBuf::from(name),
-        };
-        let text = std::fs::read(&path).map_err(|e| NotCacheable::Unreadable(format!("{}: {e}", path.display())))?;
+        let path = PathBuf::from(name);
+        let text = read_regular(&path, read)?;
         let text = String::from_utf8(text).map_err(|_| NotCacheable::NonUtf8Argument)?;
-        let inner = tokenize_gnu(&text);
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        expand_into(&inner, Some(&dir), out, depth + 1)?;
+        expand_into(&tokenize_gnu(&text), out, read, depth + 1)?;
     }
     Ok(())
 }
 
-/// GNU-style tokenisation of a response file: whitespace separates, single
-/// and double quotes group, backslash escapes the next character.
+/// Reads a regular file (refusing anything else before opening it) and
+/// records its stamp; the stamp must be the same after reading.
+pub fn read_regular(path: &Path, read: &mut Vec<ReadFile>) -> Result<Vec<u8>, NotCacheable> {
+    let unreadable = |e: &dyn fmt::Display| NotCacheable::Unreadable(format!("{}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(&e))?;
+    if !meta.is_file() {
+        return Err(unreadable(&"not a regular file"));
+    }
+    let file = crate::util::open_raw(path, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| unreadable(&e))?;
+    let meta = file.metadata().map_err(|e| unreadable(&e))?;
+    if !meta.is_file() {
+        return Err(unreadable(&"not a regular file"));
+    }
+    let stamp = crate::util::FileStamp::of(&meta);
+    let data = crate::util::read_sized(&file, stamp.size).map_err(|e| unreadable(&e))?;
+    if data.len() as u64 != stamp.size || file.metadata().map(|m| crate::util::FileStamp::of(&m)).ok() != Some(stamp) {
+        return Err(unreadable(&"changed while it was read"));
+    }
+    read.push((path.to_path_buf(), stamp));
+    Ok(data)
+}
+
+/// LLVM's whitespace for command-line tokenising: exactly these four (not
+/// form feed, vertical tab or Unicode spaces, which Rust's `is_whitespace`
+/// would also split on).
+fn llvm_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+/// GNU-style tokenisation as LLVM's `TokenizeGNUCommandLine` does it:
+/// whitespace separates, single and double quotes group, backslash escapes
+/// the next character (inside quotes too), a trailing backslash is literal,
+/// and an empty token (`''`) is dropped (measured with clang-19).
 pub fn tokenize_gnu(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
-    let mut in_token = false;
-    let mut quote: Option<char> = None;
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (_, '\\') => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-                in_token = true;
-            }
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_token = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_token {
-                    out.push(std::mem::take(&mut cur));
-                    in_token = false;
-                }
-            }
-            (None, c) => {
-                cur.push(c);
-                in_token = true;
-            }
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' && i + 1 < chars.len() {
+            cur.push(chars[i + 1]);
+            i += 2;
+            continue;
         }
+        if c == '\'' || c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                if chars[i] == '\\' && i + 1 < chars.len() {
+                    i += 1;
+                }
+                cur.push(chars[i]);
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if llvm_space(c) {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+        i += 1;
     }
-    if in_token {
+    if !cur.is_empty() {
         out.push(cur);
+    }
+    out
+}
+
+/// Tokenises a clang configuration file the way LLVM's `tokenizeConfigFile`
+/// does: at the start of a logical line (blanks skipped) `#` begins a
+/// comment that runs to the line break; a backslash before a line break
+/// (LF or CRLF) joins the next line; each logical line is then tokenised
+/// with GNU quoting on its own (a quote cannot span lines).
+pub fn tokenize_config(text: &str) -> Vec<String> {
+    let src: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut cur = 0;
+    while cur < src.len() {
+        if llvm_space(src[cur]) {
+            cur += 1;
+            continue;
+        }
+        if src[cur] == '#' {
+            while cur < src.len() && src[cur] != '\n' {
+                cur += 1;
+            }
+            continue;
+        }
+        let mut line = String::new();
+        let mut start = cur;
+        while cur < src.len() {
+            if src[cur] == '\\' {
+                if cur + 1 < src.len() {
+                    cur += 1;
+                    let crlf = src[cur] == '\r' && src.get(cur + 1) == Some(&'\n');
+                    if src[cur] == '\n' || crlf {
+                        line.extend(&src[start..cur - 1]);
+                        if crlf {
+                            cur += 1;
+                        }
+                        start = cur + 1;
+                    }
+                }
+            } else if src[cur] == '\n' {
+                break;
+            }
+            cur += 1;
+        }
+        line.extend(&src[start.min(cur)..cur]);
+        out.extend(tokenize_gnu(&line));
     }
     out
 }
@@ -331,6 +435,10 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
     let mut lang: Option<String> = None;
     let mut flag_files = Vec::new();
     let mut asm_search_dirs = Vec::new();
+    // cc1 search directories from `-Xclang -I...` (angled, first) and
+    // `-Xclang -iquote/-isystem...` (after): cc1 passes its user entries to
+    // the integrated assembler after the -Wa ones.
+    let mut cc1_dirs: (Vec<PathBuf>, Vec<PathBuf>) = (Vec::new(), Vec::new());
     let mut hashed: Vec<String> = Vec::with_capacity(args.len());
     // Indices in `hashed` that hold the input path, fixed up once we know it.
     let mut input_slots: Vec<usize> = Vec::new();
@@ -366,14 +474,24 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
                     continue;
                 }
                 "-x" => lang = Some(value.to_string()),
-                "-I" | "-iquote" | "-isystem" => asm_search_dirs.push(PathBuf::from(value)),
-                "--config" => flag_files.push(FlagFile { flag: arg.into(), path: PathBuf::from(value) }),
+                "-Xassembler" => {
+                    let mut extra = Vec::new();
+                    let used = assembler_option(value, &args[i..], &mut asm_search_dirs, &mut extra)?;
+                    i += used;
+                    hashed.push(arg.into());
+                    hashed.push(value.into());
+                    hashed.extend(extra);
+                    continue;
+                }
+                "-target" | "--target" => refuse_target(value)?,
                 "-working-directory" => return Err(NotCacheable::UnsupportedOption(arg.into())),
                 "-mllvm" => mllvm_option(value, &mut flag_files)?,
                 "-Xclang" => {
                     // A cc1 option: the same rules as a driver option, plus
                     // `-load <plugin>` whose plugin is hashed.
                     refuse_flag(value)?;
+                    refuse_cc1_flag(value)?;
+                    cc1_search_dir(value, args.get(i), args.get(i + 1), &mut cc1_dirs);
                     if value.starts_with("-emit-") {
                         return Err(NotCacheable::NotACompile(format!("-Xclang {value}")));
                     }
@@ -429,12 +547,23 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
             continue;
         } else if let Some(l) = arg.strip_prefix("-x") {
             lang = Some(l.to_string());
-        } else if let Some(d) = arg.strip_prefix("-I") {
-            asm_search_dirs.push(PathBuf::from(d));
-        } else if let Some(d) = arg.strip_prefix("-iquote").or_else(|| arg.strip_prefix("-isystem")) {
-            if !d.is_empty() && !d.starts_with('-') {
-                asm_search_dirs.push(PathBuf::from(d));
+        } else if let Some(list) = arg.strip_prefix("-Wa,") {
+            // `-Wa,-Idir`, `-Wa,-I,dir` and `-Wa,-I -Wa,dir`: the integrated
+            // assembler's search path (driver -I does not reach it for IR).
+            let mut parts: Vec<&str> = list.split(',').collect();
+            if parts.last() == Some(&"-I") {
+                if let Some(nx) = args.get(i).and_then(|n| n.strip_prefix("-Wa,")) {
+                    parts.pop();
+                    parts.push("-I");
+                    parts.extend(nx.split(','));
+                    hashed.push(arg.into());
+                    hashed.push(args[i].clone());
+                    i += 1;
+                    wa_dirs(&parts, &mut asm_search_dirs)?;
+                    continue;
+                }
             }
+            wa_dirs(&parts, &mut asm_search_dirs)?;
         } else if arg == "-fprofile-use" || arg == "-fprofile-instr-use" {
             // Without a value clang reads ./default.profdata.
             flag_files.push(FlagFile { flag: format!("{arg}="), path: PathBuf::from("default.profdata") });
@@ -471,6 +600,11 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
     for slot in input_slots {
         hashed[slot] = "<input>".into();
     }
+    asm_search_dirs.extend(cc1_dirs.0);
+    asm_search_dirs.extend(cc1_dirs.1);
+    if let Some(name) = Path::new(compiler).file_name().and_then(|n| n.to_str()) {
+        refuse_compiler_name(name)?;
+    }
     Ok(BackendInvocation {
         compiler: compiler.to_string(),
         input,
@@ -479,6 +613,9 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
         hashed_args: hashed,
         flag_files,
         asm_search_dirs,
+        expanded: args.to_vec(),
+        read_files: Vec::new(),
+        config_files: Vec::new(),
     })
 }
 
@@ -490,6 +627,11 @@ pub fn analyze(compiler: &str, args: &[String]) -> Result<BackendInvocation, Not
 fn object_named_bitcode(input: &Path) -> bool {
     use std::io::Read;
     if !input.extension().is_none_or(|e| e == "o" || e == "obj") {
+        return false;
+    }
+    // Never open what is not a regular file: a FIFO would block here (or,
+    // opened and closed, kill its writer).
+    if !std::fs::metadata(input).is_ok_and(|m| m.is_file()) {
         return false;
     }
     let mut magic = [0u8; 4];
@@ -505,8 +647,47 @@ fn refuse_flag(arg: &str) -> Result<(), NotCacheable> {
         "-fno-integrated-as" | "-no-integrated-as" => return Err(NotCacheable::UnsupportedOption(arg.into())),
         _ => {}
     }
-    if arg.starts_with("-save-temps") {
+    if arg.starts_with("-save-temps") || arg.starts_with("--save-temps") {
         return Err(NotCacheable::SaveTemps);
+    }
+    // Long aliases of -o and -x, and wrappers that hide a driver option
+    // from this analysis (`-Xarch_x86_64 -ftime-trace`).
+    if arg.starts_with("--output")
+        || arg.starts_with("--language")
+        || arg.starts_with("-Xarch_")
+        || arg.starts_with("-Xopenmp-target")
+        || arg.starts_with("--driver-mode")
+    {
+        return Err(NotCacheable::UnsupportedOption(arg.into()));
+    }
+    // Modes and targets not tested here: clang-cl (Windows quoting, CL and
+    // _CL_ variables), Darwin (deployment-target variables), COFF/CodeView.
+    if arg.starts_with("--target=") || arg.starts_with("-target=") {
+        refuse_target(arg.split_once('=').map(|x| x.1).unwrap_or(""))?;
+    }
+    if arg.starts_with("-gcodeview") || arg == "-arch" || arg.starts_with("-mmacos") || arg.starts_with("-mios") {
+        return Err(NotCacheable::UnsupportedOption(arg.into()));
+    }
+    // The host's CPU decides the code and is not in the key.
+    if (arg.starts_with("-march=") || arg.starts_with("-mcpu=") || arg.starts_with("-mtune="))
+        && arg.ends_with("=native")
+    {
+        return Err(NotCacheable::UnsupportedOption(arg.into()));
+    }
+    // Written in place (mode and hard links kept): a hit replaces the file.
+    if arg == "-fno-temp-file" {
+        return Err(NotCacheable::UnsupportedOption(arg.into()));
+    }
+    // The command line (with the paths the key replaces by role markers)
+    // reaches the object: embedded bitcode's command-line section, the
+    // recorded switches.
+    if (arg.starts_with("-fembed-bitcode") && arg != "-fembed-bitcode=off")
+        || arg == "-frecord-command-line"
+        || arg == "-frecord-gcc-switches"
+        || arg == "-grecord-command-line"
+        || arg == "-grecord-gcc-switches"
+    {
+        return Err(NotCacheable::UnsupportedOption(arg.into()));
     }
     if arg.starts_with("-print-") || arg.starts_with("--print-") || arg.starts_with("-dump") {
         return Err(NotCacheable::NotACompile(arg.into()));
@@ -518,6 +699,126 @@ fn refuse_flag(arg: &str) -> Result<(), NotCacheable> {
         return Err(NotCacheable::ExtraOutput(arg.into()));
     }
     Ok(())
+}
+
+/// cc1 options (after `-Xclang`) that write files or change what is
+/// compiled, beyond the driver spellings [`refuse_flag`] knows.
+fn refuse_cc1_flag(value: &str) -> Result<(), NotCacheable> {
+    const CC1_OUTPUTS: &[&str] = &[
+        "-serialize-diagnostic-file",
+        "-stack-usage-file",
+        "-dependency-file",
+        "-module-dependency-dir",
+        "-header-include",
+        "-diagnostic-log-file",
+        "-dwarf-debug-flags",
+        "-record-command-line",
+        "-split-dwarf",
+        "-fembed-bitcode",
+        "-embed-bitcode",
+        "-ftime-report",
+        "-print-stats",
+        "-fdump-record-layouts",
+    ];
+    if CC1_OUTPUTS.iter().any(|p| value.starts_with(p)) {
+        return Err(NotCacheable::ExtraOutput(format!("-Xclang {value}")));
+    }
+    // cc1's own output, input language, shard and working directory.
+    if value.starts_with("-o")
+        || value == "-x"
+        || value.starts_with("-fthinlto-index")
+        || value.starts_with("-working-directory")
+    {
+        return Err(NotCacheable::UnsupportedOption(format!("-Xclang {value}")));
+    }
+    if value.starts_with("-triple") || value == "native" {
+        return Err(NotCacheable::UnsupportedOption(format!("-Xclang {value}")));
+    }
+    Ok(())
+}
+
+/// `-Xclang -I dir` / `-Xclang -Idir` (angled) and `-Xclang -iquote` /
+/// `-isystem` (after them): directories cc1 hands to the integrated assembler.
+fn cc1_search_dir(value: &str, x: Option<&String>, next: Option<&String>, dirs: &mut (Vec<PathBuf>, Vec<PathBuf>)) {
+    for (flag, angled) in [("-I", true), ("-iquote", false), ("-isystem", false)] {
+        let Some(rest) = value.strip_prefix(flag) else { continue };
+        let dir = if rest.is_empty() {
+            match (x, next) {
+                (Some(x), Some(d)) if x == "-Xclang" => d.clone(),
+                _ => return,
+            }
+        } else if flag == "-I" {
+            rest.to_string()
+        } else {
+            continue;
+        };
+        let list = if angled { &mut dirs.0 } else { &mut dirs.1 };
+        list.push(PathBuf::from(dir));
+        return;
+    }
+}
+
+/// `-Xassembler -Idir`, or `-Xassembler -I -Xassembler dir` (the second
+/// pair is consumed here and hashed by the caller's `extra`).
+fn assembler_option(
+    value: &str,
+    rest: &[String],
+    dirs: &mut Vec<PathBuf>,
+    extra: &mut Vec<String>,
+) -> Result<usize, NotCacheable> {
+    if value == "-I" {
+        return match rest {
+            [x, d, ..] if x == "-Xassembler" => {
+                dirs.push(PathBuf::from(d));
+                extra.extend([x.clone(), d.clone()]);
+                Ok(2)
+            }
+            _ => Err(NotCacheable::UnsupportedOption("-Xassembler -I without a directory".into())),
+        };
+    }
+    wa_dirs(&[value], dirs)?;
+    Ok(0)
+}
+
+/// The `-I` directories in one `-Wa,` list (`-Idir` or `-I,dir`).
+fn wa_dirs(parts: &[&str], dirs: &mut Vec<PathBuf>) -> Result<(), NotCacheable> {
+    let mut it = parts.iter();
+    while let Some(p) = it.next() {
+        if *p == "-I" {
+            match it.next() {
+                Some(d) => dirs.push(PathBuf::from(d)),
+                None => return Err(NotCacheable::UnsupportedOption("-Wa,-I without a directory".into())),
+            }
+        } else if let Some(d) = p.strip_prefix("-I") {
+            dirs.push(PathBuf::from(d));
+        } else if p.starts_with("-o") || p.starts_with("--MD") || p.starts_with("-MD") {
+            return Err(NotCacheable::ExtraOutput(format!("-Wa,{p}")));
+        }
+    }
+    Ok(())
+}
+
+/// Targets whose driver behaviour is not tested here.
+fn refuse_target(triple: &str) -> Result<(), NotCacheable> {
+    const UNTESTED: &[&str] =
+        &["apple", "darwin", "macos", "ios", "tvos", "watchos", "windows", "win32", "msvc", "mingw", "cygwin", "uefi"];
+    let t = triple.to_ascii_lowercase();
+    if UNTESTED.iter().any(|u| t.contains(u)) {
+        return Err(NotCacheable::UnsupportedOption(format!("target {triple}")));
+    }
+    Ok(())
+}
+
+/// The driver takes its mode and a default target from its own name:
+/// `clang-cl` (Windows quoting and options) and Darwin/Windows-prefixed
+/// names are refused.
+fn refuse_compiler_name(name: &str) -> Result<(), NotCacheable> {
+    let lower = name.to_ascii_lowercase();
+    let stem = lower.strip_suffix(".exe").unwrap_or(&lower);
+    if stem == "cl" || stem.ends_with("clang-cl") || stem.contains("clang-cl-") {
+        return Err(NotCacheable::UnsupportedOption(format!("driver mode of {name}")));
+    }
+    refuse_target(stem)
 }
 
 /// A joined flag naming a file, if `arg` is one.
@@ -717,15 +1018,128 @@ mod tests {
     fn separate_values_are_not_inputs() {
         let b = backend(&["-I", "include", "-D", "X=1", "-MF", "dep.d", "-mllvm", "-inline-threshold=10"]).unwrap();
         assert_eq!(b.input, PathBuf::from("a.o"));
-        assert_eq!(b.asm_search_dirs, vec![PathBuf::from("include")]);
+        // The driver's -I does not reach the assembler for IR input.
+        assert!(b.asm_search_dirs.is_empty());
+    }
+
+    #[test]
+    fn assembler_search_dirs_in_clangs_order() {
+        let b = backend(&[
+            "-Xclang",
+            "-iquote",
+            "-Xclang",
+            "q",
+            "-Xclang",
+            "-Ic1",
+            "-Wa,-Iw1,-I,w2",
+            "-Xassembler",
+            "-Ix1",
+            "-Xassembler",
+            "-I",
+            "-Xassembler",
+            "x2",
+            "-Wa,-I",
+            "-Wa,w3",
+            "-Xclang",
+            "-I",
+            "-Xclang",
+            "c2",
+            "-I",
+            "drv",
+        ])
+        .unwrap();
+        let dirs: Vec<_> = b.asm_search_dirs.iter().map(|d| d.to_str().unwrap().to_string()).collect();
+        assert_eq!(dirs, s(&["w1", "w2", "x1", "x2", "w3", "c1", "c2", "q"]));
+        assert_eq!(b.input, PathBuf::from("a.o"));
+    }
+
+    #[test]
+    fn every_spelling_of_a_refused_flag() {
+        for v in [
+            &["--save-temps"][..],
+            &["--save-temps=obj"],
+            &["--save-stats"],
+            &["--save-stats=obj"],
+            &["-Xclang", "-serialize-diagnostic-file", "-Xclang", "d.dia"],
+            &["-Xclang", "-stack-usage-file", "-Xclang", "su"],
+            &["-Xclang", "-o", "-Xclang", "other.o"],
+            &["-Xclang", "-ofoo"],
+            &["-Xclang", "-fthinlto-index=x"],
+            &["-Xclang", "-dwarf-debug-flags", "-Xclang", "x"],
+            &["-Xclang", "-ftime-trace=x.json"],
+            &["-Xclang", "-header-include-file", "-Xclang", "h"],
+            &["--output=x.o"],
+            &["--output", "x.o"],
+            &["--language=ir"],
+            &["-Xarch_x86_64", "-ftime-trace"],
+            &["-Xopenmp-target", "-ftime-trace"],
+            &["--driver-mode=cl"],
+            &["--target=x86_64-apple-darwin"],
+            &["-target", "x86_64-pc-windows-msvc"],
+            &["-gcodeview"],
+            &["-fno-temp-file"],
+            &["-fembed-bitcode"],
+            &["-fembed-bitcode=all"],
+            &["-frecord-command-line"],
+            &["-grecord-gcc-switches"],
+            &["-Wa,-o,x"],
+            &["-march=native"],
+            &["-mtune=native"],
+            &["-Xclang", "-target-cpu", "-Xclang", "native"],
+        ] {
+            assert!(backend(v).is_err(), "{v:?} must be refused");
+        }
+        assert!(backend(&["-fembed-bitcode=off", "--target=x86_64-pc-linux-gnu", "-Wa,--noexecstack"]).is_ok());
+        assert!(analyze("clang-cl", &s(&["-c", "-fthinlto-index=s", "-x", "ir", "a.o", "-o", "x"])).is_err());
+        assert!(analyze(
+            "/opt/x86_64-apple-darwin-clang",
+            &s(&["-c", "-fthinlto-index=s", "-x", "ir", "a.o", "-o", "x"])
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn tokenizer_matches_clang_19() {
+        // Measured with clang-19: form feed, vertical tab and no-break space
+        // are not separators; '' is no token; a trailing backslash is kept;
+        // a backslash escapes inside single quotes too.
+        assert_eq!(tokenize_gnu("-DA\u{c}-DB"), s(&["-DA\u{c}-DB"]));
+        assert_eq!(tokenize_gnu("-DA\u{b}-DB"), s(&["-DA\u{b}-DB"]));
+        assert_eq!(tokenize_gnu("-DA\u{a0}-DB"), s(&["-DA\u{a0}-DB"]));
+        assert_eq!(tokenize_gnu("-DA '' -DB"), s(&["-DA", "-DB"]));
+        assert_eq!(tokenize_gnu("-DA\\"), s(&["-DA\\"]));
+        assert_eq!(tokenize_gnu("-D'A\\'B'"), s(&["-DA'B"]));
+        assert_eq!(tokenize_gnu("-DA\"B C\"D\r\n\t-x"), s(&["-DAB CD", "-x"]));
+    }
+
+    #[test]
+    fn config_tokenizer_matches_clang_19() {
+        assert_eq!(tokenize_config("-DHEAD\n# c -DNO\n  # c2\n-DX=a\\\n b\n"), s(&["-DHEAD", "-DX=a", "b"]));
+        // A continued line is one line even when the next starts with '#'.
+        assert_eq!(tokenize_config("-DA\\\n#B\n-DC"), s(&["-DA#B", "-DC"]));
+        // A quote does not span lines.
+        assert_eq!(tokenize_config("'-DA\n-DB"), s(&["-DA", "-DB"]));
+        assert_eq!(tokenize_config("-DA\\\r\n-DB\r\n"), s(&["-DA-DB"]));
+    }
+
+    #[test]
+    fn a_fifo_response_file_is_refused_unopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("args.rsp");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Opening it for reading would block (no writer): refusing from the
+        // stat returns at once.
+        let r = expand_response_files(&[format!("@{}", fifo.display())]);
+        assert_eq!(r.unwrap_err().code(), "unreadable_input");
     }
 
     #[test]
     fn file_flags_are_collected() {
-        let b =
-            backend(&["-fprofile-sample-use=p.prof", "-fsanitize-ignorelist=ign.txt", "--config", "x.cfg"]).unwrap();
+        let b = backend(&["-fprofile-sample-use=p.prof", "-fsanitize-ignorelist=ign.txt"]).unwrap();
         let paths: Vec<_> = b.flag_files.iter().map(|f| f.path.to_str().unwrap().to_string()).collect();
-        assert_eq!(paths, s(&["p.prof", "ign.txt", "x.cfg"]));
+        assert_eq!(paths, s(&["p.prof", "ign.txt"]));
         let b = backend(&["-fauto-profile=a.prof", "-fprofile-use"]).unwrap();
         let paths: Vec<_> = b.flag_files.iter().map(|f| f.path.to_str().unwrap().to_string()).collect();
         assert_eq!(paths, s(&["a.prof", "default.profdata"]));

@@ -76,6 +76,9 @@ pub struct Keyed<'c> {
     pub output_name: String,
     /// The second key, when precise mode computed one (crate::precise).
     pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
+    /// The invocation as the driver sees it: configuration files' flags in
+    /// front of argv (driver.rs), `base_dir` applied.
+    pub inv: BackendInvocation,
 }
 
 impl Keyed<'_> {
@@ -127,21 +130,57 @@ pub fn prepare_with<'c>(
     };
 
     let cpu_before = crate::util::cpu_ns(libc::RUSAGE_SELF);
+    let getenv = |v: &str| std::env::var(v).ok();
+    let mut effective = None;
+    // One identity per compiler and process (a distributor runs many jobs).
     let known = ctx.identities.borrow().iter().find(|(p, _)| *p == program).map(|(_, id)| (*id, false));
     let identity = match known {
         Some(k) => Ok(k),
-        None => crate::compiler::identity(&program, Some(&ctx.state_dir)).inspect(|(id, _)| {
-            ctx.identities.borrow_mut().push((program.clone(), *id));
-        }),
+        None => crate::compiler::identity(&program, Some(&ctx.state_dir), &ctx.config.compiler_check.value).inspect(
+            |(id, _)| {
+                ctx.identities.borrow_mut().push((program.clone(), *id));
+            },
+        ),
     };
-    let key = identity.map_err(KeyError::Internal).and_then(|(id, computed)| {
-        if computed {
-            // Hashing clang and its libraries once per host: reported apart
-            // from the per-compile cost in `stats`.
-            batch.add("cpu_ns.compiler_identity", crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu_before);
-        }
-        key::compute(inv, &id, &mut hasher, &|v| std::env::var(v).ok())
-    });
+    let key = identity
+        .map_err(|e| match e.downcast_ref::<crate::compiler::ScriptCompiler>() {
+            Some(s) => KeyError::NotCacheable(NotCacheable::UnsupportedOption(s.to_string())),
+            None => KeyError::Internal(e),
+        })
+        .and_then(|(id, computed)| {
+            if computed {
+                // Hashing clang and its libraries once per host: reported apart
+                // from the per-compile cost in `stats`.
+                batch.add("cpu_ns.compiler_identity", crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu_before);
+            }
+            // What the driver reads besides argv (driver.rs): its
+            // configuration files' flags go through the same analysis.
+            let mut asked = crate::driver::Asked::default();
+            let configs = crate::driver::loaded_configs(
+                &program,
+                &inv.compiler,
+                &id,
+                &inv.expanded,
+                Some(&ctx.state_dir),
+                &getenv,
+                &mut asked,
+            );
+            batch.add("driver_probes", asked.probes);
+            let mut eff = crate::driver::effective(inv, &configs.map_err(KeyError::NotCacheable)?)
+                .map_err(KeyError::NotCacheable)?;
+            let before_relocation = eff.hashed_args.clone();
+            if let (Some(base), Ok(cwd)) = (&ctx.config.base_dir.value, std::env::current_dir()) {
+                crate::args::relocate_args(&mut eff.hashed_args, base, &cwd);
+            }
+            let k = key::compute(&eff, &id, &mut hasher, &getenv).map(|mut k| {
+                // An argument base_dir rewrote names this checkout's path.
+                let relocated = before_relocation.iter().zip(&eff.hashed_args).filter(|(a, b)| a != b);
+                k.unkeyed_paths.extend(relocated.map(|(a, _)| a.clone()));
+                k
+            });
+            effective = Some(eff);
+            k
+        });
     let key = match key {
         Ok(k) => k,
         Err(KeyError::NotCacheable(reason)) => {
@@ -156,7 +195,9 @@ pub fn prepare_with<'c>(
         }
     };
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
-    Ok(Keyed { program, key, hasher, output_before, output_name: absolute(&inv.output), precise: Default::default() })
+    let inv = effective.expect("the key was computed from the effective invocation");
+    let output_name = absolute(&inv.output);
+    Ok(Keyed { program, key, hasher, output_before, output_name, precise: Default::default(), inv })
 }
 
 /// Looks the key up in the local store and, on a hit, puts every output in
@@ -170,8 +211,9 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     if config.remote_only.value {
         return serve_remote(ctx, inv, job, batch);
     }
-    let digest = &job.key.digest;
-    match store.get_entry_and_last_use(digest) {
+    let (found, looked) = local_lookup(store, &job.key);
+    let digest = &found;
+    match looked {
         Ok((Lookup::Hit(entry), last_use)) => match serve(store, config, &entry, &inv.output) {
             Ok(Some(bytes)) => {
                 log.log(&format!("hit {} {}", hex(&digest[..8]), inv.output.display()));
@@ -213,6 +255,31 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     serve_remote(ctx, inv, job, batch).or_else(|| crate::precise::try_serve(ctx, inv, job, batch))
 }
 
+/// The local lookup under the key, then (on a miss) under its path-keyed
+/// twin, which holds entries whose stderr names unkeyed paths
+/// ([`key::path_keyed`]). Returns the digest the answer is for.
+pub fn local_lookup(
+    store: &LocalStore,
+    key: &Key,
+) -> ([u8; 32], anyhow::Result<(Lookup, Option<std::time::SystemTime>)>) {
+    match store.get_entry_and_last_use(&key.digest) {
+        Ok((Lookup::Miss, first)) => {
+            let twin = key::path_keyed(key);
+            match store.get_entry_and_last_use(&twin) {
+                Ok((Lookup::Hit(e), used)) => (twin, Ok((Lookup::Hit(e), used))),
+                _ => (key.digest, Ok((Lookup::Miss, first))),
+            }
+        }
+        other => (key.digest, other),
+    }
+}
+
+/// Replaces the entry under `digest` with a fresh result (a verified hit
+/// that was stale).
+pub fn replace_entry(ctx: &Ctx, inv: &BackendInvocation, digest: &[u8; 32], finished: &Finished) -> anyhow::Result<()> {
+    store_outputs(&ctx.store, inv, digest, finished).map(|_| ())
+}
+
 /// The remote tier, built at its first use: no URL is parsed before a local
 /// miss. `None` without remotes.
 fn remote_tier<'c>(ctx: &'c Ctx) -> Option<&'c Tier> {
@@ -235,7 +302,10 @@ fn serve_remote(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Bat
 /// ran.
 pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished: &Finished, batch: &mut Batch) {
     let (config, log, store) = (ctx.config, ctx.log, &ctx.store);
-    let digest = job.key.digest;
+    // Stderr naming a path the key does not cover is stored under the key
+    // that also covers them: another command would replay this one's paths.
+    let path_keyed = key::stderr_names_a_path(&finished.stderr, &job.key.unkeyed_paths);
+    let digest = if path_keyed { key::path_keyed(&job.key) } else { job.key.digest };
     if !finished.status.success() {
         batch.add("compile_failed", 1);
         batch.last_compile = Some((job.output_name.clone(), digest, "failed".into(), job.fields_text()));
@@ -276,6 +346,9 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
         match store_outputs(store, inv, &digest, finished) {
             Ok((entry_size, blobs, entry)) => {
                 batch.add("stores", 1);
+                if path_keyed {
+                    batch.add("stores_path_keyed", 1);
+                }
                 let added: u64 = entry_size + blobs.iter().map(|b| b.1).sum::<u64>();
                 maybe_cleanup(ctx, batch, added, 1 + blobs.len() as u64);
                 batch.stored_entry = Some((digest, entry_size, finished.duration.as_nanos() as u64));

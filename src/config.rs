@@ -57,6 +57,10 @@ pub struct Config {
     pub compression: Setting<Option<i32>>,
     /// Outputs stored in at most this many bytes go inside their entry.
     pub inline_max: Setting<u64>,
+    /// Fraction of hits recompiled and compared (`LTOCACHE_VERIFY`, 0..=1).
+    pub verify: Setting<f64>,
+    /// How the compiler's identity is decided (like ccache's `compiler_check`).
+    pub compiler_check: Setting<crate::compiler::CompilerCheck>,
     /// Remote storage URLs (store/remote/mod.rs), parsed only after a local miss.
     pub remote_storage: Setting<String>,
     /// Use only the remotes: no local store.
@@ -99,6 +103,8 @@ pub const KEYS: &[&str] = &[
     "grace",
     "compression",
     "inline_max",
+    "verify",
+    "compiler_check",
     "remote_storage",
     "remote_only",
     "reshare",
@@ -119,6 +125,8 @@ fn env_name(key: &str) -> &'static str {
         "grace" => "LTOCACHE_GRACE",
         "compression" => "LTOCACHE_COMPRESSION",
         "inline_max" => "LTOCACHE_INLINE_MAX",
+        "verify" => "LTOCACHE_VERIFY",
+        "compiler_check" => "LTOCACHE_COMPILER_CHECK",
         "remote_storage" => "LTOCACHE_REMOTE",
         "remote_only" => "LTOCACHE_REMOTE_ONLY",
         "reshare" => "LTOCACHE_RESHARE",
@@ -314,7 +322,16 @@ impl Config {
         // blob files.
         let default_inline = if serve_mode.value == ServeMode::Copy { crate::store::INLINE_MAX as u64 } else { 0 };
         let inline_max = parsed(lookup("inline_max"), "inline_max", default_inline, parse_size)?;
+        let verify = parsed(lookup("verify"), "verify", 0.0, crate::verify::parse_rate)?;
+        let compiler_check = parsed(
+            lookup("compiler_check"),
+            "compiler_check",
+            crate::compiler::CompilerCheck::Content,
+            crate::compiler::CompilerCheck::parse,
+        )?;
         Ok(Config {
+            verify,
+            compiler_check,
             compression,
             inline_max,
             max_size,
@@ -435,6 +452,8 @@ impl Config {
                 humansize::format_size(self.inline_max.value, humansize::BINARY),
                 self.inline_max.origin.to_string(),
             ),
+            ("verify".into(), self.verify.value.to_string(), self.verify.origin.to_string()),
+            ("compiler_check".into(), self.compiler_check.value.to_string(), self.compiler_check.origin.to_string()),
             ("state_dir".into(), self.state().real.display().to_string(), self.state().why.clone()),
             (
                 "stats_db".into(),

@@ -12,7 +12,16 @@ use std::time::{Duration, Instant};
 /// Replaces this process with the compiler. Only returns by exiting 127 when
 /// the compiler cannot be started, as a shell would.
 pub fn exec_compiler(compiler: &str, args: &[OsString]) -> ! {
-    let program = crate::compiler::resolve(compiler).unwrap_or_else(|_| compiler.into());
+    // Never exec the bare name: when PATH holds no compiler but ltocache
+    // itself (a masquerade symlink `clang-77 -> ltocache` and no real
+    // clang-77), `execvp` would find the symlink and loop forever.
+    let program = match crate::compiler::resolve(compiler) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ltocache: cannot run {compiler}: {e:#}");
+            std::process::exit(127)
+        }
+    };
     let err = Command::new(&program).arg0(compiler).args(args).exec();
     eprintln!("ltocache: cannot run {compiler}: {err}");
     std::process::exit(127)

@@ -14,16 +14,47 @@ use std::path::{Path, PathBuf};
 
 /// Any change to what goes into the key, or how, must bump this: old entries
 /// then simply stop matching instead of being served under new rules.
-pub const KEY_VERSION: u32 = 2;
+pub const KEY_VERSION: u32 = 3;
 
-/// Environment variables that change what the clang driver does.
-const HASHED_ENV: &[&str] = &["CCC_OVERRIDE_OPTIONS", "CLANG_NO_DEFAULT_CONFIG", "CCC_ADD_ARGS"];
+/// Environment variables that change what the clang driver does and are not
+/// refused ([`crate::driver::REFUSED_ENV`]): `CLANG_NO_DEFAULT_CONFIG` also
+/// decides the configuration files (whose contents are hashed); Darwin's
+/// `RC_DEBUG_OPTIONS` records the command line in debug info.
+const HASHED_ENV: &[&str] = &["CLANG_NO_DEFAULT_CONFIG", "RC_DEBUG_OPTIONS"];
+
+/// Flags that load a shared library into the compiler.
+const PLUGIN_FLAGS: &[&str] = &["-fplugin=", "-fpass-plugin=", "-Xclang -load"];
 
 /// The finished key and its fields as (name, value) text.
 #[derive(Clone, Debug)]
 pub struct Key {
     pub digest: [u8; 32],
     pub fields: Vec<(String, String)>,
+    /// Strings that can differ between two commands with this key because
+    /// the key covers their contents, not their names: the input, shard and
+    /// output paths and every module path of the shard. Stderr that names
+    /// one of them is not stored (see [`stderr_names_a_path`]).
+    pub unkeyed_paths: Vec<String>,
+}
+
+/// The second key, for an entry whose stderr names unkeyed paths: the key
+/// and those paths, so it is found only by a command with the same ones.
+pub fn path_keyed(key: &Key) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ltocache-path-keyed-v1\0");
+    h.update(&key.digest);
+    for p in &key.unkeyed_paths {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// True when `stderr` names a path the key does not cover (or the working
+/// directory): replaying it elsewhere would name another command's files.
+pub fn stderr_names_a_path(stderr: &[u8], unkeyed: &[String]) -> bool {
+    !stderr.is_empty()
+        && unkeyed.iter().filter(|p| !p.is_empty()).any(|p| stderr.windows(p.len()).any(|w| w == p.as_bytes()))
 }
 
 pub struct KeyBuilder {
@@ -77,7 +108,7 @@ impl KeyBuilder {
     }
 
     pub fn finish(self) -> Key {
-        Key { digest: *self.hasher.finalize().as_bytes(), fields: self.fields }
+        Key { digest: *self.hasher.finalize().as_bytes(), fields: self.fields, unkeyed_paths: Vec::new() }
     }
 }
 
@@ -103,6 +134,19 @@ pub enum KeyError {
 
 fn unreadable(path: &Path, e: anyhow::Error) -> KeyError {
     KeyError::NotCacheable(NotCacheable::Unreadable(format!("{}: {e:#}", path.display())))
+}
+
+/// Refuses, from its `stat`, a path that is not a regular file, before
+/// anything opens it: opening and closing a FIFO lets its writer run into a
+/// closed pipe, and the compiler then waits for data that never comes.
+fn regular_file(path: &Path) -> Result<(), KeyError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => {
+            Err(KeyError::NotCacheable(NotCacheable::Unreadable(format!("{} is not a regular file", path.display()))))
+        }
+        Err(e) => Err(KeyError::NotCacheable(NotCacheable::Unreadable(format!("{}: {e}", path.display())))),
+    }
 }
 
 /// Computes the key of a backend invocation.
@@ -133,6 +177,7 @@ pub fn compute(
 
     // The shard: its canonical digest (everything but module paths) and, in
     // table order, each module's role and fingerprint.
+    regular_file(&inv.shard)?;
     let shard = match hasher.take_shard(&inv.shard) {
         Some(parsed) => parsed,
         None => {
@@ -143,6 +188,12 @@ pub fn compute(
     k.digest_field("shard", &shard.canonical_digest);
 
     let input_bytes = inv.input.as_os_str().as_bytes();
+    let mut unkeyed: Vec<String> =
+        [&inv.input, &inv.shard, &inv.output].iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    if let Ok(cwd) = std::env::current_dir() {
+        unkeyed.push(cwd.to_string_lossy().into_owned());
+    }
+    unkeyed.extend(shard.modules.iter().map(|m| String::from_utf8_lossy(&m.path).into_owned()));
     // Modules whose assembly must be scanned: the input and every import
     // (an imported function's inline asm is compiled into this object).
     let mut asm_refs: Vec<AsmRef> = Vec::new();
@@ -164,14 +215,26 @@ pub fn compute(
     // Files named by flags.
     for f in &inv.flag_files {
         let path = profile_path(f);
-        // A config file's `@includes` are read too.
-        let files = if f.flag.starts_with("--config") { crate::args::config_closure(&path) } else { vec![path] };
-        for (i, path) in files.iter().enumerate() {
-            let h = hasher.hash(path, false).map_err(|e| unreadable(path, e))?;
-            let tag = if i == 0 { format!("file:{}", f.flag) } else { format!("file:{}@{i}", f.flag) };
-            k.digest_field(&tag, &h.digest);
+        let h = hasher.hash(&path, false).map_err(|e| unreadable(&path, e))?;
+        k.digest_field(&format!("file:{}", f.flag), &h.digest);
+        // A plugin's own shared libraries run in the compiler too (one `ldd`
+        // per compile that names a plugin: plugins are rare).
+        if PLUGIN_FLAGS.contains(&f.flag.as_str()) {
+            for (i, lib) in crate::compiler::loaded_libraries(&path).iter().enumerate() {
+                let h = hasher.hash(lib, false).map_err(|e| unreadable(lib, e))?;
+                k.labelled_digest_field(&format!("file:{}#lib{i}", f.flag), &h.digest, &lib.to_string_lossy());
+            }
         }
     }
+    // Configuration files the driver loads, inclusions included: their
+    // flags are already among the arguments; their bytes are hashed too.
+    for (i, path) in inv.config_files.iter().enumerate() {
+        let h = hasher.hash(path, false).map_err(|e| unreadable(path, e))?;
+        k.labelled_digest_field(&format!("config[{i}]"), &h.digest, &path.to_string_lossy());
+    }
+    // Response and configuration files read before the key: checked again
+    // after the compile like every other input.
+    hasher.seen.extend(inv.read_files.iter().cloned());
 
     // Files pulled in by `.incbin`/`.include`. The assembler tries the name as
     // given (relative to the current directory), then each search directory;
@@ -211,6 +274,7 @@ pub fn compute(
                     }
                     // The assembly that is scanned must be the bytes that are
                     // hashed: one read, tracked like any input.
+                    regular_file(c)?;
                     let text = hasher.read_tracked(c).map_err(|e| unreadable(c, e))?;
                     k.digest_field(&tag, blake3::hash(&text).as_bytes());
                     let mut nested = Vec::new();
@@ -231,7 +295,9 @@ pub fn compute(
             )));
         }
     }
-    Ok(k.finish())
+    let mut key = k.finish();
+    key.unkeyed_paths = unkeyed;
+    Ok(key)
 }
 
 #[cfg(test)]

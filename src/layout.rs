@@ -70,6 +70,8 @@ pub fn every_path(
     let mut files = Vec::new();
     for k in keys {
         files.push(LocalStore::entry_rel(k));
+        // Precise maps are named by a second key; the same names serve here.
+        files.push(LocalStore::precise_rel(k));
     }
     for d in digests {
         files.push(LocalStore::blob_rel(d));
@@ -91,6 +93,8 @@ pub fn every_path(
             .map(|s| s.to_string())
             .collect();
     state_files.extend(compilers.iter().map(|c| compiler_memo(c)));
+    // The compiler memo is replaced through a temp file beside it (a fresh name each time).
+    state_files.push(crate::util::temp_name(""));
     out.extend(state_files.into_iter().map(|f| (State, PathBuf::from(f), File)));
     out
 }

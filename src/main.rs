@@ -22,7 +22,7 @@ fn main() {
     }
 
     // lld's DTLTO runs `ltocache [--options] OUT.PID.dist-file.json`.
-    if ltocache::distributor::is_invocation(&argv[1..]) {
+    if ltocache::distributor::is_invocation(argv.get(1..).unwrap_or_default()) {
         ltocache::distributor::run(argv.split_off(1));
     }
 

@@ -162,7 +162,23 @@ pub const CC1_VETTED: &[&str] = &[
     "-fcolor-diagnostics",
     "-fdiagnostics-color",
     "-fmessage-length",
+    // Seen on the kernel's backends (tinyconfig, x86-64): code generation,
+    // target and front-end options with no effect before the hook.
+    "-disable-red-zone",
+    "-falign-loops",
+    "-fno-signed-wchar",
+    "-fwchar-type",
+    "-fsplit-lto-unit",
+    "-ftrivial-auto-var-init",
+    "-fvisibility",
+    "-fwarn-stack-size",
+    "-nobuiltininc",
+    "-nostdsysteminc",
 ];
+
+/// Prefixes of vetted cc1 option families: warnings (diagnostics only) and
+/// `-fno-builtin-<name>` (the optimiser's library info, after the hook).
+const CC1_VETTED_PREFIXES: &[&str] = &["-W", "-fno-builtin-"];
 
 /// Separate-value cc1 options among the vetted ones: their next token is a
 /// value, not an input.
@@ -393,7 +409,7 @@ pub fn parse_cc1(args: &[String]) -> Result<Cc1, Refusal> {
         }
         let name = a.split_once('=').map(|(n, _)| n).unwrap_or(a);
         let name = if a.starts_with("-D") { "-D" } else { name };
-        if !CC1_VETTED.contains(&name) {
+        if !CC1_VETTED.contains(&name) && !CC1_VETTED_PREFIXES.iter().any(|p| a.starts_with(p)) {
             return refuse("cc1_option", a.to_string());
         }
         let value = if CC1_SEPARATE.contains(&name) && name == a {
@@ -448,26 +464,61 @@ fn real_args(inv: &BackendInvocation) -> Vec<String> {
         .collect()
 }
 
+/// The arguments the cc1 memo is keyed on: all but preprocessor macros and
+/// include directories (`-D`, `-U`, `-I`, joined or separate) and
+/// dependency-file requests (`-Wp,-MMD,<file>`, `-Wp,-MD,<file>`), which
+/// differ per file in kernel builds and which the driver does not turn into
+/// any of the cc1 options we read or vet for IR input (tests/precise.rs
+/// checks that the cc1 line is the same without them).
+pub fn cc1_memo_args(args: &[String]) -> Vec<&str> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        i += 1;
+        if matches!(a, "-D" | "-U" | "-I") {
+            i += 1;
+            continue;
+        }
+        if a.starts_with("-D") || a.starts_with("-U") || a.starts_with("-I") {
+            continue;
+        }
+        if let Some(file) = a.strip_prefix("-Wp,-MMD,").or_else(|| a.strip_prefix("-Wp,-MD,")) {
+            if !file.contains(',') {
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
 /// clang's cc1 line for this job (`clang -###`), memoised per host by
-/// everything it depends on: compiler identity and name, the first key's
-/// argument and environment fields, the working directory.
+/// everything it depends on: compiler identity and name, the environment
+/// fields, the arguments but for [`cc1_memo_args`]'s, the working directory.
 fn cc1_line(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, cwd: &Path) -> Result<Vec<String>, Refusal> {
     let mut h = blake3::Hasher::new();
     h.update(b"cc1-v1\0");
     h.update(cwd.as_os_str().as_bytes());
+    for a in cc1_memo_args(&inv.hashed_args) {
+        h.update(&(a.len() as u64).to_le_bytes());
+        h.update(a.as_bytes());
+    }
     for (k, v) in &job.key.fields {
-        if k == "compiler" || k == "compiler-name" || k.starts_with("env:") || k == "argc" || k.starts_with("arg[") {
+        if k == "compiler" || k == "compiler-name" || k.starts_with("env:") {
             h.update(&(k.len() as u64).to_le_bytes());
             h.update(k.as_bytes());
             h.update(&(v.len() as u64).to_le_bytes());
             h.update(v.as_bytes());
         }
     }
-    // The real paths are in the -### line too; they do not matter to what
-    // we read from it, but the memo must not serve one job's line to another
-    // whose paths differ in a way that changes the driver's decisions.
+    // The paths of the input, shard and output are left out (the first key
+    // has role markers there), so jobs with the same flags share one `-###`:
+    // what we read from the line (target, relocation and code model, CPU,
+    // features, -O, -mllvm, which options appear) does not name them. Their
+    // extensions stay: the driver picks an input's type by its extension.
     for p in [&inv.input, &inv.shard, &inv.output] {
-        h.update(p.as_os_str().as_bytes());
+        h.update(p.extension().map(|e| e.as_bytes()).unwrap_or(b""));
         h.update(b"\0");
     }
     let memo = ctx.state_dir.join("precise").join(format!("cc1-{}", &hex(h.finalize().as_bytes())[..32]));
@@ -583,7 +634,9 @@ fn request_text(cwd: &Path, inv: &BackendInvocation, cc1: &Cc1, dump: Option<&Pa
     };
     put("cwd", &cwd.to_string_lossy());
     put("input", &inv.input.to_string_lossy());
-    put("index", &cc1.index);
+    // The index as the job names it (the memoised cc1 line may be another
+    // job's with the same flags).
+    put("index", &inv.shard.to_string_lossy());
     put("triple", &cc1.triple);
     put("reloc", &cc1.reloc);
     if !cc1.cmodel.is_empty() {
@@ -612,7 +665,13 @@ fn idle_seconds() -> u64 {
 /// with `LTOCACHE_PRECISE_SERVER=0`, to a process of its own.
 pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
     let server = !std::env::var_os("LTOCACHE_PRECISE_SERVER").is_some_and(|v| v == "0");
-    let sock = state_dir.join("precise").join(format!("h-{}.sock", &hex(&helper.identity)[..16]));
+    // The state directory may be named through one of our descriptors
+    // (/proc/self/fd/N): the server is another process, so it gets the
+    // directory's real path.
+    let dir = state_dir.join("precise");
+    let _ = std::fs::create_dir_all(&dir);
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let sock = dir.join(format!("h-{}.sock", &hex(&helper.identity)[..16]));
     // sun_path holds 108 bytes; a deeper state directory asks a process.
     if !server || sock.as_os_str().len() >= 100 {
         return ask_once(&helper.path, request);
@@ -641,12 +700,36 @@ pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
             }
         }
     };
+    // The state directory may be shared with a group: a socket there could
+    // be someone else's server answering forged digests. Only a server
+    // running as this user is asked.
+    if !peer_is_me(&stream) {
+        bail!("the helper socket {} is served by another user", sock.display());
+    }
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(request.as_bytes())?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).context("reading the helper's answer")?;
     Ok(answer)
+}
+
+fn peer_is_me(stream: &UnixStream) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    rc == 0 && cred.uid == unsafe { libc::geteuid() }
 }
 
 fn ask_once(helper: &Path, request: &str) -> Result<String> {
@@ -752,7 +835,9 @@ pub fn compute(
         Err(e) => return refuse("helper_error", format!("cwd: {e}")),
     };
     let cc1 = parse_cc1(&cc1_line(ctx, inv, job, &cwd)?)?;
-    let answer = match ask(&ctx.state_dir, &helper, &request_text(&cwd, inv, &cc1, None)) {
+    // The real path: the socket's name is handed to the helper server, a
+    // process of its own, where this one's /proc/self/fd means nothing.
+    let answer = match ask(&ctx.config.state().real, &helper, &request_text(&cwd, inv, &cc1, None)) {
         Ok(a) => a,
         Err(e) => return refuse("helper_error", format!("{e:#}")),
     };
@@ -778,34 +863,14 @@ pub fn dump_post_import(
 // ---------------------------------------------------------------------------
 // Mapping second key → first key of the entry that holds the object.
 
-const MAP_MAGIC: &[u8] = b"ltocache-precise-map-v1\n";
-
-fn map_path(ctx: &Ctx, second: &[u8; 32]) -> PathBuf {
-    let h = hex(second);
-    ctx.store.root().join("precise").join(&h[..2]).join(h)
-}
-
+/// Read by descriptor beneath the cache directory (a symlink, FIFO or giant
+/// planted at a map's name in a shared cache is no map): see store/local.rs.
 fn read_map(ctx: &Ctx, second: &[u8; 32]) -> Option<[u8; 32]> {
-    let data = std::fs::read(map_path(ctx, second)).ok()?;
-    let body = data.strip_prefix(MAP_MAGIC)?;
-    if body.len() != 64 {
-        return None;
-    }
-    let (key, sum) = body.split_at(32);
-    let mut check = blake3::Hasher::new();
-    check.update(second);
-    check.update(key);
-    (check.finalize().as_bytes()[..] == sum[..]).then(|| key.try_into().ok()).flatten()
+    ctx.store.get_precise_map(second)
 }
 
 fn write_map(ctx: &Ctx, second: &[u8; 32], first: &[u8; 32]) -> Result<()> {
-    let mut data = MAP_MAGIC.to_vec();
-    data.extend_from_slice(first);
-    let mut check = blake3::Hasher::new();
-    check.update(second);
-    check.update(first);
-    data.extend_from_slice(check.finalize().as_bytes());
-    crate::util::write_atomic(&ctx.store.tmp_dir(), &map_path(ctx, second), &data)
+    ctx.store.put_precise_map(second, first)
 }
 
 // ---------------------------------------------------------------------------
@@ -922,13 +987,13 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
     if pid != 0 {
         return; // the parent (or a failed fork: nothing happens)
     }
-    // The child: off the build's pipes, its jobserver and its CPU.
+    // The child: off the build's output pipes and its CPU.
     unsafe {
+        // Other descriptors stay: the state directory may be one of them.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         for fd in 0..3 {
             libc::dup2(null, fd);
         }
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         libc::setsid();
         // The system call itself: musl's sched_setscheduler() is a stub that
         // returns ENOSYS, and its sched_param has extra fields (zeroed here).
@@ -985,6 +1050,13 @@ pub fn enabled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cc1_memo_leaves_out_macros_includes_and_dependency_files() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = v(&["-O2", "-DX=1", "-D", "Y", "-Iinc", "-I", "inc2", "-Uz", "-Wp,-MMD,a/.b.o.d", "-Wp,-MD,x,y", "-g"]);
+        assert_eq!(cc1_memo_args(&a), vec!["-O2", "-Wp,-MD,x,y", "-g"]);
+    }
 
     #[test]
     fn thread_count_is_read() {

@@ -54,15 +54,19 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
         record(&config, &log, &mut batch);
         exec::exec_compiler(&compiler, &args);
     }
-    let analysed = args::expand_response_files(&sargs).and_then(|expanded| args::analyze(&compiler, &expanded));
+    // The driver's environment first (driver.rs), then argv with its
+    // response files, tracked for the after-compile check. `base_dir` is
+    // applied by backend::prepare, after configuration files.
+    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+        .and_then(|()| args::expand_response_files_tracked(&sargs))
+        .and_then(|(expanded, read)| {
+            let mut inv = args::analyze(&compiler, &expanded)?;
+            inv.read_files = read;
+            Ok(inv)
+        });
     match analysed {
         Err(reason) => uncacheable(&config, &log, &compiler, &args, &reason),
-        Ok(mut inv) => {
-            if let (Some(base), Ok(cwd)) = (&config.base_dir.value, std::env::current_dir()) {
-                args::relocate_args(&mut inv.hashed_args, base, &cwd);
-            }
-            cached_compile(&config, &log, &inv, &args)
-        }
+        Ok(inv) => cached_compile(&config, &log, &inv, &args),
     }
 }
 
@@ -100,9 +104,25 @@ fn record(config: &Config, log: &Logger, batch: &mut Batch) {
 fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: &[OsString]) -> ! {
     let ctx = Ctx::new(config, log);
     let mut batch = Batch::default();
-    let Ok(job) = backend::prepare(&ctx, inv, &mut batch) else {
+    let Ok(mut job) = backend::prepare(&ctx, inv, &mut batch) else {
         fall_back(config, log, &mut batch, inv, args);
     };
+    // What a terminal shows: clang colours when our stderr is one.
+    let mut compile_args = args.to_vec();
+    match crate::driver::for_terminal(&job.inv, &mut job.key, &|v| std::env::var(v).ok()) {
+        Ok(extra) => compile_args.extend(extra),
+        Err(reason) => {
+            batch.add(&format!("uncacheable.{}", reason.code()), 1);
+            fall_back(config, log, &mut batch, inv, args);
+        }
+    }
+    let args = &compile_args[..];
+    // Sampled verification: a chosen hit is compiled anyway and compared.
+    if !config.recache.value && crate::verify::selected(config.verify.value, &job.key.digest) {
+        if let (digest, Ok((crate::store::Lookup::Hit(entry), _))) = backend::local_lookup(&ctx.store, &job.key) {
+            verified_hit(&ctx, inv, &job, &entry, digest, args, batch);
+        }
+    }
     if let Some(stderr) = backend::serve_hit(&ctx, inv, &job, &mut batch) {
         let _ = std::io::stderr().write_all(&stderr);
         record(config, log, &mut batch);
@@ -121,4 +141,51 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     backend::finish_compile(&ctx, inv, &job, &finished, &mut batch);
     record(config, log, &mut batch);
     exec::exit_like(finished.status)
+}
+
+/// A hit chosen for verification (`LTOCACHE_VERIFY`): compiled anyway and
+/// compared; the build gets the fresh result either way, and on a mismatch
+/// it also replaces the stale entry (verify.rs).
+fn verified_hit(
+    ctx: &Ctx,
+    inv: &BackendInvocation,
+    job: &backend::Keyed,
+    entry: &crate::store::Entry,
+    digest: [u8; 32],
+    args: &[OsString],
+    mut batch: Batch,
+) -> ! {
+    let (config, log) = (ctx.config, ctx.log);
+    let fields = job.fields_text();
+    match crate::verify::verify_hit(&ctx.store, entry, &job.inv, &job.program, args, &fields, &ctx.state_dir) {
+        Ok(v) => {
+            let _ = std::io::stdout().write_all(&v.finished.stdout);
+            let _ = std::io::stderr().write_all(&v.finished.stderr);
+            batch.add("hits", 1);
+            batch.add("verified_hits", 1);
+            batch.add("cpu_ns.compiler_verify", v.finished.cpu_ns);
+            if v.stale {
+                let kept = v.kept.map(|p| p.display().to_string()).unwrap_or_else(|| "(not kept)".into());
+                log.log(&format!(
+                    "STALE hit {} for {}: fresh result served, both kept in {kept}",
+                    crate::util::hex(&digest[..8]),
+                    inv.output.display()
+                ));
+                batch.add("stale_detected", 1);
+                if v.finished.status.success() && v.finished.stdout.is_empty() && !config.readonly.value {
+                    if let Err(e) = backend::replace_entry(ctx, inv, &digest, &v.finished) {
+                        log.log(&format!("replacing the stale entry failed: {e:#}"));
+                    }
+                }
+            }
+            batch.last_compile = Some((job.output_name.clone(), digest, "verified".into(), fields));
+            record(config, log, &mut batch);
+            exec::exit_like(v.finished.status)
+        }
+        Err(e) => {
+            log.log(&format!("verifying {} failed, compiling instead: {e:#}", inv.output.display()));
+            batch.add("errors.verify", 1);
+            fall_back(config, log, &mut batch, inv, args)
+        }
+    }
 }

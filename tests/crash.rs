@@ -64,6 +64,8 @@ fn sigkill_at_random_points_never_corrupts_the_cache() {
                 if k % 2 == 0 {
                     cmd.env("LTOCACHE_RECACHE", "1");
                 }
+                // A script compiler is refused unless compiler_check states it.
+                cmd.env("LTOCACHE_COMPILER_CHECK", "string:fakecc");
                 cmd.arg(&fake).args(f.backend_args(m, &format!("{m}.fake_o"), &[&variant]));
             }
         }

@@ -261,6 +261,9 @@ fn warm_link_spawns_no_compiler() {
         ),
     );
     let rc = format!("-Wl,--thinlto-remote-compiler={}", script.display());
+    // A script compiler is refused unless compiler_check states its identity.
+    std::fs::create_dir_all(&d.cache).unwrap();
+    std::fs::write(d.cache.join("ltocache.conf"), "compiler_check = string:logging-clang\n").unwrap();
     d.link_through_distributor(&[&rc]);
     let cold = std::fs::read_to_string(&calls).unwrap_or_default().lines().count();
     assert_eq!(cold, MODULES.len(), "every job compiled on the cold link");

@@ -481,3 +481,127 @@ fn hard_links_only_from_a_cache_nobody_else_writes_and_read_only() {
     assert!(m.modified().unwrap().elapsed().unwrap() < std::time::Duration::from_secs(600), "a fresh mtime");
     assert_eq!(f.read("vec.final_o"), f.fresh_object("vec", &[]));
 }
+
+/// The path list the attack test plants at is complete: every path under
+/// the cache or the state directory that a build, `stats`, `cleanup`,
+/// `verify` and `clear` touch (strace, every file system call) is in
+/// `every_path` — up to key and digest hex and temp-file names.
+#[test]
+fn every_path_lists_what_ltocache_really_opens() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: no strace");
+        return;
+    }
+    let f = Fixture::new();
+    f.use_blob_files();
+    let trace = f.dir.join("trace");
+    let strace = |args: &[&str]| {
+        let mut c = f.ltocache();
+        let prog = c.get_program().to_owned();
+        let mut s = Command::new("strace");
+        s.args(["-f", "-y", "-qq", "-e", "trace=%file,%desc", "-o"]).arg(&trace).arg("-A").arg(prog).args(args);
+        s.current_dir(&f.dir);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => s.env(k, v),
+                None => s.env_remove(k),
+            };
+        }
+        let _ = c.args(args);
+        ok(&mut s);
+    };
+    for m in MODULES {
+        let mut a = vec![CLANG.to_string()];
+        a.extend(util_backend_args(m));
+        strace(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for args in [&["stats"][..], &["cleanup", "--max-size", "1"], &["verify"], &["clear"], &["zero-stats"]] {
+        strace(args);
+    }
+    let cache = std::fs::canonicalize(&f.cache).unwrap();
+    let state = std::fs::canonicalize(f.state_dir()).unwrap();
+    // Names up to hex and temp names.
+    let shape = |p: &str| -> String {
+        p.split('/')
+            .map(|c| {
+                let h = c.trim_end_matches(".zst");
+                if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    format!("HEX{}", &c[64..])
+                } else if c.len() == 2 && c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    "XX".into()
+                } else if c.ends_with(".tmp") || c.ends_with(".junk") {
+                    "TEMP".into()
+                } else if c.starts_with("stats.sqlite3.corrupt") || c.starts_with("compiler-") {
+                    c.split('.').next().unwrap().split('-').next().unwrap().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let host = ltocache::util::hostname();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let mut known: std::collections::BTreeSet<String> =
+        every_path(&[[0xab; 32]], &[[0xcd; 32]], &[Path::new(CLANG)], host, uid)
+            .into_iter()
+            .map(|(b, p, _)| match b {
+                Base::Cache => shape(&p.display().to_string()),
+                Base::State => shape(&ltocache::layout::shared_state_rel(host, uid).join(p).display().to_string()),
+            })
+            .collect();
+    known.insert("v1/tmp/TEMP".into());
+    known.insert(String::new()); // the cache directory itself
+    let text = std::fs::read_to_string(&trace).unwrap();
+    // `-y` prints every descriptor with its path: `3</abs/path>`; and `*at` calls name `dirfd</dir>, "name"`.
+    let mut seen = std::collections::BTreeSet::new();
+    let fd_path = regex_lite_fd();
+    for line in text.lines() {
+        for abs in fd_path(line) {
+            for (root, prefix) in [(&cache, PathBuf::new()), (&state, ltocache::layout::shared_state_rel(host, uid))] {
+                if let Ok(rel) = Path::new(&abs).strip_prefix(root) {
+                    seen.insert((shape(&prefix.join(rel).display().to_string()), line.to_string()));
+                }
+            }
+        }
+    }
+    assert!(seen.iter().any(|(s, _)| s.starts_with("v1/entries/XX/HEX")), "the trace saw the entries: {}", seen.len());
+    // Inside a tree `clear` moved aside into tmp/, everything is ours.
+    let unknown: Vec<_> = seen
+        .iter()
+        .filter(|(s, _)| !known.contains(s.trim_end_matches('/')) && !s.starts_with("v1/tmp/TEMP/"))
+        .collect();
+    assert!(unknown.is_empty(), "opened but not in layout::every_path: {unknown:#?}\nknown: {known:#?}");
+}
+
+/// Paths in a strace `-y` line: each `N</path>` descriptor, and for `*at`
+/// calls the directory descriptor's path joined with the name after it.
+fn regex_lite_fd() -> impl Fn(&str) -> Vec<String> {
+    |line: &str| {
+        let mut out = Vec::new();
+        // `*at` calls resolve a name under their directory descriptor; others' strings are data.
+        let call = line.split_whitespace().nth(1).and_then(|c| c.split('(').next()).unwrap_or("");
+        let at_call = call.ends_with("at") || call.ends_with("at2");
+        let mut rest = line;
+        while let Some(i) = rest.find("</") {
+            let after = &rest[i + 1..];
+            let Some(end) = after.find('>') else { break };
+            // A descriptor of a file unlinked since is shown with " (deleted)".
+            let dir = after[..end].trim_end_matches(" (deleted)");
+            out.push(dir.to_string());
+            // `3</dir>, "name"`: a name resolved under that directory.
+            let tail = &after[end + 1..];
+            if let Some(q) = tail.strip_prefix(", \"").filter(|_| at_call) {
+                if let Some(e) = q.find('"') {
+                    let name = &q[..e];
+                    if !name.starts_with('/') && !name.is_empty() {
+                        out.push(format!("{dir}/{name}"));
+                    }
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out
+    }
+}

@@ -157,7 +157,10 @@ fn a_compile_that_prints_to_stdout_is_not_stored() {
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     for _ in 0..2 {
-        let out = f.cached_backend_with(&fake, "vec", &[]);
+        // A script compiler is refused unless compiler_check states it.
+        let mut c = f.ltocache();
+        c.env("LTOCACHE_COMPILER_CHECK", "string:printcc").arg(&fake).args(f.backend_args("vec", "vec.final_o", &[]));
+        let out = c.output().unwrap();
         assert!(out.status.success());
         // No newline at the end: it is still in the wrapper's stdout buffer at exit.
         assert_eq!(String::from_utf8_lossy(&out.stdout), "statistics\non stdout", "stdout passes through");
@@ -271,4 +274,38 @@ fn profile_from_a_pipe_is_not_hashed_as_empty() {
     }
     assert_eq!(f.stat("hits"), 0, "a pipe's contents are not in the key");
     assert_eq!(f.stat("unreadable_input"), 2);
+}
+
+#[test]
+fn masquerade_symlink_without_a_real_compiler_exits_127_instead_of_looping() {
+    // `clang-77 -> ltocache` on PATH and no real clang-77: exec by bare name
+    // found the symlink again and re-executed ltocache forever.
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("clang-77");
+    std::os::unix::fs::symlink(util::ltocache_bin(), &link).unwrap();
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    for args in
+        [&["-c", "a.c", "-o", "a.o"][..], &["-c", "-fthinlto-index=a.o.thinlto.bc", "-x", "ir", "a.o", "-o", "x"]]
+    {
+        let mut child = Command::new(&link)
+            .args(args)
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("LTOCACHE_DIR", dir.path().join("cache"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("ltocache kept re-executing itself for {args:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(127), "{args:?}");
+    }
 }

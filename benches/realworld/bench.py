@@ -8,6 +8,7 @@ scenario means and how the figures are computed.
 """
 
 import argparse
+import copy
 import concurrent.futures
 import datetime
 import hashlib
@@ -764,6 +765,23 @@ def bench_corpus(corpus, work, ltocache, args, failures):
     b.final_link(os.path.join("out", "cache"))
     corpus.check(b.dir, os.path.join("out", "cache"))
 
+    # (v) warm again with LTOCACHE_VERIFY=1 (issue 11): every hit is compiled
+    # anyway and compared byte for byte; a stale hit is counted as stale_detected.
+    b.thin_link()
+    tool.zero()
+    verifying = copy.copy(tool)
+    verifying.env = dict(tool.env, LTOCACHE_VERIFY="1")
+    res = run_backends(f"{name} (v) warm, LTOCACHE_VERIFY=1", jobs_for(os.path.join("out", "cache"), tool.wrap),
+                       verifying)
+    st = tool.stats()
+    R["verify"] = {"wall": res["wall"], "cpu": res["cpu"], "hits": st["hits"], "misses": st["misses"],
+                   "verified_hits": st.get("verified_hits", 0), "stale_detected": st.get("stale_detected", 0)}
+    log(f"{name}: (v) {R['verify']['verified_hits']} hits verified, stale_detected = {R['verify']['stale_detected']}")
+    if R["verify"]["stale_detected"]:
+        fail(f"(v) verify: {R['verify']['stale_detected']} stale hits detected")
+    if R["verify"]["verified_hits"] != n:
+        fail(f"(v) verify: {R['verify']['verified_hits']} of {n} hits verified")
+
     # Per-invocation hit latency: each warm hit timed alone, after a fresh thin link.
     rounds = max(1, min(args.max_rounds, math.ceil(args.latency_samples / n)))
     lat, floor = [], []
@@ -1023,6 +1041,10 @@ def report(results, meta):
         w(f"- Ratios: (b)/(a) wall {b['wall'] / a['wall']:.3f}, CPU {b['cpu'] / a['cpu']:.3f}; "
           f"(a)/(c) wall {a['wall'] / c['wall']:.1f}×, CPU {a['cpu'] / c['cpu']:.1f}×; "
           f"(a)/(d) wall {a['wall'] / d['wall']:.1f}×, CPU {a['cpu'] / d['cpu']:.1f}×.")
+        if "verify" in r:
+            v = r["verify"]
+            w(f"- (v) warm with `LTOCACHE_VERIFY=1`: {v['verified_hits']} hits recompiled and compared byte for byte, "
+              f"**stale_detected = {v['stale_detected']}**; wall {v['wall']:.2f} s, CPU {v['cpu']:.2f} s.")
         if "g_cold" in sc:
             g0, g1, g2 = sc["g_cold"], sc["g_warm"], sc["g_incr"]
             w(f"- (g) {r['ccache']} on the same backends: cold/(a) wall {g0['wall'] / a['wall']:.3f}, CPU "

@@ -254,7 +254,10 @@ fn plan_job<'c>(
     common_inputs: &[String],
     batch: &mut Batch,
 ) -> Plan<'c> {
-    let analysed = args::expand_response_files(args).and_then(|expanded| args::analyze(compiler, &expanded));
+    // The driver's environment is every job's (driver.rs refuses what makes it write or edit).
+    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+        .and_then(|()| args::expand_response_files(args))
+        .and_then(|expanded| args::analyze(compiler, &expanded));
     let mut inv = match analysed {
         Ok(inv) => inv,
         Err(reason) => {
@@ -268,8 +271,12 @@ fn plan_job<'c>(
     }
     // The shard is read once: the hasher keeps the bytes the cross-check
     // read (and their stamp) for the key.
+    // A shard that is not a regular file is never opened (a FIFO's writer
+    // would hang, see key::compute): the key refuses it and counts why.
     let mut hasher = FileHasher::with_shared(ctx.memo.as_ref(), shared);
-    if let Err(why) = cross_check(&inv, spec, common_inputs, &mut hasher) {
+    let shard_is_file = std::fs::metadata(&inv.shard).is_ok_and(|m| m.is_file());
+    let checked = if shard_is_file { cross_check(&inv, spec, common_inputs, &mut hasher) } else { Ok(()) };
+    if let Err(why) = checked {
         ctx.log.log(&format!("uncacheable (job inputs disagree with its shard: {why}): {}", inv.output.display()));
         batch.add("uncacheable.dtlto_inputs_disagree", 1);
         return Plan::Plain;

@@ -179,6 +179,8 @@ pub struct Report {
     pub removed_blobs: u64,
     pub removed_temp: u64,
     pub removed_corrupt: u64,
+    /// Precise maps whose entry is gone (src/precise.rs).
+    pub removed_precise: u64,
     /// A stale cleanup lock was broken (its holder gone for [`LOCK_STALE`]).
     pub broke_stale_lock: bool,
 }
@@ -403,6 +405,7 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
     }
 
     inv.entries.sort_by_key(|e| e.used);
+    let mut evicted = std::collections::HashSet::new();
     for e in &inv.entries {
         beat.beat();
         if !evict(bytes, files, e) {
@@ -412,6 +415,7 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
             continue;
         }
         r.removed_entries += 1;
+        evicted.insert(&e.path);
         bytes = bytes.saturating_sub(e.size);
         files = files.saturating_sub(1);
         for b in &e.blobs {
@@ -445,6 +449,23 @@ fn sweep(store: &LocalStore, limits: &Limits, mut evict: impl FnMut(u64, u64, &E
             r.removed_blobs += 1;
             bytes = bytes.saturating_sub(info.size);
             files = files.saturating_sub(1);
+        }
+    }
+
+    // Precise maps (src/precise.rs) whose entry is gone, or that are not
+    // maps, once past the grace period: without this they would outlive
+    // every entry. A live map costs one small read here, only in cleanup.
+    let live: std::collections::HashSet<&std::ffi::OsStr> =
+        inv.entries.iter().filter(|e| !evicted.contains(&e.path)).filter_map(|e| e.path.file_name()).collect();
+    for path in store.files("precise") {
+        beat.beat();
+        let Some(second) = path.file_name().and_then(|n| n.to_str()).and_then(unhex) else { continue };
+        let Ok(second) = <[u8; 32]>::try_from(second) else { continue };
+        let first = dir.read(&path, 256).ok().and_then(|d| crate::store::parse_precise_map(&second, &d));
+        let alive = first.is_some_and(|k| live.contains(std::ffi::OsStr::new(&hex(&k))));
+        let stale = dir.stat(&path).is_ok_and(|m| older_than(m.modified(), limits.grace, now));
+        if !alive && stale && remove(dir, &path) {
+            r.removed_precise += 1;
         }
     }
 

@@ -24,6 +24,25 @@ pub struct LocalStore {
     inline_max: usize,
 }
 
+/// A precise map file: this magic, the first key, then blake3 over the
+/// second key (its name) and the first key.
+const PRECISE_MAP_MAGIC: &[u8] = b"ltocache-precise-map-v1\n";
+
+fn precise_map_sum(second: &Digest, first: &Digest) -> Digest {
+    let mut check = blake3::Hasher::new();
+    check.update(second);
+    check.update(first);
+    *check.finalize().as_bytes()
+}
+
+/// The first key of a map file's bytes, if they are one for `second`.
+pub fn parse_precise_map(second: &Digest, data: &[u8]) -> Option<Digest> {
+    let body = data.strip_prefix(PRECISE_MAP_MAGIC)?;
+    let (first, sum) = (body.get(..32)?, body.get(32..)?);
+    let first: Digest = first.try_into().ok()?;
+    (sum == precise_map_sum(second, &first)).then_some(first)
+}
+
 /// The suffix of a zstd-compressed blob. Its name is still the blake3 of the
 /// *uncompressed* bytes, which is what a hit verifies.
 pub const ZSTD_SUFFIX: &str = ".zst";
@@ -91,6 +110,28 @@ impl LocalStore {
     pub fn blob_rel(digest: &Digest) -> PathBuf {
         let h = hex(digest);
         Path::new(LAYOUT_DIR).join("blobs").join(&h[..2]).join(&h)
+    }
+
+    /// Where precise invalidation maps a second key to the first key it
+    /// was stored under (src/precise.rs): one small file per mapping.
+    pub fn precise_rel(second: &Digest) -> PathBuf {
+        let h = hex(second);
+        Path::new(LAYOUT_DIR).join("precise").join(&h[..2]).join(&h)
+    }
+
+    /// The first key a precise map names (src/precise.rs), read by
+    /// descriptor: never through a symlink, never a FIFO or device, at most a
+    /// few hundred bytes. `None` unless its checksum over both keys holds.
+    pub fn get_precise_map(&self, second: &Digest) -> Option<Digest> {
+        let data = self.dir().ok()?.read(Self::precise_rel(second), 256).ok()?;
+        parse_precise_map(second, &data)
+    }
+
+    pub fn put_precise_map(&self, second: &Digest, first: &Digest) -> Result<()> {
+        let mut data = PRECISE_MAP_MAGIC.to_vec();
+        data.extend_from_slice(first);
+        data.extend_from_slice(&precise_map_sum(second, first));
+        self.write_rel(&Self::precise_rel(second), &data)
     }
 
     pub fn zst_rel(digest: &Digest) -> PathBuf {
@@ -364,7 +405,7 @@ impl LocalStore {
         };
         let tmp = Self::tmp_rel();
         dir.create_dirs(&tmp).with_context(|| format!("creating {}", dir.join(&tmp).display()))?;
-        for sub in ["entries", "blobs", "size"] {
+        for sub in ["entries", "blobs", "size", "precise"] {
             let rel = Path::new(LAYOUT_DIR).join(sub);
             let junk = tmp.join(util::temp_name(&format!("clear-{sub}.")).replace(".tmp", ".junk"));
             match dir.rename(&rel, &junk) {
@@ -555,6 +596,37 @@ fn reflink(src: &File, dst: &File) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precise_maps_are_never_read_or_written_through_planted_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(d.path());
+        let (second, first) = ([7u8; 32], [9u8; 32]);
+        s.put_precise_map(&second, &first).unwrap();
+        assert_eq!(s.get_precise_map(&second), Some(first));
+        assert_eq!(s.get_precise_map(&[8u8; 32]), None);
+        // A FIFO at the map's name: refused without blocking on open.
+        let path = d.path().join(LocalStore::precise_rel(&second));
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        assert_eq!(s.get_precise_map(&second), None);
+        // A symlinked precise/ directory: nothing is written through it.
+        let outside = tempfile::tempdir().unwrap();
+        let dir = d.path().join(LAYOUT_DIR).join("precise");
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &dir).unwrap();
+        assert!(s.put_precise_map(&[1u8; 32], &first).is_err());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // A checksum over both keys: another second key's map does not verify.
+        let mut data = PRECISE_MAP_MAGIC.to_vec();
+        data.extend_from_slice(&first);
+        data.extend_from_slice(&precise_map_sum(&second, &first));
+        assert_eq!(parse_precise_map(&second, &data), Some(first));
+        assert_eq!(parse_precise_map(&[3u8; 32], &data), None);
+        assert_eq!(parse_precise_map(&second, &data[..data.len() - 1]), None);
+    }
     use crate::store::ENTRY_MAGIC;
 
     fn sample() -> Entry {

@@ -28,6 +28,7 @@ ip addr add 10.0.2.15/24 dev eth0
 # Optional: this guest's clock set minutes off the server's (item 3).
 if [ -n "$clock" ]; then date -s "@$(( $(date +%s) + clock ))" >/dev/null; fi
 
+echo "@@BOOTED $(cut -d' ' -f1 /proc/uptime)"
 srv=10.0.2.100
 mkdir -p /host /root
 mount -t nfs4 -o vers=4.2,ro,addr=$srv,clientaddr=10.0.2.15 $srv:/host /host || fail "mount toolchain"
@@ -45,6 +46,7 @@ mount -t sysfs sys /root/sys
 mkdir -p /root/tmp/share /root/tmp/local
 # A local disk for the latency comparison: the virtio disk's ext4, else tmpfs.
 if [ -b /dev/vda ]; then mount -t ext4 /dev/vda /root/tmp/local || fail "mount /dev/vda"; fi
+echo "@@TOOLCHAIN $(cut -d' ' -f1 /proc/uptime)"
 case "$vers" in
 3)
     # NFSv3 locks go through NLM, which needs this host's rpc.statd (and its
@@ -52,7 +54,9 @@ case "$vers" in
     mkdir -p /root/var/lib/nfs/sm /root/var/lib/nfs/sm.bak
     chroot /root /usr/sbin/rpcbind -w || fail "rpcbind"
     chroot /root /usr/sbin/rpc.statd --no-notify -n "client$role" || fail "rpc.statd"
-    for _ in $(seq 1 50); do chroot /root /usr/sbin/rpcinfo -p 127.0.0.1 2>/dev/null | grep -q status && break; sleep 0.1; done
+    ok=
+    for _ in $(seq 1 50); do chroot /root /usr/sbin/rpcinfo -p 127.0.0.1 2>/dev/null | grep -q status && { ok=1; break; }; sleep 0.1; done
+    [ -n "$ok" ] || fail "rpc.statd did not register"
     opts="vers=3,proto=tcp,port=2049,mountport=20048,mountproto=tcp,addr=$srv,mountaddr=$srv"
     # NFSv3 has no pseudo root: the export is named by its path on the server.
     path=$(sed -n 's/.*ltonfs.share=\([^ ]*\).*/\1/p' /proc/cmdline)
