@@ -134,6 +134,22 @@ fn env_name(key: &str) -> &'static str {
     }
 }
 
+/// Whether `value` parses for `key`, with the parser `Config::load` uses.
+fn valid_value(key: &str, v: &str) -> bool {
+    match key {
+        "max_size" | "inline_max" => parse_size(v).is_ok(),
+        "max_files" => v.trim().parse::<u64>().is_ok(),
+        "umask" => parse_umask(v).is_ok(),
+        "grace" => parse_duration(v).is_ok(),
+        "compression" => parse_compression(v).is_ok(),
+        "serve_mode" => parse_serve_mode(v).is_ok(),
+        "verify" => crate::verify::parse_rate(v).is_ok(),
+        "compiler_check" => crate::compiler::CompilerCheck::parse(v).is_ok(),
+        "disable" | "readonly" | "recache" | "remote_only" | "reshare" => parse_bool(v).is_ok(),
+        _ => true,
+    }
+}
+
 pub fn parse_bool(s: &str) -> Result<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -255,6 +271,13 @@ impl Config {
                             entries.into_iter().partition(|(k, v)| !crate::trust::needs_trusted_file(k, v));
                         for (k, _) in &ignored {
                             warnings.push(format!("{k} in {} ignored: {why}", file_path.display()));
+                        }
+                        // Only the user's own file may break their
+                        // configuration: a bad value from anyone else's is
+                        // a warning, and the default stays.
+                        let (kept, bad): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(k, v)| valid_value(k, v));
+                        for (k, v) in &bad {
+                            warnings.push(format!("{k} = {v:?} in {} ignored: not a valid value", file_path.display()));
                         }
                         kept
                     }

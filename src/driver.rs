@@ -277,7 +277,7 @@ pub struct Asked {
 }
 
 /// The configuration files the driver loads for this command, in order,
-/// from the memo under `state_dir/driver/` when still valid.
+/// from the memo in the state directory (`driver-<question>`) when still valid.
 pub fn loaded_configs(
     program: &Path,
     invoked: &str,
@@ -291,9 +291,13 @@ pub fn loaded_configs(
     let cwd = std::env::current_dir().unwrap_or_default();
     let no_default = getenv("CLANG_NO_DEFAULT_CONFIG");
     let name = question_digest(program, invoked, identity, &flags, &cwd, no_default.as_deref());
-    let memo = state_dir.map(|d| d.join("driver").join(&name));
-    if let Some(m) = &memo {
-        if let Some(a) = crate::util::read_file(m).ok().and_then(|d| Answer::decode(&d)) {
+    // One flat file per question in the (private, checked) state directory,
+    // opened there without following a symlink or blocking on a FIFO.
+    let memo = state_dir.map(|d| (d, crate::layout::driver_memo(&name)));
+    if let Some((dir, file)) = &memo {
+        let read = crate::beneath::open_in(dir, file, libc::O_RDONLY, 0, 1 << 20)
+            .and_then(|f| crate::util::read_sized(&f, f.metadata()?.len()));
+        if let Some(a) = read.ok().and_then(|d| Answer::decode(&d)) {
             if a.still_valid() {
                 return Ok(a.configs);
             }
@@ -308,9 +312,8 @@ pub fn loaded_configs(
         .dirs
         .iter()
         .all(|(_, s)| s.is_none_or(|s| now - s.mtime_ns.max(s.ctime_ns) > crate::digest::local_margin_ns()));
-    if let (Some(m), true) = (&memo, settled && complete) {
-        let dir = crate::util::parent_dir(m);
-        let _ = crate::util::write_atomic(&dir, m, &answer.encode());
+    if let (Some((dir, file)), true) = (&memo, settled && complete) {
+        let _ = crate::util::write_atomic(dir, &dir.join(file), &answer.encode());
     }
     Ok(answer.configs)
 }

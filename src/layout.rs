@@ -18,6 +18,12 @@ pub const MEMO: &str = "memo.v1";
 pub const LEDGER_LOCK: &str = "ledger.lock";
 pub const PASSTHROUGH: &str = "passthrough.count";
 
+/// The state file memoising what the clang driver loads for one question
+/// (driver.rs): `driver-<hex of the question>`.
+pub fn driver_memo(question: &str) -> String {
+    format!("driver-{question}")
+}
+
 /// The compiler memo of the compiler invoked as `compiler`.
 pub fn compiler_memo(compiler: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
@@ -93,6 +99,7 @@ pub fn every_path(
             .map(|s| s.to_string())
             .collect();
     state_files.extend(compilers.iter().map(|c| compiler_memo(c)));
+    state_files.push(driver_memo("00000000000000000000000000000000"));
     // The compiler memo is replaced through a temp file beside it (a fresh name each time).
     state_files.push(crate::util::temp_name(""));
     out.extend(state_files.into_iter().map(|f| (State, PathBuf::from(f), File)));

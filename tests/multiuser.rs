@@ -531,7 +531,10 @@ fn every_path_lists_what_ltocache_really_opens() {
                     "XX".into()
                 } else if c.ends_with(".tmp") || c.ends_with(".junk") {
                     "TEMP".into()
-                } else if c.starts_with("stats.sqlite3.corrupt") || c.starts_with("compiler-") {
+                } else if c.starts_with("stats.sqlite3.corrupt")
+                    || c.starts_with("compiler-")
+                    || c.starts_with("driver-")
+                {
                     c.split('.').next().unwrap().split('-').next().unwrap().to_string()
                 } else {
                     c.to_string()

@@ -309,3 +309,26 @@ fn masquerade_symlink_without_a_real_compiler_exits_127_instead_of_looping() {
         assert_eq!(status.code(), Some(127), "{args:?}");
     }
 }
+
+#[test]
+fn a_bad_value_in_someone_elses_config_file_is_a_warning_not_a_broken_build() {
+    // A group- or world-writable ltocache.conf may hold anyone's words:
+    // `max_size = lots` there made every compile pass through uncounted and
+    // `config`/`stats` fail.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let conf = cache.join("ltocache.conf");
+    std::fs::write(&conf, "max_size = lots\nmax_files = 7\n").unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(util::ltocache_bin()).arg("config").env("LTOCACHE_DIR", &cache).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_size") && text.contains("10 GiB"), "the default stays:\n{text}");
+    assert!(text.contains("not a valid value"), "and config says why:\n{text}");
+    // The same file, owned by this user and writable by no one else, is the
+    // user's own: its bad value is an error there.
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(util::ltocache_bin()).arg("config").env("LTOCACHE_DIR", &cache).output().unwrap();
+    assert!(!out.status.success());
+}
