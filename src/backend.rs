@@ -95,6 +95,17 @@ impl Keyed<'_> {
 
 /// Resolves the compiler, checks the output path and computes the key.
 pub fn prepare<'c>(ctx: &'c Ctx, inv: &BackendInvocation, batch: &mut Batch) -> Result<Keyed<'c>, Fallback> {
+    prepare_with(ctx, inv, batch, FileHasher::new(ctx.memo.as_ref()))
+}
+
+/// [`prepare`] with the caller's hasher (one that has already read the shard,
+/// or shares digests across a process's jobs: crate::distributor).
+pub fn prepare_with<'c>(
+    ctx: &'c Ctx,
+    inv: &BackendInvocation,
+    batch: &mut Batch,
+    mut hasher: FileHasher<'c>,
+) -> Result<Keyed<'c>, Fallback> {
     let log = ctx.log;
     let program = match crate::compiler::resolve(&inv.compiler) {
         Ok(p) => p,
@@ -118,7 +129,6 @@ pub fn prepare<'c>(ctx: &'c Ctx, inv: &BackendInvocation, batch: &mut Batch) -> 
         Err(_) => None,
     };
 
-    let mut hasher = FileHasher::new(ctx.memo.as_ref());
     let cpu_before = crate::util::cpu_ns(libc::RUSAGE_SELF);
     let getenv = |v: &str| std::env::var(v).ok();
     let mut effective = None;

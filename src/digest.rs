@@ -126,9 +126,21 @@ pub struct Hashed {
     pub asm: Option<Vec<AsmRef>>,
 }
 
+/// Digests shared by every job one process keys (the distributor: a link's
+/// jobs import the same modules, each once per importer). A file in here was
+/// stamped and hashed (or memo-verified) by an earlier job of this run; a
+/// later job takes its digest with that stamp, which goes into its `seen`
+/// like its own, so the after-compile check still re-stats it.
+pub type SharedDigests = std::sync::Mutex<HashMap<PathBuf, Hashed>>;
+
 /// Hashes files for one invocation, consulting and feeding the memo.
 pub struct FileHasher<'a> {
     memo: Option<&'a MemoTable>,
+    shared: Option<&'a SharedDigests>,
+    /// A shard its caller read with [`FileHasher::read_tracked`] and parsed
+    /// (the distributor, to cross-check it), kept for the key: one read and
+    /// one parse per job.
+    parsed: Option<(PathBuf, shard::Shard)>,
     pub bytes_hashed: u64,
     /// Every file the key covered, with the stamp it had: checked again after
     /// the compile so an input edited meanwhile is not stored under the old key.
@@ -145,12 +157,19 @@ impl<'a> FileHasher<'a> {
     pub fn new(memo: Option<&'a MemoTable>) -> Self {
         FileHasher {
             memo,
+            shared: None,
+            parsed: None,
             bytes_hashed: 0,
             seen: Vec::new(),
             done: HashMap::new(),
             fs_types: HashMap::new(),
             server_offsets: HashMap::new(),
         }
+    }
+
+    /// A hasher that takes and gives digests through `shared` (see [`SharedDigests`]).
+    pub fn with_shared(memo: Option<&'a MemoTable>, shared: &'a SharedDigests) -> Self {
+        FileHasher { shared: Some(shared), ..FileHasher::new(memo) }
     }
 
     /// Digest of `path` (and its assembly references when `want_asm`).
@@ -160,8 +179,20 @@ impl<'a> FileHasher<'a> {
                 return Ok(h.clone());
             }
         }
+        let from_shared = self.shared.and_then(|s| {
+            let map = s.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(path).filter(|h| h.asm.is_some() || !want_asm).cloned()
+        });
+        if let Some(h) = from_shared {
+            self.seen.push((path.to_path_buf(), h.stamp));
+            self.done.insert(path.to_path_buf(), h.clone());
+            return Ok(h);
+        }
         let h = self.hash_uncached(path, want_asm)?;
         self.done.insert(path.to_path_buf(), h.clone());
+        if let Some(s) = self.shared {
+            s.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf(), h.clone());
+        }
         Ok(h)
     }
 
@@ -171,6 +202,16 @@ impl<'a> FileHasher<'a> {
         self.seen.push((path.to_path_buf(), stamp));
         self.fs_types.entry(stamp.dev).or_insert_with(|| fs_type(&file));
         read_unchanged(path, file, stamp)
+    }
+
+    /// Keeps `shard`, parsed from what [`FileHasher::read_tracked`] read of `path`.
+    pub fn keep_shard(&mut self, path: &Path, shard: shard::Shard) {
+        self.parsed = Some((path.to_path_buf(), shard));
+    }
+
+    /// The shard kept for `path`, if any.
+    pub fn take_shard(&mut self, path: &Path) -> Option<shard::Shard> {
+        self.parsed.take_if(|(p, _)| p == path).map(|(_, s)| s)
     }
 
     /// The memoised digest for a file with this stamp, if trusted.
@@ -508,6 +549,31 @@ mod tests {
         assert_eq!(hash(0), *blake3::hash(b"version-1").as_bytes(), "served from the memo");
         std::fs::write(&module, b"version-2").unwrap();
         assert_eq!(hash(9), *blake3::hash(b"version-2").as_bytes(), "same size, new stamp: hashed again");
+    }
+
+    /// Digests shared by a process's jobs: the second job hashes nothing,
+    /// yet records the file with its stamp, so a change before its compile
+    /// ends is still seen by the after-compile check.
+    #[test]
+    fn shared_digests_are_taken_with_their_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.o");
+        std::fs::write(&module, b"imported").unwrap();
+        let shared = SharedDigests::default();
+        let mut first = FileHasher::with_shared(None, &shared);
+        let a = first.hash(&module, false).unwrap();
+        assert_eq!(first.bytes_hashed, 8);
+        let mut second = FileHasher::with_shared(None, &shared);
+        let b = second.hash(&module, false).unwrap();
+        assert_eq!((b.digest, second.bytes_hashed), (a.digest, 0), "taken from the first job");
+        assert_eq!(second.seen, vec![(module.clone(), a.stamp)]);
+        assert!(second.unchanged_since_hashing().is_none());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&module, b"changed!!").unwrap();
+        assert_eq!(second.unchanged_since_hashing(), Some(module.clone()));
+        // A job that wants the assembly references does not take a digest without them.
+        let mut third = FileHasher::with_shared(None, &shared);
+        assert!(third.hash(&module, true).is_err() || third.bytes_hashed > 0, "hashed itself");
     }
 
     #[test]

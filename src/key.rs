@@ -178,8 +178,13 @@ pub fn compute(
     // The shard: its canonical digest (everything but module paths) and, in
     // table order, each module's role and fingerprint.
     regular_file(&inv.shard)?;
-    let shard_bytes = hasher.read_tracked(&inv.shard).map_err(|e| unreadable(&inv.shard, e))?;
-    let shard = shard::read_shard(&shard_bytes).map_err(|_| KeyError::NotCacheable(NotCacheable::BadShard))?;
+    let shard = match hasher.take_shard(&inv.shard) {
+        Some(parsed) => parsed,
+        None => {
+            let shard_bytes = hasher.read_tracked(&inv.shard).map_err(|e| unreadable(&inv.shard, e))?;
+            shard::read_shard(&shard_bytes).map_err(|_| KeyError::NotCacheable(NotCacheable::BadShard))?
+        }
+    };
     k.digest_field("shard", &shard.canonical_digest);
 
     let input_bytes = inv.input.as_os_str().as_bytes();

@@ -664,6 +664,10 @@ fn idle_seconds() -> u64 {
 /// Sends a request to the helper: to its server (started when absent) or,
 /// with `LTOCACHE_PRECISE_SERVER=0`, to a process of its own.
 pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
+    ask_within(state_dir, helper, request, Duration::from_secs(20))
+}
+
+fn ask_within(state_dir: &Path, helper: &Helper, request: &str, answer_within: Duration) -> Result<String> {
     let server = !std::env::var_os("LTOCACHE_PRECISE_SERVER").is_some_and(|v| v == "0");
     // The state directory may be named through one of our descriptors
     // (/proc/self/fd/N): the server is another process, so it gets the
@@ -676,6 +680,17 @@ pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
     if !server || sock.as_os_str().len() >= 100 {
         return ask_once(&helper.path, request);
     }
+    // A server that did not start or did not answer in time is skipped by
+    // this user's compiles for a while (as a remote that is down): one
+    // timeout, not one per backend of the build.
+    let down = dir.join(format!("h-{}.down", &hex(&helper.identity)[..16]));
+    if std::fs::metadata(&down).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e < DOWN_FOR)) {
+        bail!("the helper server is marked down (it timed out less than {}s ago)", DOWN_FOR.as_secs());
+    }
+    let mark_down = |e: anyhow::Error| {
+        let _ = std::fs::write(&down, b"");
+        e
+    };
     let mut stream = match UnixStream::connect(&sock) {
         Ok(s) => s,
         Err(_) => {
@@ -685,7 +700,9 @@ pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
             loop {
                 match UnixStream::connect(&sock) {
                     Ok(s) => break s,
-                    Err(e) if Instant::now() > deadline => bail!("helper server did not start: {e}"),
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(mark_down(anyhow::anyhow!("helper server did not start: {e}")))
+                    }
                     Err(_) => {
                         tries += 1;
                         // A server leaving on idle holds the lock until it has
@@ -706,13 +723,20 @@ pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
     if !peer_is_me(&stream) {
         bail!("the helper socket {} is served by another user", sock.display());
     }
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.set_read_timeout(Some(answer_within))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(request.as_bytes())?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).context("reading the helper's answer")?;
+    if let Err(e) = stream.read_to_string(&mut answer) {
+        let timed_out = matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+        let e = anyhow::Error::new(e).context("reading the helper's answer");
+        return Err(if timed_out { mark_down(e) } else { e });
+    }
     Ok(answer)
 }
+
+/// How long a helper server that timed out is skipped.
+const DOWN_FOR: Duration = Duration::from_secs(60);
 
 fn peer_is_me(stream: &UnixStream) -> bool {
     use std::os::unix::io::AsRawFd;
@@ -1050,6 +1074,31 @@ pub fn enabled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wedged_helper_server_costs_one_timeout_then_is_skipped() {
+        // A server that accepts and never answers (stopped, or stuck) must
+        // not cost every backend of a build its timeout.
+        let d = tempfile::tempdir().unwrap();
+        let helper = Helper { path: PathBuf::from("/nonexistent/ltocache-precise"), identity: [5; 32] };
+        let dir = d.path().join("precise");
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join(format!("h-{}.sock", &hex(&helper.identity)[..16]));
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let held = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(conn);
+        });
+        let t = Instant::now();
+        assert!(ask_within(d.path(), &helper, "x", Duration::from_millis(300)).is_err());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let t = Instant::now();
+        let e = ask_within(d.path(), &helper, "x", Duration::from_millis(300)).unwrap_err();
+        assert!(format!("{e:#}").contains("marked down"), "{e:#}");
+        assert!(t.elapsed() < Duration::from_millis(100), "skipped, not waited for");
+        held.join().unwrap();
+    }
 
     #[test]
     fn cc1_memo_leaves_out_macros_includes_and_dependency_files() {

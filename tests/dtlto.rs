@@ -196,6 +196,14 @@ impl Dt {
 }
 
 /// The hit lines of the log: (key prefix, output file name).
+/// An executable shell script.
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let mut p = std::fs::metadata(path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o755);
+    std::fs::set_permissions(path, p).unwrap();
+}
+
 fn hit_outputs(log: &str) -> Vec<String> {
     log.lines().filter_map(|l| l.split(" hit ").nth(1)).map(|s| s.split(' ').nth(1).unwrap_or("").to_string()).collect()
 }
@@ -244,18 +252,14 @@ fn warm_link_spawns_no_compiler() {
     let d = Dt::new();
     let calls = d.dir.join("backend-calls");
     let script = d.path_dir.join("logging-clang");
-    std::fs::write(
+    write_script(
         &script,
-        format!(
+        &format!(
             "#!/bin/sh\ncase \"$*\" in *-fthinlto-index=*) echo x >> {};; esac\nexec {} \"$@\"\n",
             calls.display(),
             d.bin.join("clang").display()
         ),
-    )
-    .unwrap();
-    let mut p = std::fs::metadata(&script).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o755);
-    std::fs::set_permissions(&script, p).unwrap();
+    );
     let rc = format!("-Wl,--thinlto-remote-compiler={}", script.display());
     // A script compiler is refused unless compiler_check states its identity.
     std::fs::create_dir_all(&d.cache).unwrap();
@@ -440,4 +444,68 @@ fn refusals_failures_and_bad_job_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("broken.dist-file.json"), "{err}");
+}
+
+/// A module every other module imports, changed between links in a way its
+/// importers' shards do not show (no module hashes, same summary): the
+/// distributor hashes each file once per link for all its importers, and
+/// still every job that reads the module misses — none is served stale.
+#[test]
+fn module_shared_by_every_importer_changed_misses_for_each_of_them() {
+    let d = Dt::without_module_hash();
+    // A distributor that keeps the job file and its shards, then is ltocache.
+    let shim = d.path_dir.join("capturing-distributor");
+    let cap = d.dir.join("cap");
+    write_script(
+        &shim,
+        &format!(
+            "#!/bin/sh\nmkdir -p \"$CAP\"\nfor a; do last=$a; done\ncp \"$last\" \"$CAP/job.json\"\n\
+             cp *.thinlto.bc \"$CAP/\"\nexec {} \"$@\"\n",
+            ltocache_bin().display()
+        ),
+    );
+    let link = |n: &str| {
+        let mut c = d.cmd(d.bin.join("clang"));
+        c.args(["-O2", "-flto=thin", "-fuse-ld=lld", "-o", "prog"]).args(&d.inputs);
+        c.arg(format!("-fthinlto-distributor={}", shim.display())).env("CAP", &cap);
+        ok_out(c.output().unwrap(), "link through the capturing distributor");
+        let to = d.dir.join(n);
+        std::fs::rename(&cap, &to).unwrap();
+        let job =
+            ltocache::distributor::parse_job_file(&std::fs::read_to_string(to.join("job.json")).unwrap()).unwrap();
+        (to, job)
+    };
+    let (cold_dir, cold) = link("cold");
+    assert_eq!((d.stat("misses"), d.stat("hits")), (MODULES.len() as i64, 0));
+    let reads_util = |job: &ltocache::distributor::JobFile| -> Vec<String> {
+        job.jobs.iter().filter(|j| j.inputs.iter().any(|i| i == "util.o")).map(|j| j.outputs[0].clone()).collect()
+    };
+    let readers = reads_util(&cold);
+    assert!(readers.len() >= 4, "util.o is read by its own job and its importers: {readers:?}");
+
+    d.edit("util.c", "16777619u", "16777621u");
+    d.frontend("util", true);
+    let (warm_dir, warm) = link("warm");
+    assert_eq!(reads_util(&warm).len(), readers.len());
+    // The shards of util's importers are the same bytes as before: only the
+    // digest of util.o itself can tell the jobs apart from the cold link's.
+    let shard_of = |dir: &Path, job: &ltocache::distributor::JobSpec| {
+        let s = job.inputs.iter().find(|i| i.ends_with(".thinlto.bc")).unwrap();
+        std::fs::read(dir.join(Path::new(s).file_name().unwrap())).unwrap()
+    };
+    let unchanged_importers = cold
+        .jobs
+        .iter()
+        .zip(&warm.jobs)
+        .filter(|(c, w)| c.inputs[0] != "util.o" && w.inputs.iter().any(|i| i == "util.o"))
+        .filter(|(c, w)| shard_of(&cold_dir, c) == shard_of(&warm_dir, w))
+        .count();
+    assert!(unchanged_importers >= 2, "the edit must not show in the importers' shards");
+    let (misses, hits) = (d.stat("misses"), d.stat("hits"));
+    assert_eq!(misses, (MODULES.len() + readers.len()) as i64, "every job reading util.o misses\n{}", d.log());
+    assert_eq!(hits, (MODULES.len() - readers.len()) as i64, "the others hit");
+    let hit = hit_outputs(&d.log());
+    let warm_readers = reads_util(&warm);
+    assert!(hit.iter().all(|h| !warm_readers.iter().any(|r| h.ends_with(r.as_str()))), "{hit:?} vs {warm_readers:?}");
+    assert_eq!(d.read("prog"), d.plain_dtlto_program(), "the program is the fresh one");
 }

@@ -19,6 +19,7 @@ mod pool;
 use crate::args::{self, BackendInvocation};
 use crate::backend::{self, Ctx, Keyed};
 use crate::config::Config;
+use crate::digest::{FileHasher, SharedDigests};
 use crate::exec::Finished;
 use crate::log::Logger;
 use crate::stats::Batch;
@@ -177,6 +178,9 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         log.log(&format!("cache directory refused, running every job plainly: {why}"));
     }
     let ctx = config.as_ref().filter(|_| refused.is_none()).map(|c| Ctx::new(c, &log));
+    // One link's jobs import the same modules: each file is stamped and
+    // hashed (or memo-verified) once per run, not once per importer.
+    let shared = SharedDigests::default();
 
     let mut jobs: Vec<Job> = file
         .jobs
@@ -186,7 +190,7 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
             let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF);
             let mut batch = Batch::default();
             let plan = match &ctx {
-                Some(ctx) => plan_job(ctx, &compiler, &all, spec, &file.common_inputs, &mut batch),
+                Some(ctx) => plan_job(ctx, &shared, &compiler, &all, spec, &file.common_inputs, &mut batch),
                 None => {
                     if refused.is_some() {
                         batch.add("uncacheable.cache_dir_refused", 1);
@@ -243,6 +247,7 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
 /// Analyses, cross-checks and keys one job, and serves it when it is a hit.
 fn plan_job<'c>(
     ctx: &'c Ctx,
+    shared: &'c SharedDigests,
     compiler: &str,
     args: &[String],
     spec: &JobSpec,
@@ -264,12 +269,19 @@ fn plan_job<'c>(
     if let (Some(base), Ok(cwd)) = (&ctx.config.base_dir.value, std::env::current_dir()) {
         args::relocate_args(&mut inv.hashed_args, base, &cwd);
     }
-    if let Err(why) = cross_check(&inv, spec, common_inputs) {
+    // The shard is read once: the hasher keeps the bytes the cross-check
+    // read (and their stamp) for the key.
+    // A shard that is not a regular file is never opened (a FIFO's writer
+    // would hang, see key::compute): the key refuses it and counts why.
+    let mut hasher = FileHasher::with_shared(ctx.memo.as_ref(), shared);
+    let shard_is_file = std::fs::metadata(&inv.shard).is_ok_and(|m| m.is_file());
+    let checked = if shard_is_file { cross_check(&inv, spec, common_inputs, &mut hasher) } else { Ok(()) };
+    if let Err(why) = checked {
         ctx.log.log(&format!("uncacheable (job inputs disagree with its shard: {why}): {}", inv.output.display()));
         batch.add("uncacheable.dtlto_inputs_disagree", 1);
         return Plan::Plain;
     }
-    let Ok(keyed) = backend::prepare(ctx, &inv, batch) else { return Plan::Plain };
+    let Ok(keyed) = backend::prepare_with(ctx, &inv, batch, hasher) else { return Plan::Plain };
     if let Some(stderr) = backend::serve_hit(ctx, &inv, &keyed, batch) {
         let _ = std::io::stderr().write_all(&stderr);
         return Plan::Served;
@@ -281,7 +293,12 @@ fn plan_job<'c>(
 /// table lists (what the backend loads). They must be the same set, and
 /// every file common to all jobs must be one the key hashes (a flag's file):
 /// a job that would read something the key does not see is refused.
-pub fn cross_check(inv: &BackendInvocation, spec: &JobSpec, common_inputs: &[String]) -> Result<()> {
+pub fn cross_check(
+    inv: &BackendInvocation,
+    spec: &JobSpec,
+    common_inputs: &[String],
+    hasher: &mut FileHasher,
+) -> Result<()> {
     use std::collections::BTreeSet;
     use std::os::unix::ffi::OsStrExt;
     let shard_path = inv.shard.as_os_str().as_bytes();
@@ -289,7 +306,7 @@ pub fn cross_check(inv: &BackendInvocation, spec: &JobSpec, common_inputs: &[Str
         bail!("the shard {} is not among the job's inputs", inv.shard.display());
     }
     let listed: BTreeSet<&[u8]> = spec.inputs.iter().map(|s| s.as_bytes()).filter(|s| *s != shard_path).collect();
-    let bytes = std::fs::read(&inv.shard).with_context(|| format!("reading {}", inv.shard.display()))?;
+    let bytes = hasher.read_tracked(&inv.shard)?;
     let shard = crate::shard::read_shard(&bytes).map_err(|e| anyhow!("{}: {e:#}", inv.shard.display()))?;
     let table: BTreeSet<&[u8]> = shard.modules.iter().map(|m| m.path.as_slice()).collect();
     if listed != table {
@@ -304,6 +321,8 @@ pub fn cross_check(inv: &BackendInvocation, spec: &JobSpec, common_inputs: &[Str
             bail!("common input {c} is not a file the key covers");
         }
     }
+    // The key uses this parse of these bytes (their stamp is in `hasher`).
+    hasher.keep_shard(&inv.shard, shard);
     Ok(())
 }
 
