@@ -206,8 +206,8 @@ fn every_file_a_kernel_backend_opens_is_in_the_key() {
         return;
     };
     let tree = PathBuf::from(tree).canonicalize().expect("LTOCACHE_KERNEL_TREE must exist");
-    let objects = std::env::var("LTOCACHE_KERNEL_OBJECTS")
-        .unwrap_or_else(|_| "kernel/configs.o,init/main.o,lib/string.o".into());
+    let objects =
+        std::env::var("LTOCACHE_KERNEL_OBJECTS").unwrap_or_else(|_| "kernel/configs.o,init/main.o,lib/string.o".into());
     let tmp = std::env::temp_dir().join(format!("ltocache-kaudit-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     for obj in objects.split(',').filter(|o| !o.is_empty()) {
@@ -223,7 +223,18 @@ fn every_file_a_kernel_backend_opens_is_in_the_key() {
         words.remove(0);
         let out = tmp.join(format!("{}.native.o", obj.replace('/', "_")));
         let mut argv = words;
-        argv.extend(["-x", "ir", "-fno-lto", "-Wno-unused-command-line-argument", "-fno-PIE", "-ffunction-sections", "-fdata-sections"].map(String::from));
+        argv.extend(
+            [
+                "-x",
+                "ir",
+                "-fno-lto",
+                "-Wno-unused-command-line-argument",
+                "-fno-PIE",
+                "-ffunction-sections",
+                "-fdata-sections",
+            ]
+            .map(String::from),
+        );
         argv.push(format!("-fthinlto-index={obj}.thinlto.bc"));
         argv.extend(["-c".into(), "-o".into(), out.to_string_lossy().into_owned(), obj.to_string()]);
         audit_command(&tree, &argv, obj, &out, &tmp.join("trace.txt"));

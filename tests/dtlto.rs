@@ -400,6 +400,15 @@ fn refusals_failures_and_bad_job_files() {
     assert_eq!(d.stat("misses"), 1);
     assert_eq!(d.read("full.native.o"), d.read("short.native.o"));
 
+    // Outputs listed that are not the job's -o: refused, the job runs plainly.
+    let extra = job(m, &full, "extra.native.o")
+        .replace(r#""outputs":["extra.native.o"]"#, r#""outputs":["extra.native.o","extra.dwo"]"#);
+    std::fs::write(d.path("extra.dist-file.json"), file(&[extra])).unwrap();
+    let _ = d.cmd(ltocache_bin()).arg("extra.dist-file.json").output().unwrap();
+    assert!(d.path("extra.native.o").is_file(), "the refused job still ran");
+    assert_eq!(d.stat("dtlto_outputs_disagree"), 1);
+    assert_eq!(d.stat("misses"), 1, "and was not cached");
+
     // A job that fails (its input is not bitcode: clang refuses it): non-zero
     // exit, the other job done.
     std::fs::write(d.path("junk.o"), "not an object\n").unwrap();

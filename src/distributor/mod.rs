@@ -266,6 +266,14 @@ fn plan_job<'c>(
             return Plan::Plain;
         }
     };
+    // The job's listed outputs must be exactly its `-o`: a hit writes only
+    // that, and an old file under another listed name would be taken for
+    // this link's (lld lists one output, the `-o`).
+    if spec.outputs.len() != 1 || Path::new(&spec.outputs[0]) != inv.output {
+        ctx.log.log(&format!("uncacheable (job outputs {:?} are not its -o): {}", spec.outputs, inv.output.display()));
+        batch.add("uncacheable.dtlto_outputs_disagree", 1);
+        return Plan::Plain;
+    }
     if let (Some(base), Ok(cwd)) = (&ctx.config.base_dir.value, std::env::current_dir()) {
         args::relocate_args(&mut inv.hashed_args, base, &cwd);
     }
