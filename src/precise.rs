@@ -261,11 +261,9 @@ pub struct Second {
 // ---------------------------------------------------------------------------
 // The shard without module paths and module hashes.
 
-const MODULE_STRTAB_BLOCK: u32 = 19;
+use crate::shard::{MODULE_STRTAB_BLOCK, MST_CODE_ENTRY, MST_CODE_HASH};
 const GLOBALVAL_SUMMARY_BLOCK: u32 = 20;
 const FULL_LTO_GLOBALVAL_SUMMARY_BLOCK: u32 = 24;
-const MST_CODE_ENTRY: u32 = 1;
-const MST_CODE_HASH: u32 = 2;
 const FS_FLAGS: u32 = 20;
 /// Combined-summary records whose only readers after the post-import hook
 /// are vetted: function, variable and alias summaries, names, GUIDs, the

@@ -14,9 +14,10 @@ use anyhow::{Context, Result};
 const MODULE_BLOCK: u32 = 8;
 const CONSTANTS_BLOCK: u32 = 11;
 const FUNCTION_BLOCK: u32 = 12;
-const MODULE_STRTAB_BLOCK: u32 = 19;
-const MST_CODE_ENTRY: u32 = 1;
-const MST_CODE_HASH: u32 = 2;
+/// The shard's module table and its records (also read by precise.rs).
+pub const MODULE_STRTAB_BLOCK: u32 = 19;
+pub const MST_CODE_ENTRY: u32 = 1;
+pub const MST_CODE_HASH: u32 = 2;
 const MODULE_CODE_ASM: u32 = 4;
 
 /// One module named in a shard's module table.

@@ -61,10 +61,7 @@ impl Dt {
         std::fs::create_dir_all(&path_dir).unwrap();
         std::os::unix::fs::symlink(bin.join("clang"), path_dir.join("clang")).unwrap();
         std::os::unix::fs::symlink(ltocache_bin(), path_dir.join("ltocache")).unwrap();
-        for e in std::fs::read_dir(util::fixture_src()).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
+        util::copy_fixture_sources(&dir);
         let cache = tmp.path().join("cache");
         let d = Dt { _tmp: tmp, dir, cache, path_dir, bin, inputs: MODULES.iter().map(|m| format!("{m}.o")).collect() };
         for m in MODULES {

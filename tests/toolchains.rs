@@ -49,10 +49,7 @@ impl Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("build");
         std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(util::fixture_src()).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
+        util::copy_fixture_sources(&dir);
         let cache = tmp.path().join("cache");
         let f = Fixture { _tmp: tmp, dir, cache, tc };
         for m in MODULES {

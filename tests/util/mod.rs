@@ -12,6 +12,14 @@ pub const CLANG: &str = "clang-19";
 
 /// The binary under test: cargo's build of this crate, or `LTOCACHE_TEST_BIN`
 /// (to run the suite against the release build of scripts/build-release.sh).
+/// Copies the fixture's C sources into `dir`.
+pub fn copy_fixture_sources(dir: &Path) {
+    for e in std::fs::read_dir(fixture_src()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+}
+
 pub fn ltocache_bin() -> PathBuf {
     std::env::var_os("LTOCACHE_TEST_BIN")
         .map(PathBuf::from)
@@ -80,10 +88,7 @@ impl Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("build");
         std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(fixture_src()).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
+        copy_fixture_sources(&dir);
         let cache = tmp.path().join("cache");
         let f = Fixture { _tmp: tmp, dir, cache, without_module_hash };
         for m in MODULES {
