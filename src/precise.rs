@@ -16,7 +16,9 @@
 //! (first key only, counted as `precise.refused.*`): cc1 options not on
 //! [`CC1_VETTED`], `-mllvm` options not on [`MLLVM_VETTED`], index features
 //! (type ids, CFI, MemProf, parameter accesses), skipped or empty indexes,
-//! a helper built for another libLLVM, any helper error.
+//! a compiler without a helper built against the libLLVM it maps (one
+//! helper per LLVM, [`helper_for`] picks by the libLLVM file), any helper
+//! error.
 //!
 //! Cost: the second key is computed only on a first-key miss of an output
 //! that already exists (it was compiled before), or — for a cold compile,
@@ -174,6 +176,10 @@ pub const CC1_VETTED: &[&str] = &[
     "-fwarn-stack-size",
     "-nobuiltininc",
     "-nostdsysteminc",
+    // clang 23 passes this on every x86-64 backend (19 defined a macro
+    // instead): whether the assembler writes `.cfi_*` directives
+    // (TargetMachine's MC options), code generation only.
+    "-fdwarf2-cfi-asm",
 ];
 
 /// Prefixes of vetted cc1 option families: warnings (diagnostics only) and
@@ -204,20 +210,38 @@ const CC1_SEPARATE: &[&str] = &[
     "-fmessage-length",
 ];
 
-/// Whether precise mode is on: `LTOCACHE_PRECISE=0` turns it off; otherwise
-/// it is on when a helper is found (`LTOCACHE_PRECISE_HELPER`, else
-/// `ltocache-precise` beside the executable) and matches the compiler's LLVM.
-pub fn helper_path() -> Option<PathBuf> {
-    if std::env::var_os("LTOCACHE_PRECISE").is_some_and(|v| v == "0") {
-        return None;
+/// Whether `LTOCACHE_PRECISE=0` turned precise mode off.
+fn switched_off() -> bool {
+    std::env::var_os("LTOCACHE_PRECISE").is_some_and(|v| v == "0")
+}
+
+/// The helpers that may serve a compiler whose libLLVM has major version
+/// `major`, in the order they are tried: `LTOCACHE_PRECISE_HELPER` (a
+/// `:`-separated list), else beside the executable `ltocache-precise-<major>`
+/// (what scripts/build-release.sh builds, one per LLVM found) and then
+/// `ltocache-precise`. Each is still checked against the compiler's libLLVM
+/// ([`helper_for`]); the names only save starting the ones that cannot match.
+pub fn helper_candidates(major: Option<u32>) -> Vec<PathBuf> {
+    if switched_off() {
+        return Vec::new();
     }
-    if let Some(p) = std::env::var_os("LTOCACHE_PRECISE_HELPER") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
+    if let Some(list) = std::env::var_os("LTOCACHE_PRECISE_HELPER") {
+        return std::env::split_paths(&list).filter(|p| p.is_file()).collect();
     }
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.join(HELPER_NAME);
-    p.is_file().then_some(p)
+    let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = major.map(|m| format!("{HELPER_NAME}-{m}")).into_iter().collect();
+    names.push(HELPER_NAME.to_string());
+    names.into_iter().map(|n| dir.join(n)).filter(|p| p.is_file()).collect()
+}
+
+/// The major version in a libLLVM file name: `libLLVM.so.23.1` (LLVM's own
+/// builds, the PyPI wheels, Debian's realpath), `libLLVM-19.so`.
+pub fn llvm_major(lib: &Path) -> Option<u32> {
+    let name = lib.file_name()?.to_str()?;
+    let rest = name.strip_prefix("libLLVM.so.").or_else(|| name.strip_prefix("libLLVM-"))?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// When the second key of a cold compile (its output did not exist) is computed.
@@ -256,6 +280,8 @@ pub struct Second {
     pub digest: [u8; 32],
     /// CPU time the helper spent on the request.
     pub helper_cpu_ns: i64,
+    /// The helper that answered (logged: which LLVM's helper served a job).
+    pub helper: PathBuf,
 }
 
 // ---------------------------------------------------------------------------
@@ -577,48 +603,87 @@ fn libllvm_of(program: &Path) -> Option<PathBuf> {
     std::fs::canonicalize(path).ok()
 }
 
-/// Finds the helper and checks it maps the same libLLVM file as the
-/// compiler. The verdict is memoised per (compiler identity, helper digest).
-fn helper_for(ctx: &Ctx, job: &Keyed, hasher: &mut crate::digest::FileHasher) -> Result<Helper, Refusal> {
-    let Some(path) = helper_path() else { return refuse("no_helper", "no helper") };
-    let digest = match hasher.hash(&path, false) {
-        Ok(h) => h.digest,
-        Err(e) => return refuse("helper_error", format!("hashing the helper: {e:#}")),
-    };
-    let compiler = job.key.fields.iter().find(|(k, _)| k == "compiler").map(|(_, v)| v.clone()).unwrap_or_default();
-    let tag = blake3::hash(format!("{compiler}\0{}", hex(&digest)).as_bytes());
-    let memo = ctx.state_dir.join("precise").join(format!("compat-{}", &hex(tag.as_bytes())[..32]));
-    let verdict = match std::fs::read_to_string(&memo) {
-        Ok(v) => v,
-        Err(_) => {
-            let v = check_compat(&path, &job.program);
-            let dir = memo.parent().unwrap_or(Path::new("."));
-            let _ = crate::util::write_atomic(dir, &memo, v.as_bytes());
-            v
-        }
-    };
-    let Some(version) = verdict.strip_prefix("ok ") else {
-        return refuse("llvm_mismatch", verdict.trim().to_string());
-    };
-    let mut h = blake3::Hasher::new();
-    h.update(&digest);
-    h.update(version.as_bytes());
-    Ok(Helper { path, identity: *h.finalize().as_bytes() })
+/// A small verdict memoised in the state directory under `name`.
+fn memoised(ctx: &Ctx, name: String, compute: impl FnOnce() -> String) -> String {
+    let memo = ctx.state_dir.join("precise").join(name);
+    if let Ok(v) = std::fs::read_to_string(&memo) {
+        return v;
+    }
+    let v = compute();
+    let dir = memo.parent().unwrap_or(Path::new("."));
+    let _ = crate::util::write_atomic(dir, &memo, v.as_bytes());
+    v
 }
 
-/// "ok <version line>" when the helper and the compiler map the same libLLVM.
-fn check_compat(helper: &Path, compiler: &Path) -> String {
-    let out = match Command::new(helper).arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output() {
-        Ok(o) if o.status.success() => o,
-        _ => return "no: the helper does not run\n".into(),
+/// The libLLVM file (realpath) the job's compiler maps, memoised per
+/// compiler identity and real path (the wheels find theirs relative to the
+/// executable, so a copy elsewhere may map another).
+fn compiler_libllvm(ctx: &Ctx, job: &Keyed) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(&job.program).unwrap_or_else(|_| job.program.clone());
+    let compiler = job.key.fields.iter().find(|(k, _)| k == "compiler").map(|(_, v)| v.as_str()).unwrap_or("");
+    let tag = blake3::hash(format!("llvm-v1\0{compiler}\0{}", real.display()).as_bytes());
+    let v = memoised(ctx, format!("llvm-{}", &hex(tag.as_bytes())[..32]), || match libllvm_of(&real) {
+        Some(l) => format!("lib {}\n", l.display()),
+        None => "none\n".into(),
+    });
+    v.strip_prefix("lib ").map(|l| PathBuf::from(l.trim_end_matches('\n')))
+}
+
+/// Whether a job's compiler has a helper to try at all (cheap: a memo read
+/// and a stat per candidate), so jobs without one pay nothing more.
+fn has_candidates(ctx: &Ctx, job: &Keyed) -> bool {
+    if switched_off() {
+        return false;
+    }
+    let major = if std::env::var_os("LTOCACHE_PRECISE_HELPER").is_some() {
+        None
+    } else {
+        compiler_libllvm(ctx, job).as_deref().and_then(llvm_major)
     };
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let Some(lib) = line.rsplit(' ').next().map(PathBuf::from) else { return "no: bad version line\n".into() };
-    let real = std::fs::canonicalize(compiler).unwrap_or_else(|_| compiler.to_path_buf());
-    match libllvm_of(&real) {
-        Some(l) if l == lib => format!("ok {line}\n"),
-        Some(l) => format!("no: the helper maps {} and the compiler {}\n", lib.display(), l.display()),
-        None => "no: the compiler maps no libLLVM\n".into(),
+    !helper_candidates(major).is_empty()
+}
+
+/// Finds the helper that maps the same libLLVM file as the job's compiler:
+/// a clang-19 job gets a helper built against libLLVM-19, a clang-23 job one
+/// built against LLVM 23's, and a job whose compiler maps none no helper.
+/// A helper's version line is memoised per (helper digest, path).
+fn helper_for(ctx: &Ctx, job: &Keyed, hasher: &mut crate::digest::FileHasher) -> Result<Helper, Refusal> {
+    let lib = compiler_libllvm(ctx, job);
+    let candidates = helper_candidates(lib.as_deref().and_then(llvm_major));
+    if candidates.is_empty() {
+        return refuse("no_helper", "no helper");
+    }
+    let Some(lib) = lib else { return refuse("llvm_mismatch", "the compiler maps no libLLVM") };
+    let mut why = Vec::new();
+    for path in candidates {
+        let digest = match hasher.hash(&path, false) {
+            Ok(h) => h.digest,
+            Err(e) => return refuse("helper_error", format!("hashing the helper: {e:#}")),
+        };
+        let tag = blake3::hash(format!("helper-v1\0{}\0{}", hex(&digest), path.display()).as_bytes());
+        let line = memoised(ctx, format!("helper-{}", &hex(tag.as_bytes())[..32]), || version_line(&path));
+        let Some(line) = line.strip_prefix("ok ").map(str::trim) else {
+            why.push(format!("{}: {}", path.display(), line.trim()));
+            continue;
+        };
+        let maps = line.rsplit(' ').next().map(PathBuf::from);
+        if maps.as_deref() != Some(lib.as_path()) {
+            why.push(format!("{} maps {}", path.display(), maps.unwrap_or_default().display()));
+            continue;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&digest);
+        h.update(line.as_bytes());
+        return Ok(Helper { path, identity: *h.finalize().as_bytes() });
+    }
+    refuse("llvm_mismatch", format!("the compiler maps {}; {}", lib.display(), why.join("; ")))
+}
+
+/// "ok <version line>" (protocol, LLVM version, the libLLVM it maps), or why not.
+fn version_line(helper: &Path) -> String {
+    match Command::new(helper).arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output() {
+        Ok(o) if o.status.success() => format!("ok {}\n", String::from_utf8_lossy(&o.stdout).trim()),
+        _ => "no: the helper does not run\n".into(),
     }
 }
 
@@ -839,14 +904,15 @@ pub fn second_key(first: &[(String, String)], helper: &[u8; 32], shard: &[u8; 32
     *h.finalize().as_bytes()
 }
 
-/// Computes the second key of a job, or why not.
+/// Computes the second key of a job with the helper [`helper_for`] chose,
+/// or why not.
 pub fn compute(
     ctx: &Ctx,
     inv: &BackendInvocation,
     job: &Keyed,
+    helper: &Helper,
     hasher: &mut crate::digest::FileHasher,
 ) -> Result<Second, Refusal> {
-    let helper = helper_for(ctx, job, hasher)?;
     let shard_bytes = match hasher.read_tracked(&inv.shard) {
         Ok(b) => b,
         Err(e) => return refuse("helper_error", format!("reading the shard: {e:#}")),
@@ -859,12 +925,16 @@ pub fn compute(
     let cc1 = parse_cc1(&cc1_line(ctx, inv, job, &cwd)?)?;
     // The real path: the socket's name is handed to the helper server, a
     // process of its own, where this one's /proc/self/fd means nothing.
-    let answer = match ask(&ctx.config.state().real, &helper, &request_text(&cwd, inv, &cc1, None)) {
+    let answer = match ask(&ctx.config.state().real, helper, &request_text(&cwd, inv, &cc1, None)) {
         Ok(a) => a,
         Err(e) => return refuse("helper_error", format!("{e:#}")),
     };
     let (post_import, helper_cpu_ns) = parse_answer(&answer)?;
-    Ok(Second { digest: second_key(&job.key.fields, &helper.identity, &shard, &post_import), helper_cpu_ns })
+    Ok(Second {
+        digest: second_key(&job.key.fields, &helper.identity, &shard, &post_import),
+        helper_cpu_ns,
+        helper: helper.path.clone(),
+    })
 }
 
 /// Asks `helper` (a process of its own) for the post-import module of the
@@ -908,16 +978,16 @@ fn count_refusal(ctx: &Ctx, inv: &BackendInvocation, batch: &mut Batch, r: &Refu
 /// Returns the stderr to replay on a hit; on a miss, keeps the second key in
 /// the job for [`after_store`].
 pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch) -> Option<Vec<u8>> {
-    if helper_path().is_none() {
-        return None;
-    }
     if !job.output_existed() && cold_policy() != Cold::Sync {
         // A cold compile: nothing is computed before it (see after_store).
         return None;
     }
+    if !has_candidates(ctx, job) {
+        return None;
+    }
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
     let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
-    let second = compute(ctx, inv, job, &mut hasher);
+    let second = helper_for(ctx, job, &mut hasher).and_then(|h| compute(ctx, inv, job, &h, &mut hasher));
     batch.add(
         "cpu_ns.precise",
         crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - cpu0,
@@ -948,7 +1018,12 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     };
     match crate::store::serve_entry(&ctx.store, ctx.config.serve_mode.value, &entry, &inv.output) {
         Ok(Some(bytes)) => {
-            ctx.log.log(&format!("precise hit {} {}", hex(&second.digest[..8]), inv.output.display()));
+            ctx.log.log(&format!(
+                "precise hit {} {} (helper {})",
+                hex(&second.digest[..8]),
+                inv.output.display(),
+                second.helper.display()
+            ));
             batch.add("hits", 1);
             batch.add("precise_hits", 1);
             batch.add("bytes_served", bytes as i64);
@@ -991,7 +1066,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         }
         return;
     }
-    if job.output_existed() || cold_policy() != Cold::Background || helper_path().is_none() {
+    if job.output_existed() || cold_policy() != Cold::Background || !has_candidates(ctx, job) {
         return;
     }
     // fork() copies only the calling thread: in a process running several
@@ -1002,6 +1077,13 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         batch.add("precise.background_skipped_threads", 1);
         return;
     }
+    // The helper is chosen here (memo reads): a job whose compiler has no
+    // matching helper is counted and forks nothing.
+    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
+    let helper = match helper_for(ctx, job, &mut hasher) {
+        Ok(h) => h,
+        Err(r) => return count_refusal(ctx, inv, batch, &r),
+    };
     batch.add("precise.background", 1);
     // SAFETY: this process is single-threaded here; the child only computes,
     // writes one file and leaves with _exit.
@@ -1022,8 +1104,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         let param: libc::sched_param = std::mem::zeroed();
         libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param as *const libc::sched_param);
     }
-    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
-    if let Ok(second) = compute(ctx, inv, job, &mut hasher) {
+    if let Ok(second) = compute(ctx, inv, job, &helper, &mut hasher) {
         // The object was compiled from the files the first key hashed; the
         // second key describes them only if none changed since.
         if job.hasher.unchanged_since_hashing().is_none() && hasher.unchanged_since_hashing().is_none() {
@@ -1064,9 +1145,20 @@ pub fn explain_line(outcome: &str, fields: &str) -> Option<String> {
     Some(format!("served because its post-import module was unchanged: {detail}"))
 }
 
-/// Whether precise mode could run for these paths at all (for `stats`).
+/// Whether precise mode could run at all (for `stats`): a helper of any
+/// LLVM version is there.
 pub fn enabled() -> bool {
-    helper_path().is_some()
+    if !helper_candidates(None).is_empty() {
+        return true;
+    }
+    let dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    let helpers = dir.and_then(|d| std::fs::read_dir(d).ok()).into_iter().flatten().flatten();
+    !switched_off()
+        && helpers.into_iter().any(|e| {
+            e.file_name().to_str().and_then(|n| n.strip_prefix(HELPER_NAME)).is_some_and(|rest| {
+                rest.strip_prefix('-').is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
 }
 
 #[cfg(test)]
@@ -1103,6 +1195,15 @@ mod tests {
         let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let a = v(&["-O2", "-DX=1", "-D", "Y", "-Iinc", "-I", "inc2", "-Uz", "-Wp,-MMD,a/.b.o.d", "-Wp,-MD,x,y", "-g"]);
         assert_eq!(cc1_memo_args(&a), vec!["-O2", "-Wp,-MD,x,y", "-g"]);
+    }
+
+    #[test]
+    fn llvm_major_is_read_from_the_library_name() {
+        assert_eq!(llvm_major(Path::new("/usr/lib/x86_64-linux-gnu/libLLVM.so.19.1")), Some(19));
+        assert_eq!(llvm_major(Path::new("/venv/lib/libLLVM.so.23.1")), Some(23));
+        assert_eq!(llvm_major(Path::new("/usr/lib/libLLVM-19.so")), Some(19));
+        assert_eq!(llvm_major(Path::new("/usr/lib/libLLVM.so")), None);
+        assert_eq!(llvm_major(Path::new("/usr/lib/libclang.so.19")), None);
     }
 
     #[test]
