@@ -144,8 +144,13 @@ fn cold_compiles_compute_nothing_before_compiling_and_record_in_the_background()
     }
     assert_eq!(p.stat("computed"), 0);
     assert!(!p.stats_json().contains("\"computed\""), "a cold build with skip computes no second key");
-    // Background: after the compile, in a child; the mapping appears.
+    // Background: after the compile, in a child; the mapping appears. (The
+    // objects go too: a job whose output exists was compiled before, and
+    // computes its second key before compiling.)
     std::fs::remove_dir_all(&p.cache).unwrap();
+    for m in PROJECT {
+        std::fs::remove_file(p.dir.join(format!("{m}.native.o"))).unwrap();
+    }
     for m in PROJECT {
         run(m, "background");
     }
@@ -156,6 +161,15 @@ fn cold_compiles_compute_nothing_before_compiling_and_record_in_the_background()
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(maps() >= 3, "background mappings: {}", maps());
+    // lib's shard lists lib alone: nothing is forked for it. The children
+    // count what they computed and cost in records of their own.
+    assert_eq!(p.stat("skipped_no_imports"), 1, "{}", p.stats_json());
+    assert_eq!(p.stat("background"), 3, "{}", p.stats_json());
+    while p.stat("background_computed") < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(p.stat("background_computed"), 3, "{}", p.stats_json());
+    assert!(p.stat("helper_cpu_ms") + p.stat("cpu_ms") > 0, "{}", p.stats_json());
     p.edit("lib", "return x * 7;", "return x * 9;");
     for m in PROJECT {
         run(m, "background");
