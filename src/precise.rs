@@ -1087,6 +1087,8 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
     }
     // The helper is chosen here (memo reads): a job whose compiler has no
     // matching helper is counted and forks nothing.
+    let parent_cpu = || crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
+    let cpu0 = parent_cpu();
     let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
     let helper = match helper_for(ctx, job, &mut hasher) {
         Ok(h) => h,
@@ -1097,7 +1099,10 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
     // writes one file and leaves with _exit.
     let pid = unsafe { libc::fork() };
     if pid != 0 {
-        return; // the parent (or a failed fork: nothing happens)
+        // The parent (or a failed fork: nothing happens): its share of the
+        // cost is the helper's choice (an `ldd` the first time) and the fork.
+        batch.add("cpu_ns.precise", parent_cpu() - cpu0);
+        return;
     }
     // The child: off the build's output pipes and its CPU.
     unsafe {
