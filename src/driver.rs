@@ -295,8 +295,8 @@ pub fn loaded_configs(
     // opened there without following a symlink or blocking on a FIFO.
     let memo = state_dir.map(|d| (d, crate::layout::driver_memo(&name)));
     if let Some((dir, file)) = &memo {
-        let read = crate::beneath::open_in(dir, file, libc::O_RDONLY, 0, 1 << 20)
-            .and_then(|f| crate::util::read_sized(&f, f.metadata()?.len()));
+        let read = crate::beneath::open_in_stat(dir, file, libc::O_RDONLY, 0, 1 << 20)
+            .and_then(|(f, st)| crate::util::read_sized(&f, st.st_size as u64));
         if let Some(a) = read.ok().and_then(|d| Answer::decode(&d)) {
             if a.still_valid() {
                 return Ok(a.configs);
