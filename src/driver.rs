@@ -352,6 +352,14 @@ pub fn read_config(path: &Path, read: &mut Vec<ReadFile>, depth: usize) -> Resul
 /// line, so a refused flag in a configuration file is refused and a file it
 /// names is hashed. The arguments come out before any `base_dir` rewriting.
 pub fn effective(inv: &args::BackendInvocation, configs: &[PathBuf]) -> Result<args::BackendInvocation, NotCacheable> {
+    // No configuration file (the usual case): the command line alone, which
+    // `inv` already is the analysis of. Analysing it again cost a kernel
+    // backend's hit 110,000 instructions (6 %).
+    if configs.is_empty() {
+        let mut out = inv.clone();
+        out.config_files.clear();
+        return Ok(out);
+    }
     let mut read = Vec::new();
     let mut effective = Vec::new();
     for c in configs {

@@ -397,8 +397,8 @@ mod tests {
 /// index measured worse (sorting 40 names cost more than all the lookups).
 /// ltocache never changes its own environment, so the `environ` strings
 /// stay valid and unchanged for the life of the process.
-fn env_index() -> &'static [(&'static [u8], &'static [u8])] {
-    static INDEX: OnceLock<Vec<(&'static [u8], &'static [u8])>> = OnceLock::new();
+fn env_index() -> &'static [(u32, &'static [u8], &'static [u8])] {
+    static INDEX: OnceLock<Vec<(u32, &'static [u8], &'static [u8])>> = OnceLock::new();
     INDEX.get_or_init(|| {
         extern "C" {
             static environ: *const *const libc::c_char;
@@ -412,7 +412,7 @@ fn env_index() -> &'static [(&'static [u8], &'static [u8])] {
             while !p.is_null() && !(*p).is_null() {
                 let s = std::ffi::CStr::from_ptr(*p).to_bytes();
                 if let Some(eq) = s.iter().position(|&b| b == b'=') {
-                    out.push((&s[..eq], &s[eq + 1..]));
+                    out.push((env_tag(&s[..eq]), &s[..eq], &s[eq + 1..]));
                 }
                 p = p.add(1);
             }
@@ -421,12 +421,19 @@ fn env_index() -> &'static [(&'static [u8], &'static [u8])] {
     })
 }
 
+/// Length, first and last byte of a name: most lookups are decided by
+/// comparing this one word per variable.
+fn env_tag(name: &[u8]) -> u32 {
+    let (first, last) = (name.first().copied().unwrap_or(0), name.last().copied().unwrap_or(0));
+    (name.len().min(0xffff) as u32) << 16 | (first as u32) << 8 | last as u32
+}
+
 /// `std::env::var_os` from the index ([`env_index`]): the first entry of
 /// that name, as getenv(3) answers.
 pub fn env_os(name: &str) -> Option<&'static std::ffi::OsStr> {
     use std::os::unix::ffi::OsStrExt;
-    let name = name.as_bytes();
-    env_index().iter().find(|(k, _)| *k == name).map(|(_, v)| std::ffi::OsStr::from_bytes(v))
+    let (name, tag) = (name.as_bytes(), env_tag(name.as_bytes()));
+    env_index().iter().find(|(t, k, _)| *t == tag && *k == name).map(|(_, _, v)| std::ffi::OsStr::from_bytes(v))
 }
 
 /// `std::env::var(name).ok()` from the index: `None` when unset or not UTF-8.
