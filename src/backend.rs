@@ -130,7 +130,7 @@ pub fn prepare_with<'c>(
     };
 
     let cpu_before = crate::util::cpu_ns(libc::RUSAGE_SELF);
-    let getenv = |v: &str| std::env::var(v).ok();
+    let getenv = |v: &str| crate::util::env(v);
     let mut effective = None;
     // One identity per compiler and process (a distributor runs many jobs).
     let known = ctx.identities.borrow().iter().find(|(p, _)| *p == program).map(|(_, id)| (*id, false));

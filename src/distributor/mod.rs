@@ -205,7 +205,7 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         .collect();
 
     let queue: Vec<usize> = (0..jobs.len()).filter(|&i| !matches!(jobs[i].plan, Plan::Served)).collect();
-    let (mut limit, how) = jobserver::Limit::choose(std::env::var("MAKEFLAGS").ok().as_deref(), opts.jobs);
+    let (mut limit, how) = jobserver::Limit::choose(crate::util::env("MAKEFLAGS").as_deref(), opts.jobs);
     log.log(&format!(
         "distributor: {} jobs, {} served, {} to run with {how}",
         jobs.len(),
@@ -255,7 +255,7 @@ fn plan_job<'c>(
     batch: &mut Batch,
 ) -> Plan<'c> {
     // The driver's environment is every job's (driver.rs refuses what makes it write or edit).
-    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+    let analysed = crate::driver::refuse_env(&|v| crate::util::env(v))
         .and_then(|()| args::expand_response_files(args))
         .and_then(|expanded| args::analyze(compiler, &expanded));
     let mut inv = match analysed {
