@@ -212,7 +212,7 @@ const CC1_SEPARATE: &[&str] = &[
 
 /// Whether `LTOCACHE_PRECISE=0` turned precise mode off.
 fn switched_off() -> bool {
-    std::env::var_os("LTOCACHE_PRECISE").is_some_and(|v| v == "0")
+    crate::util::env_os("LTOCACHE_PRECISE").is_some_and(|v| v == "0")
 }
 
 /// The helpers that may serve a compiler whose libLLVM has major version
@@ -225,7 +225,7 @@ pub fn helper_candidates(major: Option<u32>) -> Vec<PathBuf> {
     if switched_off() {
         return Vec::new();
     }
-    if let Some(list) = std::env::var_os("LTOCACHE_PRECISE_HELPER") {
+    if let Some(list) = crate::util::env_os("LTOCACHE_PRECISE_HELPER") {
         return std::env::split_paths(&list).filter(|p| p.is_file()).collect();
     }
     let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) else {
@@ -256,9 +256,9 @@ pub enum Cold {
 }
 
 fn cold_policy() -> Cold {
-    match std::env::var("LTOCACHE_PRECISE_COLD").as_deref() {
-        Ok("skip") | Ok("0") => Cold::Skip,
-        Ok("sync") | Ok("1") => Cold::Sync,
+    match crate::util::env("LTOCACHE_PRECISE_COLD").as_deref() {
+        Some("skip") | Some("0") => Cold::Skip,
+        Some("sync") | Some("1") => Cold::Sync,
         _ => Cold::Background,
     }
 }
@@ -546,14 +546,23 @@ fn cc1_line(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, cwd: &Path) -> Resu
         h.update(b"\0");
     }
     let memo = ctx.state_dir.join("precise").join(format!("cc1-{}", &hex(h.finalize().as_bytes())[..32]));
-    if let Ok(text) = std::fs::read(&memo) {
-        if let Some(body) = text.strip_prefix(b"cc1\0") {
-            return Ok(body
-                .split(|&b| b == 0)
-                .filter(|t| !t.is_empty())
-                .map(|t| String::from_utf8_lossy(t).into_owned())
-                .collect());
-        }
+    let read_memo = || {
+        let text = std::fs::read(&memo).ok()?;
+        let body = text.strip_prefix(b"cc1\0")?;
+        Some(body.split(|&b| b == 0).filter(|t| !t.is_empty()).map(|t| String::from_utf8_lossy(t).into_owned()).collect())
+    };
+    if let Some(args) = read_memo() {
+        return Ok(args);
+    }
+    // One `clang -###` per memo: the background children of a cold build,
+    // which queue up at idle priority, wait for the first to write it
+    // instead of each running the driver (18 ms of CPU each for clang-19).
+    // A job in the foreground never waits for one of them (an idle-priority
+    // holder may not run while the build keeps the CPU busy): it only takes
+    // a free lock. Held until this returns.
+    let _lock = lock_file(&memo.with_extension("lock"), IN_BACKGROUND.load(std::sync::atomic::Ordering::Relaxed));
+    if let Some(args) = read_memo() {
+        return Ok(args);
     }
     let mut cmd = Command::new(&job.program);
     std::os::unix::process::CommandExt::arg0(&mut cmd, &inv.compiler);
@@ -582,6 +591,22 @@ fn cc1_line(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, cwd: &Path) -> Resu
     let dir = memo.parent().unwrap_or(Path::new("."));
     let _ = crate::util::write_atomic(dir, &memo, &body);
     Ok(args)
+}
+
+/// Set in the background child: it may wait for locks.
+static IN_BACKGROUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An exclusive `flock` on `path` (created), released when the file is
+/// dropped: waited for when `wait`, else taken only if free. None when it
+/// is not had (the caller goes on unlocked: at worst it repeats work
+/// another process is doing).
+fn lock_file(path: &Path, wait: bool) -> Option<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let _ = std::fs::create_dir_all(path.parent()?);
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    // SAFETY: flock on a descriptor we own.
+    (unsafe { libc::flock(f.as_raw_fd(), op) } == 0).then_some(f)
 }
 
 // ---------------------------------------------------------------------------
@@ -635,7 +660,7 @@ fn has_candidates(ctx: &Ctx, job: &Keyed) -> bool {
     if switched_off() {
         return false;
     }
-    let major = if std::env::var_os("LTOCACHE_PRECISE_HELPER").is_some() {
+    let major = if crate::util::env_os("LTOCACHE_PRECISE_HELPER").is_some() {
         None
     } else {
         compiler_libllvm(ctx, job).as_deref().and_then(llvm_major)
@@ -721,7 +746,7 @@ fn request_text(cwd: &Path, inv: &BackendInvocation, cc1: &Cc1, dump: Option<&Pa
 }
 
 fn idle_seconds() -> u64 {
-    std::env::var("LTOCACHE_PRECISE_IDLE").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(30)
+    crate::util::env("LTOCACHE_PRECISE_IDLE").and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(30)
 }
 
 /// Sends a request to the helper: to its server (started when absent) or,
@@ -731,14 +756,20 @@ pub fn ask(state_dir: &Path, helper: &Helper, request: &str) -> Result<String> {
 }
 
 fn ask_within(state_dir: &Path, helper: &Helper, request: &str, answer_within: Duration) -> Result<String> {
-    let server = !std::env::var_os("LTOCACHE_PRECISE_SERVER").is_some_and(|v| v == "0");
+    let server = !crate::util::env_os("LTOCACHE_PRECISE_SERVER").is_some_and(|v| v == "0");
     // The state directory may be named through one of our descriptors
     // (/proc/self/fd/N): the server is another process, so it gets the
     // directory's real path.
     let dir = state_dir.join("precise");
     let _ = std::fs::create_dir_all(&dir);
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let sock = dir.join(format!("h-{}.sock", &hex(&helper.identity)[..16]));
+    // Background children have a server of their own: started by one of
+    // them it runs at idle priority (inherited, and an unprivileged process
+    // cannot leave SCHED_IDLE), and a foreground job must never queue behind
+    // idle-priority work while the build keeps the CPU busy.
+    let background = IN_BACKGROUND.load(std::sync::atomic::Ordering::Relaxed);
+    let name = format!("h-{}{}", &hex(&helper.identity)[..16], if background { "-idle" } else { "" });
+    let sock = dir.join(format!("{name}.sock"));
     // sun_path holds 108 bytes; a deeper state directory asks a process.
     if !server || sock.as_os_str().len() >= 100 {
         return ask_once(&helper.path, request);
@@ -746,7 +777,7 @@ fn ask_within(state_dir: &Path, helper: &Helper, request: &str, answer_within: D
     // A server that did not start or did not answer in time is skipped by
     // this user's compiles for a while (as a remote that is down): one
     // timeout, not one per backend of the build.
-    let down = dir.join(format!("h-{}.down", &hex(&helper.identity)[..16]));
+    let down = dir.join(format!("{name}.down"));
     if std::fs::metadata(&down).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e < DOWN_FOR)) {
         bail!("the helper server is marked down (it timed out less than {}s ago)", DOWN_FOR.as_secs());
     }
@@ -754,11 +785,17 @@ fn ask_within(state_dir: &Path, helper: &Helper, request: &str, answer_within: D
         let _ = std::fs::write(&down, b"");
         e
     };
+    // The children of a cold build queue up together: one starts the
+    // server while the others wait (each start loads libLLVM, ~12 ms of CPU,
+    // before the loser sees the server's lock taken and leaves).
+    let starting = if background { lock_file(&dir.join(format!("{name}.start")), true) } else { None };
     let mut stream = match UnixStream::connect(&sock) {
         Ok(s) => s,
         Err(_) => {
             start_server(&helper.path, &sock)?;
-            let deadline = Instant::now() + Duration::from_secs(3);
+            // An idle-priority server may wait long for the CPU; waiting
+            // costs a background child nothing.
+            let deadline = Instant::now() + Duration::from_secs(if background { 60 } else { 3 });
             let mut tries = 0u32;
             loop {
                 match UnixStream::connect(&sock) {
@@ -780,13 +817,14 @@ fn ask_within(state_dir: &Path, helper: &Helper, request: &str, answer_within: D
             }
         }
     };
+    drop(starting);
     // The state directory may be shared with a group: a socket there could
     // be someone else's server answering forged digests. Only a server
     // running as this user is asked.
     if !peer_is_me(&stream) {
         bail!("the helper socket {} is served by another user", sock.display());
     }
-    stream.set_read_timeout(Some(answer_within))?;
+    stream.set_read_timeout(Some(if background { answer_within.max(Duration::from_secs(120)) } else { answer_within }))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(request.as_bytes())?;
     let mut answer = String::new();
@@ -1117,6 +1155,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         let param: libc::sched_param = std::mem::zeroed();
         libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param as *const libc::sched_param);
     }
+    IN_BACKGROUND.store(true, std::sync::atomic::Ordering::Relaxed);
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
     let mut own = crate::stats::Batch::default();
     match compute(ctx, inv, job, &helper, &mut hasher) {
