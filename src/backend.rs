@@ -133,7 +133,7 @@ pub fn prepare_with<'c>(
         Err(_) => None,
     };
 
-    let getenv = |v: &str| std::env::var(v).ok();
+    let getenv = |v: &str| crate::util::env(v);
     let mut effective = None;
     // One identity per compiler and process (a distributor runs many jobs).
     let known =

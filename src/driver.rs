@@ -311,8 +311,8 @@ pub fn loaded_configs(
     // opened there without following a symlink or blocking on a FIFO.
     let memo = state_dir.map(|d| (d, crate::layout::driver_memo(&name)));
     if let Some((dir, file)) = &memo {
-        let read = crate::beneath::open_in(dir, file, libc::O_RDONLY, 0, 1 << 20)
-            .and_then(|f| crate::util::read_sized(&f, f.metadata()?.len()));
+        let read = crate::beneath::open_in_stat(dir, file, libc::O_RDONLY, 0, 1 << 20)
+            .and_then(|(f, st)| crate::util::read_sized(&f, st.st_size as u64));
         if let Some(a) = read.ok().and_then(|d| Answer::decode(&d)) {
             if a.still_valid() {
                 remember(&a.configs);
@@ -370,6 +370,14 @@ pub fn read_config(path: &Path, read: &mut Vec<ReadFile>, depth: usize) -> Resul
 /// line, so a refused flag in a configuration file is refused and a file it
 /// names is hashed. The arguments come out before any `base_dir` rewriting.
 pub fn effective(inv: &args::BackendInvocation, configs: &[PathBuf]) -> Result<args::BackendInvocation, NotCacheable> {
+    // No configuration file (the usual case): the command line alone, which
+    // `inv` already is the analysis of. Analysing it again cost a kernel
+    // backend's hit 110,000 instructions (6 %).
+    if configs.is_empty() {
+        let mut out = inv.clone();
+        out.config_files.clear();
+        return Ok(out);
+    }
     let mut read = Vec::new();
     let mut effective = Vec::new();
     for c in configs {

@@ -185,7 +185,7 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     // Keying and serving run on as many threads as the job limit allows
     // (a hit is hashing and writing one object; with make's jobserver each
     // thread past the first holds a token), handed back before any miss runs.
-    let (mut limit, how) = jobserver::Limit::choose(std::env::var("MAKEFLAGS").ok().as_deref(), opts.jobs);
+    let (mut limit, how) = jobserver::Limit::choose(crate::util::env("MAKEFLAGS").as_deref(), opts.jobs);
     let threads = serving_threads(&mut limit, file.jobs.len());
     let planner = Planner {
         ctx: ctx.as_ref(),
@@ -332,7 +332,7 @@ fn plan_job<'c>(
     batch: &mut Batch,
 ) -> Plan<'c> {
     // The driver's environment is every job's (driver.rs refuses what makes it write or edit).
-    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+    let analysed = crate::driver::refuse_env(&|v| crate::util::env(v))
         .and_then(|()| args::expand_response_files(args))
         .and_then(|expanded| args::analyze(compiler, &expanded));
     let mut inv = match analysed {
