@@ -60,8 +60,7 @@ pub fn append_many(dir: &Path, batches: &[&Batch]) -> std::io::Result<u64> {
         record.extend_from_slice(&encode(b));
     }
     for _ in 0..8 {
-        let (mut f, mine) =
-            open_in_stat(dir, JOURNAL, libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;
+        let (mut f, mine) = open_in_stat(dir, JOURNAL, libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;
         // A fold holds the exclusive lock only while it waits for writers
         // already in, so this wait is short; a failure is the caller's to log.
         lock_within(&f, false, Duration::from_secs(2))?;

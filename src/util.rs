@@ -290,6 +290,13 @@ pub fn parent_dir(p: &Path) -> PathBuf {
 
 /// CPU time (user + system) of this process (`libc::RUSAGE_SELF`) or of its
 /// waited-for children (`libc::RUSAGE_CHILDREN`), in nanoseconds.
+/// The working directory, asked once per process: ltocache never changes
+/// it, and a distributor would otherwise ask several times per job.
+pub fn cwd() -> Option<&'static Path> {
+    static CWD: OnceLock<Option<PathBuf>> = OnceLock::new();
+    CWD.get_or_init(|| std::env::current_dir().ok()).as_deref()
+}
+
 pub fn cpu_ns(who: libc::c_int) -> i64 {
     // SAFETY: getrusage writes one rusage struct into memory we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
