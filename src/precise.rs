@@ -549,7 +549,12 @@ fn cc1_line(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, cwd: &Path) -> Resu
     let read_memo = || {
         let text = std::fs::read(&memo).ok()?;
         let body = text.strip_prefix(b"cc1\0")?;
-        Some(body.split(|&b| b == 0).filter(|t| !t.is_empty()).map(|t| String::from_utf8_lossy(t).into_owned()).collect())
+        Some(
+            body.split(|&b| b == 0)
+                .filter(|t| !t.is_empty())
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .collect(),
+        )
     };
     if let Some(args) = read_memo() {
         return Ok(args);
@@ -824,7 +829,11 @@ fn ask_within(state_dir: &Path, helper: &Helper, request: &str, answer_within: D
     if !peer_is_me(&stream) {
         bail!("the helper socket {} is served by another user", sock.display());
     }
-    stream.set_read_timeout(Some(if background { answer_within.max(Duration::from_secs(120)) } else { answer_within }))?;
+    stream.set_read_timeout(Some(if background {
+        answer_within.max(Duration::from_secs(120))
+    } else {
+        answer_within
+    }))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(request.as_bytes())?;
     let mut answer = String::new();

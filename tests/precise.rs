@@ -172,9 +172,8 @@ fn cold_compiles_compute_nothing_before_compiling_and_record_in_the_background()
     assert!(p.stat("helper_cpu_ms") + p.stat("cpu_ms") > 0, "{}", p.stats_json());
     // They asked a server of their own (it runs at idle priority); the
     // foreground jobs of the rebuild below ask another one.
-    let servers = |suffix: &str| {
-        util::files_under(&p.cache).iter().filter(|f| f.to_string_lossy().ends_with(suffix)).count()
-    };
+    let servers =
+        |suffix: &str| util::files_under(&p.cache).iter().filter(|f| f.to_string_lossy().ends_with(suffix)).count();
     assert_eq!((servers("-idle.sock.lock"), servers(".sock.lock")), (1, 1), "{:?}", util::files_under(&p.cache));
     p.edit("lib", "return x * 7;", "return x * 9;");
     for m in PROJECT {

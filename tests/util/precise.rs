@@ -177,7 +177,8 @@ impl Project {
     }
 
     pub fn backend(&self, m: &str) -> Output {
-        let out = self.ltocache().arg(&self.clang).args(self.backend_args(m, &format!("{m}.native.o"))).output().unwrap();
+        let out =
+            self.ltocache().arg(&self.clang).args(self.backend_args(m, &format!("{m}.native.o"))).output().unwrap();
         assert!(out.status.success(), "{m}: {}", String::from_utf8_lossy(&out.stderr));
         out
     }
