@@ -297,7 +297,10 @@ fn block<'a>(
         .ok_or_else(|| anyhow::anyhow!("block {block_id} runs past the end of the file"))?;
 
     let mut visit = if block_id == BLOCKINFO_BLOCK_ID { Visit::Enter } else { visitor.enter_block(path, block_id) };
-    if visit == Visit::Raw && blockinfo.get(&block_id).is_some_and(|a| !a.is_empty()) {
+    // Raw bytes say what the records say only where no abbreviation from
+    // BLOCKINFO (which the visitor never sees) can be used: not in this
+    // block, nor in any block nested in it — so none defined for any id.
+    if visit == Visit::Raw && blockinfo.values().any(|a| !a.is_empty()) {
         visit = Visit::Enter;
     }
     if visit == Visit::Raw {

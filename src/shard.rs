@@ -85,15 +85,13 @@ impl<'a> Visitor<'a> for ShardVisitor {
         // shard — is hashed as its raw bytes, which say exactly what its
         // decoded records say (its abbreviations are inside it) at a tenth
         // of the cost. Module paths appear in no other block.
+        // The tag goes in first either way: the walker decodes a block it
+        // was asked for raw when abbreviations from BLOCKINFO apply, and the
+        // block's id must then still be in the stream.
+        self.tag(b'{', block_id as u64);
         match block_id {
-            _ if !self.raw => {
-                self.tag(b'{', block_id as u64);
-                Visit::Enter
-            }
-            MODULE_BLOCK | MODULE_STRTAB_BLOCK => {
-                self.tag(b'{', block_id as u64);
-                Visit::Enter
-            }
+            _ if !self.raw => Visit::Enter,
+            MODULE_BLOCK | MODULE_STRTAB_BLOCK => Visit::Enter,
             _ => Visit::Raw,
         }
     }
