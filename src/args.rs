@@ -644,7 +644,9 @@ fn refuse_flag(arg: &str) -> Result<(), NotCacheable> {
     // Macros, include directories and warnings (most of a kernel command
     // line) match none of the spellings below, none of which starts with
     // `-D`, `-I`, `-U` or `-W`: decided here instead of by ~30 prefix tests
-    // per argument.
+    // per argument. (The `vfsoverlay` test below is about `-ivfsoverlay`
+    // and `-Xclang -ivfsoverlay`; `-Wa,` lists are checked by the assembler
+    // search-path analysis.)
     if matches!(arg.as_bytes(), [b'-', b'D' | b'I' | b'U' | b'W', ..]) {
         return Ok(());
     }
