@@ -174,6 +174,12 @@ pub const CC1_VETTED: &[&str] = &[
     "-fwarn-stack-size",
     "-nobuiltininc",
     "-nostdsysteminc",
+    // What the driver adds for -fPIC (zstd's and libgit2's backends): a
+    // language option read by the front end's code generation
+    // (CodeGenModule's dso_local decisions), which does not run for IR
+    // input; the module before the hook is clang's (tests/precise.rs,
+    // benches/realworld/precise.py compare it with -save-temps).
+    "-fhalf-no-semantic-interposition",
 ];
 
 /// Prefixes of vetted cc1 option families: warnings (diagnostics only) and
@@ -1201,6 +1207,7 @@ mod tests {
             assert!(parse_cc1(&cc1(bad)).is_err(), "{bad:?} must refuse");
         }
         assert_eq!(parse_cc1(&cc1(&["-mllvm", "-inline-threshold=5"])).unwrap().mllvm, vec!["-inline-threshold=5"]);
+        assert!(parse_cc1(&cc1(&["-fhalf-no-semantic-interposition"])).is_ok(), "-fPIC's cc1 option is vetted");
     }
 
     #[test]
