@@ -72,8 +72,17 @@ impl Arena {
     }
 
     fn with_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        let mut spins = 0u32;
         while self.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            std::hint::spin_loop();
+            // The holder may have been preempted (the distributor's serving
+            // threads share two busy CPUs with the build): after a short
+            // spin, give the CPU up rather than spin through its time slice.
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         let out = f();
         self.lock.store(false, Ordering::Release);

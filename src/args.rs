@@ -641,6 +641,13 @@ fn object_named_bitcode(input: &Path) -> bool {
 /// Flags we refuse outright: they do not compile, write other outputs, or
 /// bring in tools and directories the key cannot see.
 fn refuse_flag(arg: &str) -> Result<(), NotCacheable> {
+    // Macros, include directories and warnings (most of a kernel command
+    // line) match none of the spellings below, none of which starts with
+    // `-D`, `-I`, `-U` or `-W`: decided here instead of by ~30 prefix tests
+    // per argument.
+    if matches!(arg.as_bytes(), [b'-', b'D' | b'I' | b'U' | b'W', ..]) {
+        return Ok(());
+    }
     match arg {
         "-E" | "-S" | "-###" | "-M" | "-MM" | "-fsyntax-only" | "--analyze" | "-v" | "--verbose" | "-fdriver-only"
         | "-emit-ast" | "--precompile" => return Err(NotCacheable::NotACompile(arg.into())),

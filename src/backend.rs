@@ -35,7 +35,10 @@ pub struct Ctx<'a> {
     pub remote: std::sync::OnceLock<Tier>,
     /// Compiler identities already known to this process: a driver keying
     /// hundreds of jobs for one compiler reads its memo once, not per job.
-    identities: std::cell::RefCell<Vec<(PathBuf, [u8; 32])>>,
+    /// A mutex: the distributor keys and serves jobs on several threads.
+    identities: std::sync::Mutex<Vec<(PathBuf, [u8; 32])>>,
+    /// The driver's configuration files, asked once per question and process.
+    driver_answers: crate::driver::Answers,
 }
 
 impl<'a> Ctx<'a> {
@@ -54,6 +57,7 @@ impl<'a> Ctx<'a> {
             store: config.store(),
             remote: Default::default(),
             identities: Default::default(),
+            driver_answers: Default::default(),
         }
     }
 }
@@ -131,16 +135,21 @@ pub fn prepare_with<'c>(
         Err(_) => None,
     };
 
-    let cpu_before = crate::util::cpu_ns(libc::RUSAGE_SELF);
-    let getenv = |v: &str| std::env::var(v).ok();
+    let getenv = |v: &str| crate::util::env(v);
     let mut effective = None;
     // One identity per compiler and process (a distributor runs many jobs).
-    let known = ctx.identities.borrow().iter().find(|(p, _)| *p == program).map(|(_, id)| (*id, false));
+    let known =
+        ctx.identities.lock().ok().and_then(|ids| ids.iter().find(|(p, _)| *p == program).map(|(_, id)| (*id, false)));
+    // This thread's time (a distributor prepares jobs on several threads),
+    // only when the identity may have to be computed.
+    let cpu_before = if known.is_none() { crate::util::cpu_ns(libc::RUSAGE_THREAD) } else { 0 };
     let identity = match known {
         Some(k) => Ok(k),
         None => crate::compiler::identity(&program, Some(&ctx.state_dir), &ctx.config.compiler_check.value).inspect(
             |(id, _)| {
-                ctx.identities.borrow_mut().push((program.clone(), *id));
+                if let Ok(mut ids) = ctx.identities.lock() {
+                    ids.push((program.clone(), *id));
+                }
             },
         ),
     };
@@ -153,7 +162,7 @@ pub fn prepare_with<'c>(
             if computed {
                 // Hashing clang and its libraries once per host: reported apart
                 // from the per-compile cost in `stats`.
-                batch.add("cpu_ns.compiler_identity", crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu_before);
+                batch.add("cpu_ns.compiler_identity", crate::util::cpu_ns(libc::RUSAGE_THREAD) - cpu_before);
             }
             // What the driver reads besides argv (driver.rs): its
             // configuration files' flags go through the same analysis.
@@ -166,13 +175,14 @@ pub fn prepare_with<'c>(
                 Some(&ctx.state_dir),
                 &getenv,
                 &mut asked,
+                Some(&ctx.driver_answers),
             );
             batch.add("driver_probes", asked.probes);
             let mut eff = crate::driver::effective(inv, &configs.map_err(KeyError::NotCacheable)?)
                 .map_err(KeyError::NotCacheable)?;
             let before_relocation = eff.hashed_args.clone();
-            if let (Some(base), Ok(cwd)) = (&ctx.config.base_dir.value, std::env::current_dir()) {
-                crate::args::relocate_args(&mut eff.hashed_args, base, &cwd);
+            if let (Some(base), Some(cwd)) = (&ctx.config.base_dir.value, crate::util::cwd()) {
+                crate::args::relocate_args(&mut eff.hashed_args, base, cwd);
             }
             let k = key::compute(&eff, &id, &mut hasher, &getenv).map(|mut k| {
                 // An argument base_dir rewrote names this checkout's path.
@@ -511,6 +521,6 @@ fn store_outputs(
 }
 
 fn absolute(p: &Path) -> String {
-    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let abs = if p.is_absolute() { p.to_path_buf() } else { crate::util::cwd().unwrap_or(Path::new("")).join(p) };
     abs.to_string_lossy().into_owned()
 }

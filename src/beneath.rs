@@ -465,7 +465,29 @@ impl Dir {
 /// not followed, the open does not block, and only a regular file of at
 /// most `cap` bytes is returned. A missing `dir` is created when `flags`
 /// has `O_CREAT`.
+///
+/// A `/proc/self/fd/N` path (what [`Dir::proc_path`] gives) is opened as
+/// `openat(N, name)`: the same directory, without walking procfs and its
+/// magic link on every open (the memos, the journal and the counters are
+/// opened this way on every compile).
 pub fn open_in(dir: &Path, name: &str, flags: libc::c_int, mode: libc::mode_t, cap: u64) -> io::Result<File> {
+    open_in_stat(dir, name, flags, mode, cap).map(|(f, _)| f)
+}
+
+/// [`open_in`], with the `fstat` it checked the file by (callers need the
+/// size or identity; a second `fstat` would only repeat it).
+pub fn open_in_stat(
+    dir: &Path,
+    name: &str,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    cap: u64,
+) -> io::Result<(File, libc::stat)> {
+    if let Some(fd) = proc_fd(dir) {
+        let f = File::from(openat(fd, name.as_bytes(), flags | libc::O_NOFOLLOW | libc::O_NONBLOCK, mode)?);
+        let st = check_regular(&f, cap)?;
+        return Ok((f, st));
+    }
     let path = dir.join(name);
     let open = || crate::util::open_raw(&path, flags | libc::O_NOFOLLOW | libc::O_NONBLOCK, mode);
     let f = match open() {
@@ -475,8 +497,39 @@ pub fn open_in(dir: &Path, name: &str, flags: libc::c_int, mode: libc::mode_t, c
         }
         r => r?,
     };
-    check_regular(&f, cap)?;
-    Ok(f)
+    let st = check_regular(&f, cap)?;
+    Ok((f, st))
+}
+
+/// `lstat` of `name` in `dir` ([`open_in`]'s kind of directory path).
+pub fn stat_in(dir: &Path, name: &str) -> io::Result<Stat> {
+    let Some(fd) = proc_fd(dir) else {
+        use std::os::unix::fs::MetadataExt;
+        return std::fs::symlink_metadata(dir.join(name)).map(|m| Stat {
+            mode: m.mode(),
+            uid: m.uid(),
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            dev: m.dev(),
+            ino: m.ino(),
+        });
+    };
+    let c = cstr(name.as_bytes())?;
+    // SAFETY: fstatat reads the NUL-terminated name and writes one stat struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    retry(|| unsafe { libc::fstatat(fd, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(Stat::of_raw(&st))
+}
+
+/// N of a `/proc/self/fd/N` path. Opening relative to descriptor N is what
+/// the kernel does with the path anyway (the magic link is N's directory),
+/// and fails the same way when N is not open.
+fn proc_fd(dir: &Path) -> Option<RawFd> {
+    let n = dir.as_os_str().as_bytes().strip_prefix(b"/proc/self/fd/")?;
+    if n.is_empty() || n.len() > 9 || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
 }
 
 /// `fstat`: a regular file of at most `cap` bytes, or refused.

@@ -68,6 +68,12 @@ pub enum Visit {
     /// over without being decoded into values or shown to the visitor.
     Scan,
     Skip,
+    /// Hand the block's body to [`Visitor::raw_block`] undecoded (its
+    /// nested blocks included), then step over it. Only for a block whose
+    /// abbreviations are all its own: when BLOCKINFO defines some for its
+    /// id, the bytes alone do not say what they mean, and the block is
+    /// entered as with [`Visit::Enter`] instead.
+    Raw,
 }
 
 /// Callbacks for [`walk`]. `path` is the stack of enclosing block ids.
@@ -80,6 +86,11 @@ pub trait Visitor<'a> {
     }
     fn record(&mut self, path: &[u32], record: &Record<'a>) -> Result<()>;
     fn end_block(&mut self, _path: &[u32]) -> Result<()> {
+        Ok(())
+    }
+    /// A block the visitor asked for as [`Visit::Raw`]: its id, abbreviation
+    /// width and the bytes of its body (32-bit aligned, END_BLOCK included).
+    fn raw_block(&mut self, _path: &[u32], _block_id: u32, _width: u8, _body: &'a [u8]) -> Result<()> {
         Ok(())
     }
 }
@@ -285,7 +296,16 @@ fn block<'a>(
         .filter(|&e| e <= cur.data.len() * 8)
         .ok_or_else(|| anyhow::anyhow!("block {block_id} runs past the end of the file"))?;
 
-    let visit = if block_id == BLOCKINFO_BLOCK_ID { Visit::Enter } else { visitor.enter_block(path, block_id) };
+    let mut visit = if block_id == BLOCKINFO_BLOCK_ID { Visit::Enter } else { visitor.enter_block(path, block_id) };
+    if visit == Visit::Raw && blockinfo.get(&block_id).is_some_and(|a| !a.is_empty()) {
+        visit = Visit::Enter;
+    }
+    if visit == Visit::Raw {
+        // Both ends are 32-bit aligned: the body is whole bytes.
+        visitor.raw_block(path, block_id, width, &cur.data[body_start / 8..body_end / 8])?;
+        cur.bit = body_end;
+        return Ok(());
+    }
     if visit == Visit::Skip {
         cur.bit = body_end;
         return Ok(());

@@ -25,7 +25,7 @@ pub fn resolve(name: &str) -> Result<PathBuf> {
     // Compare by (device, inode): one stat instead of resolving every symlink,
     // and only once a candidate turns up.
     let mut me = None;
-    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = crate::util::env_os("PATH").unwrap_or_default();
     let mut tried: Vec<PathBuf> = Vec::new();
     for dir in std::env::split_paths(&path) {
         // PATH often names a directory twice; once is enough.
@@ -113,7 +113,7 @@ fn loader_env() -> Vec<u8> {
     let mut out = Vec::new();
     for v in LOADER_ENV {
         out.extend_from_slice(v.as_bytes());
-        match std::env::var_os(v) {
+        match crate::util::env_os(v) {
             Some(val) => {
                 out.push(b'=');
                 out.extend_from_slice(&(val.len() as u64).to_le_bytes());

@@ -70,6 +70,11 @@ pub struct Config {
     /// Why the cache directory is not used at all (compiles pass through),
     /// or `None` (see [`crate::trust`]).
     pub refused: Option<String>,
+    /// The cache directory as opened and checked at load (when it existed):
+    /// the state directory and the store use this descriptor rather than
+    /// opening the path again (each open walks the path; a process used to
+    /// open it three times).
+    cache_opened: Option<std::sync::Arc<crate::beneath::Dir>>,
     /// Warnings about `ltocache.conf`: keys ignored from a file others may
     /// have written, or the whole file ignored. For `config` and the log.
     pub warnings: Vec<String>,
@@ -373,6 +378,7 @@ impl Config {
             serve_mode,
             cache_dir,
             refused: checked.refused,
+            cache_opened: checked.dir.map(std::sync::Arc::new),
             warnings,
             env,
             state: std::sync::OnceLock::new(),
@@ -382,6 +388,7 @@ impl Config {
     /// The store these settings describe.
     pub fn store(&self) -> crate::store::LocalStore {
         crate::store::LocalStore::new(&self.cache_dir.value)
+            .with_opened(self.cache_opened.clone())
             .with_compression(self.compression.value)
             // Capped well inside the entry grammar's u32 lengths.
             .with_inline_max(self.inline_max.value.min(64 << 20) as usize)
@@ -406,7 +413,7 @@ impl Config {
     }
 
     pub fn load() -> Result<Config> {
-        Config::load_with(&|k| std::env::var(k).ok())
+        Config::load_with(&|k| crate::util::env(k))
     }
 
     /// Where this host's SQLite database lives. SQLite must not be shared over
@@ -430,6 +437,7 @@ impl Config {
         self.state.get_or_init(|| {
             std::sync::Arc::new(crate::trust::choose_state(
                 &self.cache_dir.value,
+                self.cache_opened.as_deref(),
                 self.stats_dir.value.as_deref(),
                 self.refused.is_some(),
                 &self.env,

@@ -276,8 +276,13 @@ pub struct Asked {
     pub probes: i64,
 }
 
+/// Answers one process has already found valid, by question: a driver of
+/// many jobs ([`crate::backend::Ctx`]) reads and checks the memo once.
+pub type Answers = std::sync::Mutex<Vec<(String, Vec<PathBuf>)>>;
+
 /// The configuration files the driver loads for this command, in order,
 /// from the memo in the state directory (`driver-<question>`) when still valid.
+#[allow(clippy::too_many_arguments)] // the question's parts, and where answers are kept
 pub fn loaded_configs(
     program: &Path,
     invoked: &str,
@@ -286,19 +291,31 @@ pub fn loaded_configs(
     state_dir: Option<&Path>,
     getenv: &dyn Fn(&str) -> Option<String>,
     asked: &mut Asked,
+    answers: Option<&Answers>,
 ) -> Result<Vec<PathBuf>, NotCacheable> {
     let flags = config_relevant(expanded);
-    let cwd = std::env::current_dir().unwrap_or_default();
+    let cwd = crate::util::cwd().unwrap_or(Path::new(""));
     let no_default = getenv("CLANG_NO_DEFAULT_CONFIG");
-    let name = question_digest(program, invoked, identity, &flags, &cwd, no_default.as_deref());
+    let name = question_digest(program, invoked, identity, &flags, cwd, no_default.as_deref());
+    // Asked already by this process (a distributor keys hundreds of jobs
+    // with the same question): the answer it found valid then.
+    if let Some(known) = answers.and_then(|a| a.lock().ok()?.iter().find(|(q, _)| *q == name).map(|(_, c)| c.clone())) {
+        return Ok(known);
+    }
+    let remember = |configs: &Vec<PathBuf>| {
+        if let Some(mut a) = answers.and_then(|a| a.lock().ok()) {
+            a.push((name.clone(), configs.clone()));
+        }
+    };
     // One flat file per question in the (private, checked) state directory,
     // opened there without following a symlink or blocking on a FIFO.
     let memo = state_dir.map(|d| (d, crate::layout::driver_memo(&name)));
     if let Some((dir, file)) = &memo {
-        let read = crate::beneath::open_in(dir, file, libc::O_RDONLY, 0, 1 << 20)
-            .and_then(|f| crate::util::read_sized(&f, f.metadata()?.len()));
+        let read = crate::beneath::open_in_stat(dir, file, libc::O_RDONLY, 0, 1 << 20)
+            .and_then(|(f, st)| crate::util::read_sized(&f, st.st_size as u64));
         if let Some(a) = read.ok().and_then(|d| Answer::decode(&d)) {
             if a.still_valid() {
+                remember(&a.configs);
                 return Ok(a.configs);
             }
         }
@@ -314,6 +331,7 @@ pub fn loaded_configs(
         .all(|(_, s)| s.is_none_or(|s| now - s.mtime_ns.max(s.ctime_ns) > crate::digest::local_margin_ns()));
     if let (Some((dir, file)), true) = (&memo, settled && complete) {
         let _ = crate::util::write_atomic(dir, &dir.join(file), &answer.encode());
+        remember(&answer.configs);
     }
     Ok(answer.configs)
 }
@@ -352,6 +370,14 @@ pub fn read_config(path: &Path, read: &mut Vec<ReadFile>, depth: usize) -> Resul
 /// line, so a refused flag in a configuration file is refused and a file it
 /// names is hashed. The arguments come out before any `base_dir` rewriting.
 pub fn effective(inv: &args::BackendInvocation, configs: &[PathBuf]) -> Result<args::BackendInvocation, NotCacheable> {
+    // No configuration file (the usual case): the command line alone, which
+    // `inv` already is the analysis of. Analysing it again cost a kernel
+    // backend's hit 110,000 instructions (6 %).
+    if configs.is_empty() {
+        let mut out = inv.clone();
+        out.config_files.clear();
+        return Ok(out);
+    }
     let mut read = Vec::new();
     let mut effective = Vec::new();
     for c in configs {

@@ -29,7 +29,7 @@
 //! its check; the reader resynchronises on the next `LTJ1` and counts the
 //! bytes it skipped.
 
-use crate::beneath::{lock_within, open_in};
+use crate::beneath::{lock_within, open_in, open_in_stat};
 use crate::layout::{JOURNAL, JOURNAL_FOLDING, JOURNAL_LOCK};
 use crate::stats::{Batch, Db};
 use anyhow::{Context, Result};
@@ -53,21 +53,24 @@ pub fn append(dir: &Path, batch: &Batch) -> std::io::Result<u64> {
 /// Appends several records in one `write` (the DTLTO distributor records a
 /// whole link's jobs at once: one open and lock instead of one per job).
 pub fn append_many(dir: &Path, batches: &[&Batch]) -> std::io::Result<u64> {
-    let record: Vec<u8> = batches.iter().flat_map(|b| encode(b)).collect();
-    let path = dir.join(JOURNAL);
+    // Extended whole, not collected byte by byte through `flat_map` (that
+    // was 36,000 instructions for one hit's 1.4 KiB record).
+    let mut record = Vec::new();
+    for b in batches {
+        record.extend_from_slice(&encode(b));
+    }
     for _ in 0..8 {
-        let mut f = open_in(dir, JOURNAL, libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;
+        let (mut f, mine) = open_in_stat(dir, JOURNAL, libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, 0o600, u64::MAX)?;
         // A fold holds the exclusive lock only while it waits for writers
         // already in, so this wait is short; a failure is the caller's to log.
         lock_within(&f, false, Duration::from_secs(2))?;
-        let mine = f.metadata()?;
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.ino() == mine.ino() && m.dev() == mine.dev() => {}
+        match crate::beneath::stat_in(dir, JOURNAL) {
+            Ok(m) if m.ino == mine.st_ino && m.dev == mine.st_dev => {}
             // A fold renamed it between our open and our lock: use the new one.
             _ => continue,
         }
         f.write_all(&record)?;
-        return Ok(mine.len() + record.len() as u64);
+        return Ok(mine.st_size as u64 + record.len() as u64);
     }
     Err(std::io::Error::other("journal kept being folded under us"))
 }

@@ -190,7 +190,7 @@ pub fn compute(
     let input_bytes = inv.input.as_os_str().as_bytes();
     let mut unkeyed: Vec<String> =
         [&inv.input, &inv.shard, &inv.output].iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    if let Ok(cwd) = std::env::current_dir() {
+    if let Some(cwd) = crate::util::cwd() {
         unkeyed.push(cwd.to_string_lossy().into_owned());
     }
     unkeyed.extend(shard.modules.iter().map(|m| String::from_utf8_lossy(&m.path).into_owned()));

@@ -59,15 +59,15 @@ impl MemoTable {
     /// directory is not writable: lookups still work, inserts fail quietly.
     pub fn open(dir: &Path) -> std::io::Result<MemoTable> {
         // Not followed, not blocking, a regular file no larger than the table.
-        let open = |flags| crate::beneath::open_in(dir, crate::layout::MEMO, flags, 0o600, TABLE_SIZE);
-        let file = match open(libc::O_RDWR | libc::O_CREAT) {
+        let open = |flags| crate::beneath::open_in_stat(dir, crate::layout::MEMO, flags, 0o600, TABLE_SIZE);
+        let (file, st) = match open(libc::O_RDWR | libc::O_CREAT) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(libc::O_RDONLY)?,
             Err(e) => return Err(e),
         };
         // Concurrent creators all extend to the same size; a sparse file
         // costs nothing until slots are written.
-        if file.metadata()?.len() < TABLE_SIZE {
+        if (st.st_size as u64) < TABLE_SIZE {
             file.set_len(TABLE_SIZE)?;
         }
         Ok(MemoTable { file })
@@ -218,8 +218,8 @@ fn compiler_memo_path(dir: &Path, compiler: &Path) -> PathBuf {
 pub fn lookup_compiler(dir: &Path, compiler: &Path) -> Option<(Vec<u8>, [u8; 32])> {
     let path = compiler_memo_path(dir, compiler);
     let name = path.file_name()?.to_str()?;
-    let f = crate::beneath::open_in(dir, name, libc::O_RDONLY, 0, 1 << 20).ok()?;
-    let data = crate::util::read_sized(&f, f.metadata().ok()?.len()).ok()?;
+    let (f, st) = crate::beneath::open_in_stat(dir, name, libc::O_RDONLY, 0, 1 << 20).ok()?;
+    let data = crate::util::read_sized(&f, st.st_size as u64).ok()?;
     let rest = data.strip_prefix(COMPILER_MAGIC)?;
     let id: [u8; 32] = rest.get(..32)?.try_into().ok()?;
     let n = u32::from_le_bytes(rest.get(32..36)?.try_into().ok()?) as usize;

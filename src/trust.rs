@@ -205,7 +205,17 @@ impl State {
 
 /// Decides the state directory (see the module doc). `stats_dir` is the
 /// setting (already only from a trusted origin).
-pub fn choose_state(cache: &Path, stats_dir: Option<&Path>, cache_refused: bool, env: &Env) -> State {
+///
+/// `opened` is the cache directory as [`check_cache_dir`] opened it, when it
+/// did: the state directory is then found beneath that very descriptor
+/// (one open of the cache directory per process, not one per use).
+pub fn choose_state(
+    cache: &Path,
+    opened: Option<&Dir>,
+    stats_dir: Option<&Path>,
+    cache_refused: bool,
+    env: &Env,
+) -> State {
     let problem;
     if let Some(d) = stats_dir {
         match own_dir(d) {
@@ -215,7 +225,12 @@ pub fn choose_state(cache: &Path, stats_dir: Option<&Path>, cache_refused: bool,
     } else if cache_refused {
         problem = "the cache directory is refused".to_string();
     } else {
-        match Dir::create_root(cache) {
+        let mut created = None;
+        let cdir = match opened {
+            Some(d) => Ok(d),
+            None => Dir::create_root(cache).map(|d| &*created.insert(d)),
+        };
+        match cdir {
             Ok(cdir) => {
                 if fs_type(&cdir, env).is_some_and(|t| NETWORK_FS.contains(&t)) {
                     return private(cache, env, "the cache is on a network filesystem: state on local disk", None);
@@ -368,7 +383,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cache = d.path().join("cache");
         let home = d.path().join("home");
-        let s = choose_state(&cache, None, false, &env(&home));
+        let s = choose_state(&cache, None, None, false, &env(&home));
         assert!(s.real.ends_with(format!("hosts/{}/u{}", crate::util::hostname(), euid())), "{:?}", s.real);
         assert_eq!(std::fs::metadata(&s.real).unwrap().permissions().mode() & 0o777, 0o700);
         assert!(s.counter.is_none());
@@ -377,14 +392,14 @@ mod tests {
         assert!(s.real.join("x").exists());
         // Someone loosened it: not used, the private fallback is, counted.
         std::fs::set_permissions(&s.real, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let s2 = choose_state(&cache, None, false, &env(&home));
+        let s2 = choose_state(&cache, None, None, false, &env(&home));
         assert!(s2.real.starts_with(home.join(".local/state/ltocache")), "{:?}", s2.real);
         assert_eq!(s2.counter, Some("errors.state_dir_fallback"));
         assert!(s2.why.contains("0700"), "{}", s2.why);
         // A symlink there is refused, not followed.
         std::fs::remove_dir_all(&s.real).unwrap();
         std::os::unix::fs::symlink(&home, &s.real).unwrap();
-        let s3 = choose_state(&cache, None, false, &env(&home));
+        let s3 = choose_state(&cache, None, None, false, &env(&home));
         assert_eq!(s3.counter, Some("errors.state_dir_fallback"));
     }
 
@@ -399,7 +414,7 @@ mod tests {
             xdg_state_home: Some(d.path().join("xdg").display().to_string()),
             ..env(&d.path().join("home"))
         };
-        let s = choose_state(&cache, None, false, &e);
+        let s = choose_state(&cache, None, None, false, &e);
         assert!(s.real.starts_with(d.path().join("xdg/ltocache")), "{:?}", s.real);
         assert!(s.why.contains("network"), "{}", s.why);
         assert!(s.counter.is_none());

@@ -34,6 +34,9 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
             if !config.disable.value {
                 let _ = crate::stats::count_passthrough(&config.stats_db_path());
             }
+            // Its descriptors are close-on-exec: closing them one by one
+            // first would be two system calls for nothing.
+            std::mem::forget(config);
         }
         exec::exec_compiler(&compiler, &args);
     }
@@ -57,7 +60,7 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
     // The driver's environment first (driver.rs), then argv with its
     // response files, tracked for the after-compile check. `base_dir` is
     // applied by backend::prepare, after configuration files.
-    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+    let analysed = crate::driver::refuse_env(&|v| crate::util::env(v))
         .and_then(|()| args::expand_response_files_tracked(&sargs))
         .and_then(|(expanded, read)| {
             let mut inv = args::analyze(&compiler, &expanded)?;
@@ -109,7 +112,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     };
     // What a terminal shows: clang colours when our stderr is one.
     let mut compile_args = args.to_vec();
-    match crate::driver::for_terminal(&job.inv, &mut job.key, &|v| std::env::var(v).ok()) {
+    match crate::driver::for_terminal(&job.inv, &mut job.key, &|v| crate::util::env(v)) {
         Ok(extra) => compile_args.extend(extra),
         Err(reason) => {
             batch.add(&format!("uncacheable.{}", reason.code()), 1);

@@ -185,6 +185,61 @@ impl Dt {
         self.read("prog")
     }
 
+    /// A thin link that writes every module's shard beside it (`m.o.thinlto.bc`);
+    /// returns the objects linked.
+    fn thin_link_index_only(&self) -> Vec<String> {
+        let objs: Vec<String> = MODULES.iter().map(|m| format!("{m}.o")).collect();
+        let thin = self
+            .cmd(self.bin.join("clang"))
+            .args(["-flto=thin", "-fuse-ld=lld", "-Wl,--thinlto-index-only", "-o", "prog"])
+            .args(&objs)
+            .output()
+            .unwrap();
+        ok_out(thin, "thin link");
+        objs
+    }
+
+    /// A link through a distributor that keeps the job file and its shards
+    /// in `to` (under the build directory), then is ltocache.
+    fn link_capturing(&self, to: &str) -> (PathBuf, ltocache::distributor::JobFile) {
+        let shim = self.path_dir.join("capturing-distributor");
+        let cap = self.dir.join("cap");
+        write_script(
+            &shim,
+            &format!(
+                "#!/bin/sh\nmkdir -p \"$CAP\"\nfor a; do last=$a; done\ncp \"$last\" \"$CAP/job.json\"\n\
+                 cp *.thinlto.bc \"$CAP/\"\nexec {} \"$@\"\n",
+                ltocache_bin().display()
+            ),
+        );
+        let mut c = self.cmd(self.bin.join("clang"));
+        c.args(["-O2", "-flto=thin", "-fuse-ld=lld", "-o", "prog"]).args(&self.inputs);
+        c.arg(format!("-fthinlto-distributor={}", shim.display())).env("CAP", &cap);
+        ok_out(c.output().unwrap(), "link through the capturing distributor");
+        let to = self.dir.join(to);
+        std::fs::rename(&cap, &to).unwrap();
+        let job =
+            ltocache::distributor::parse_job_file(&std::fs::read_to_string(to.join("job.json")).unwrap()).unwrap();
+        (to, job)
+    }
+
+    /// Runs ltocache as the distributor on a job file captured by
+    /// [`Dt::link_capturing`] (its shards put back, its outputs removed
+    /// first); returns every job's object.
+    fn replay(&self, cap: &Path, job: &ltocache::distributor::JobFile, file: &str, opts: &[&str]) -> Vec<Vec<u8>> {
+        for e in std::fs::read_dir(cap).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().ends_with(".thinlto.bc") {
+                std::fs::copy(e.path(), self.dir.join(e.file_name())).unwrap();
+            }
+        }
+        for j in &job.jobs {
+            let _ = std::fs::remove_file(self.path(&j.outputs[0]));
+        }
+        ok_out(self.cmd(ltocache_bin()).args(opts).arg(cap.join(file)).output().unwrap(), "distributor replay");
+        job.jobs.iter().map(|j| self.read(&j.outputs[0])).collect()
+    }
+
     fn plain_dtlto_program(&self) -> Vec<u8> {
         let d = format!("-fthinlto-distributor={}", plain_distributor().display());
         ok_out(self.link(&[&d]), "plain DTLTO link");
@@ -346,14 +401,7 @@ fn stale_probes_miss_through_the_distributor() {
 fn refusals_failures_and_bad_job_files() {
     let d = Dt::new();
     // Shards from a thin link, and a job file written by hand.
-    let objs: Vec<String> = MODULES.iter().map(|m| format!("{m}.o")).collect();
-    let thin = d
-        .cmd(d.bin.join("clang"))
-        .args(["-flto=thin", "-fuse-ld=lld", "-Wl,--thinlto-index-only", "-o", "prog"])
-        .args(&objs)
-        .output()
-        .unwrap();
-    ok_out(thin, "thin link");
+    d.thin_link_index_only();
     let importers: Vec<&str> = MODULES
         .iter()
         .copied()
@@ -459,28 +507,7 @@ fn refusals_failures_and_bad_job_files() {
 #[test]
 fn module_shared_by_every_importer_changed_misses_for_each_of_them() {
     let d = Dt::without_module_hash();
-    // A distributor that keeps the job file and its shards, then is ltocache.
-    let shim = d.path_dir.join("capturing-distributor");
-    let cap = d.dir.join("cap");
-    write_script(
-        &shim,
-        &format!(
-            "#!/bin/sh\nmkdir -p \"$CAP\"\nfor a; do last=$a; done\ncp \"$last\" \"$CAP/job.json\"\n\
-             cp *.thinlto.bc \"$CAP/\"\nexec {} \"$@\"\n",
-            ltocache_bin().display()
-        ),
-    );
-    let link = |n: &str| {
-        let mut c = d.cmd(d.bin.join("clang"));
-        c.args(["-O2", "-flto=thin", "-fuse-ld=lld", "-o", "prog"]).args(&d.inputs);
-        c.arg(format!("-fthinlto-distributor={}", shim.display())).env("CAP", &cap);
-        ok_out(c.output().unwrap(), "link through the capturing distributor");
-        let to = d.dir.join(n);
-        std::fs::rename(&cap, &to).unwrap();
-        let job =
-            ltocache::distributor::parse_job_file(&std::fs::read_to_string(to.join("job.json")).unwrap()).unwrap();
-        (to, job)
-    };
+    let link = |n: &str| d.link_capturing(n);
     let (cold_dir, cold) = link("cold");
     assert_eq!((d.stat("misses"), d.stat("hits")), (MODULES.len() as i64, 0));
     let reads_util = |job: &ltocache::distributor::JobFile| -> Vec<String> {
@@ -514,4 +541,123 @@ fn module_shared_by_every_importer_changed_misses_for_each_of_them() {
     let warm_readers = reads_util(&warm);
     assert!(hit.iter().all(|h| !warm_readers.iter().any(|r| h.ends_with(r.as_str()))), "{hit:?} vs {warm_readers:?}");
     assert_eq!(d.read("prog"), d.plain_dtlto_program(), "the program is the fresh one");
+}
+
+/// Hits are keyed and served on several threads (`--jobs=N` of them, at
+/// most one per job): the same objects and the same counts as on one.
+#[test]
+fn threaded_serving_gives_the_objects_and_counts_of_one_thread() {
+    let d = Dt::new();
+    d.link_through_distributor(&[]);
+    let (cap, job) = d.link_capturing("warm");
+    let n = job.jobs.len() as i64;
+    assert_eq!((d.stat("misses"), d.stat("hits")), (n, n));
+    let one = d.replay(&cap, &job, "job.json", &["--jobs=1"]);
+    assert!(d.log().contains(&format!("{n} served on 1 thread(s)")), "{}", d.log());
+    let (hits, jobs) = (d.stat("hits"), d.counter("distributor_jobs"));
+    assert_eq!(hits, 2 * n, "every replayed job a hit on one thread");
+    let four = d.replay(&cap, &job, "job.json", &["--jobs=4"]);
+    assert!(d.log().contains(&format!("{n} served on 4 thread(s)")), "{}", d.log());
+    assert_eq!(four, one, "the same objects from four threads as from one");
+    assert_eq!(d.stat("hits"), hits + n, "every job counted once as a hit");
+    assert_eq!(d.counter("distributor_jobs"), jobs + n);
+    assert_eq!((d.stat("misses"), d.stat("uncacheable_total"), d.stat("errors_total")), (n, 0, 0));
+    assert!(one.iter().all(|o| o.starts_with(b"\x7fELF")), "objects, not empty files");
+}
+
+/// A problem with one job while others are served on other threads falls
+/// back for that job alone: a corrupt entry makes it a miss (compiled and
+/// stored again), a job whose inputs disagree with its shard runs plainly;
+/// every object is still the one a single thread gives.
+#[test]
+fn a_failing_job_among_threaded_hits_falls_back_alone() {
+    let d = Dt::new();
+    d.link_through_distributor(&[]);
+    let (cap, job) = d.link_capturing("warm");
+    let n = job.jobs.len() as i64;
+    let reference = d.replay(&cap, &job, "job.json", &["--jobs=1"]);
+
+    // The entry of job 0: the log's hit line names its key and output.
+    let out0 = &job.jobs[0].outputs[0];
+    let log = d.log();
+    let prefix = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split(" hit ").nth(1).filter(|h| h.ends_with(out0.as_str())))
+        .and_then(|h| h.split(' ').next())
+        .unwrap_or_else(|| panic!("no hit for {out0} in\n{log}"))
+        .to_string();
+    let entry = util::files_under(&d.cache)
+        .into_iter()
+        .map(|p| d.cache.join(p))
+        .find(|p| {
+            p.to_string_lossy().contains("entries/") && p.file_name().unwrap().to_string_lossy().starts_with(&prefix)
+        })
+        .expect("the entry file");
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&entry, bytes).unwrap();
+
+    // Job `y` (an importer) lists one import fewer than its shard's table.
+    let y = job.jobs.iter().position(|j| j.inputs.len() > 2 && j.outputs[0] != *out0).expect("an importer");
+    let text = std::fs::read_to_string(cap.join("job.json")).unwrap();
+    let dropped = job.jobs[y].inputs.last().unwrap();
+    let listed = job.jobs[y].inputs.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(",");
+    let fewer = listed.replace(&format!(",\"{dropped}\""), "");
+    assert!(text.contains(&listed), "the job file lists inputs as {listed}");
+    std::fs::write(cap.join("edited.json"), text.replacen(&listed, &fewer, 1)).unwrap();
+
+    let (hits, misses) = (d.stat("hits"), d.stat("misses"));
+    let got = d.replay(&cap, &job, "edited.json", &["--jobs=4"]);
+    assert!(d.log().contains("served on 4 thread(s)"), "{}", d.log());
+    assert_eq!(got, reference, "every object as one thread gave it");
+    assert_eq!(d.stat("hits"), hits + n - 2, "the other jobs are hits");
+    assert_eq!(d.stat("misses"), misses + 1, "the corrupt entry's job is compiled");
+    assert_eq!(d.stat("corrupt_entry"), 1);
+    assert_eq!(d.stat("dtlto_inputs_disagree"), 1, "the disagreeing job runs plainly");
+    // Compiled again and stored: the next replay serves it.
+    d.replay(&cap, &job, "job.json", &["--jobs=4"]);
+    assert_eq!(d.stat("hits"), hits + 2 * n - 2);
+}
+
+/// The shard's digest hashes its summary block as raw bytes instead of
+/// decoding it: it must tell apart every pair of shards that decoding tells
+/// apart. Every single-bit change of a real shard that both readers accept,
+/// with the same module table, and that changes the decoded digest changes
+/// the fast one too.
+#[test]
+fn fast_shard_digest_sees_every_change_decoding_sees() {
+    let d = Dt::new();
+    d.thin_link_index_only();
+    let (mut compared, mut differed, mut moved) = (0, 0, 0);
+    for m in MODULES {
+        let shard = d.read(&format!("{m}.o.thinlto.bc"));
+        let (fast, slow) =
+            (ltocache::shard::read_shard(&shard).unwrap(), ltocache::shard::read_shard_decoding_all(&shard).unwrap());
+        assert_eq!(fast.modules, slow.modules);
+        for byte in 0..shard.len() {
+            let mut changed = shard.clone();
+            changed[byte] ^= 1 << (byte % 8);
+            let (Ok(f), Ok(s)) =
+                (ltocache::shard::read_shard(&changed), ltocache::shard::read_shard_decoding_all(&changed))
+            else {
+                continue;
+            };
+            if f.modules != s.modules {
+                // A changed block id: the module table is no longer where
+                // clang reads it (directly in the top-level module block),
+                // which the decoding reader does not check.
+                moved += 1;
+                continue;
+            }
+            compared += 1;
+            if s.canonical_digest != slow.canonical_digest {
+                differed += 1;
+                assert_ne!(f.canonical_digest, fast.canonical_digest, "{m}: byte {byte} changed only the decoding");
+            }
+        }
+    }
+    assert!(compared > 1000 && differed > 500, "{compared} variants read, {differed} changed");
+    assert!(moved * 100 < compared, "{moved} variants with the module table moved");
 }

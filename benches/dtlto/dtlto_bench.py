@@ -11,6 +11,17 @@ Modes (all with clang 23's lld, 2 parallel backends):
   plain        DTLTO through plain_distributor.py, no cache
   wrapper      plain_distributor.py running `ltocache clang …` per job
   distributor  -fthinlto-distributor=ltocache
+With --ltocache-old, wrapper_old and distributor_old run another ltocache
+binary the same ways (side by side in one run); with --hardlink,
+distributor_hl is the distributor with `serve_mode = hardlink` (a user
+setting: raw blobs, hits hard-linked, no new inode per object). --ab N ends
+with N rounds of warm links alternating between the modes, and N timed runs
+of each distributor over the warm jobs, for figures taken side by side.
+
+The Python scripts (the plain distributor, the timing shim) run under this
+interpreter's own executable, not through `#!/usr/bin/env python3`: a pyenv
+shim there costs ~45 ms of CPU in child processes per start, which would
+land on the plain distributor's and the shim's accounts.
 """
 
 import argparse
@@ -30,6 +41,7 @@ PLAIN = os.path.join(HERE, "plain_distributor.py")
 TIMED = os.path.join(HERE, "timed.py")
 MODES = ["inproc", "lldcache", "plain", "wrapper", "distributor"]
 JOBS = 2
+PY = sys.executable
 
 
 def load_realworld():
@@ -44,9 +56,13 @@ def log(msg):
 
 
 class Linker:
-    def __init__(self, llvm_bin, ltocache):
+    def __init__(self, llvm_bin, ltocache, ltocache_old=None):
         self.clang = os.path.join(llvm_bin, "clang")
         self.ltocache = ltocache
+        self.ltocache_old = ltocache_old
+
+    def binary(self, mode):
+        return self.ltocache_old if mode.endswith("_old") else self.ltocache
 
     def argv_env(self, mode, base, cache, timing_log=None):
         argv = list(base)
@@ -55,10 +71,12 @@ class Linker:
         env.pop("MFLAGS", None)
 
         def distributor(prog):
+            # prog: the distributor's command (a Python script runs under PY).
+            prog = [PY, prog] if prog.endswith(".py") else [prog]
             if timing_log:
                 env["DTLTO_TIMING_LOG"] = timing_log
-                return [f"-fthinlto-distributor={TIMED}", f"-Xthinlto-distributor={prog}"]
-            return [f"-fthinlto-distributor={prog}"]
+                prog = [PY, TIMED, *prog]
+            return [f"-fthinlto-distributor={prog[0]}", *[f"-Xthinlto-distributor={a}" for a in prog[1:]]]
 
         if mode == "inproc":
             argv += [f"-Wl,--thinlto-cache-dir={cache}", f"-Wl,--thinlto-jobs={JOBS}"]
@@ -66,17 +84,20 @@ class Linker:
             argv += distributor(PLAIN) + [f"-Wl,--thinlto-cache-dir={cache}"]
         elif mode == "plain":
             argv += distributor(PLAIN)
-        elif mode == "wrapper":
-            argv += distributor(PLAIN) + [f"-Wl,--thinlto-remote-compiler={self.ltocache}",
+        elif mode in ("wrapper", "wrapper_old"):
+            argv += distributor(PLAIN) + [f"-Wl,--thinlto-remote-compiler={self.binary(mode)}",
                                           f"-Wl,--thinlto-remote-compiler-prepend-arg={self.clang}"]
             env["LTOCACHE_DIR"] = cache
-        elif mode == "distributor":
-            argv += distributor(self.ltocache)
+        elif mode in ("distributor", "distributor_old", "distributor_hl"):
+            argv += distributor(self.binary(mode))
             env["LTOCACHE_DIR"] = cache
         else:
             raise ValueError(mode)
-        for v in ("LTOCACHE_DISABLE", "LTOCACHE_RECACHE", "LTOCACHE_READONLY", "LTOCACHE_STATS_DIR"):
+        for v in ("LTOCACHE_DISABLE", "LTOCACHE_RECACHE", "LTOCACHE_READONLY", "LTOCACHE_STATS_DIR",
+                  "LTOCACHE_SERVE_MODE", "LTOCACHE_COMPRESSION"):
             env.pop(v, None)
+        if mode == "distributor_hl":
+            env["LTOCACHE_SERVE_MODE"] = "hardlink"
         return argv, env
 
     def link(self, mode, base, cache, cwd, timing_log=None):
@@ -110,7 +131,7 @@ def ltocache_stats(ltocache, cache):
     return json.loads(p.stdout) if p.returncode == 0 else {}
 
 
-def bench_corpus(rw, linker, corpus, work, repeat):
+def bench_corpus(rw, linker, corpus, work, repeat, modes, ab):
     b = rw.Build(corpus, work, linker.ltocache)
     fe = b.prepare()
     if fe:
@@ -124,7 +145,7 @@ def bench_corpus(rw, linker, corpus, work, repeat):
         return [linker.clang, *corpus.link_flags, "-O2", "-flto=thin", "-fuse-ld=lld", *b.lto_objs(),
                 "-o", os.path.join(outdir, corpus.product), *corpus.libs]
 
-    for mode in MODES:
+    for mode in modes:
         cache = os.path.join(caches, mode)
         shutil.rmtree(cache, ignore_errors=True)
         os.makedirs(cache)
@@ -144,14 +165,14 @@ def bench_corpus(rw, linker, corpus, work, repeat):
         r["change"] = (w, c)
         products[(mode, "change")] = sha(b.p(outdir, corpus.product))
         log(f"{corpus.name} {mode}: change {w:.2f} s wall, {c:.2f} s CPU")
-        if mode in ("wrapper", "distributor"):
-            s = ltocache_stats(linker.ltocache, cache)
+        if linker.binary(mode) and mode not in ("inproc", "lldcache", "plain"):
+            s = ltocache_stats(linker.binary(mode), cache)
             r["stats"] = {k: s.get(k) for k in ("hits", "misses", "uncacheable_total", "errors_total",
                                                  "own_cpu_seconds_on_hits", "own_cpu_seconds_on_misses")}
             r["stats"]["uncacheable"] = s.get("uncacheable")
         # The distributor's own run over the warm jobs (shim-timed), apart
         # from the rest of the link.
-        if mode in ("wrapper", "distributor", "plain"):
+        if mode not in ("inproc", "lldcache"):
             b.set_changed(False)
             linker.link(mode, base(outdir), cache, b.dir)  # warm again after the change
             tlog = os.path.join(caches, f"{mode}.timing")
@@ -167,15 +188,52 @@ def bench_corpus(rw, linker, corpus, work, repeat):
         b.set_changed(False)
         res["modes"][mode] = r
 
+    if ab:
+        res["ab"] = side_by_side(linker, b, base, caches, [m for m in modes if m not in ("plain", "inproc")], ab,
+                                 products, corpus.product)
     # Every distributor link must give the plain distributor's program.
     stale = []
-    for mode in ("lldcache", "wrapper", "distributor"):
-        for state in ("cold", "warm", "change"):
-            if products[(mode, state)] != products[("plain", state)]:
+    for mode in [m for m in modes if m not in ("plain", "inproc")]:
+        for state in ("cold", "warm", "change", "ab"):
+            if (mode, state) in products and products[(mode, state)] != products[("plain", "warm" if state == "ab" else state)]:
                 stale.append(f"{mode}/{state}")
     res["differs_from_plain"] = stale
     res["inproc_equals_plain"] = products[("inproc", "cold")] == products[("plain", "cold")]
     return res
+
+
+def side_by_side(linker, b, base, caches, modes, rounds, products, product):
+    """Warm links of every mode in alternation, `rounds` times, then the
+    distributors' runs over the warm jobs, alternating too: medians, taken
+    under the same load. Also the load average before and after."""
+    out = {"load_before": os.getloadavg(), "warm": {}, "dist_run_warm": {}}
+    links = {m: [] for m in modes}
+    for _ in range(rounds):
+        for m in modes:
+            outdir = os.path.join("out", m)
+            links[m].append(linker.link(m, base(outdir), os.path.join(caches, m), b.dir))
+    for m in modes:
+        outdir = os.path.join("out", m)
+        products[(m, "ab")] = sha(b.p(outdir, product))
+        out["warm"][m] = (statistics.median(x[0] for x in links[m]), statistics.median(x[1] for x in links[m]))
+    timed = [m for m in modes if m != "lldcache"]
+    logs = {m: os.path.join(caches, f"{m}.ab-timing") for m in timed}
+    for p in logs.values():
+        if os.path.exists(p):
+            os.unlink(p)
+    for _ in range(rounds):
+        for m in timed:
+            linker.link(m, base(os.path.join("out", m)), os.path.join(caches, m), b.dir, timing_log=logs[m])
+    for m in timed:
+        runs = [tuple(map(float, line.split())) for line in open(logs[m])]
+        out["dist_run_warm"][m] = (statistics.median(x[0] for x in runs), statistics.median(x[1] for x in runs))
+    out["load_after"] = os.getloadavg()
+    for m in modes:
+        w = out["warm"][m]
+        d = out["dist_run_warm"].get(m)
+        log(f"side by side {m}: warm link {w[0]:.3f} s wall, {w[1]:.3f} s CPU"
+            + (f"; distributor run {d[0]:.3f} s wall, {d[1]:.3f} s CPU" if d else ""))
+    return out
 
 
 # ---------------------------------------------------------------- stale probes
@@ -235,7 +293,7 @@ def fmt_table(results):
     lines = ["| corpus | mode | cold wall / CPU (s) | warm wall / CPU (s) | change wall / CPU (s) |",
              "|---|---|---|---|---|"]
     for name, r in results["corpora"].items():
-        for mode in MODES:
+        for mode in r["modes"]:
             m = r["modes"][mode]
             cell = lambda k: f"{m[k][0]:.3f} / {m[k][1]:.3f}"
             lines.append(f"| {name} ({r['modules']}) | {mode} | {cell('cold')} | {cell('warm')} | {cell('change')} |")
@@ -243,9 +301,22 @@ def fmt_table(results):
     lines.append("| corpus | distributor run over the warm jobs | wall (s) | CPU (s) |")
     lines.append("|---|---|---|---|")
     for name, r in results["corpora"].items():
-        for mode in ("plain", "wrapper", "distributor"):
-            m = r["modes"][mode]
-            lines.append(f"| {name} | {mode} | {m['dist_run_warm'][0]:.3f} | {m['dist_run_warm'][1]:.3f} |")
+        for mode, m in r["modes"].items():
+            if "dist_run_warm" in m:
+                lines.append(f"| {name} | {mode} | {m['dist_run_warm'][0]:.3f} | {m['dist_run_warm'][1]:.3f} |")
+    for name, r in results["corpora"].items():
+        if "ab" not in r:
+            continue
+        ab = r["ab"]
+        lines.append("")
+        lines.append(f"Side by side, {name}, medians (load average {ab['load_before'][0]:.1f} before, "
+                     f"{ab['load_after'][0]:.1f} after):")
+        lines.append("")
+        lines.append("| mode | warm link wall / CPU (s) | distributor run wall / CPU (s) |")
+        lines.append("|---|---|---|")
+        for mode, w in ab["warm"].items():
+            d = ab["dist_run_warm"].get(mode)
+            lines.append(f"| {mode} | {w[0]:.3f} / {w[1]:.3f} | " + (f"{d[0]:.3f} / {d[1]:.3f} |" if d else "— |"))
     return "\n".join(lines)
 
 
@@ -258,10 +329,19 @@ def main():
     ap.add_argument("--corpus", action="append")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-probes", action="store_true")
+    ap.add_argument("--ltocache-old", help="another ltocache binary, run as wrapper_old and distributor_old")
+    ap.add_argument("--hardlink", action="store_true", help="also distributor_hl (serve_mode = hardlink)")
+    ap.add_argument("--ab", type=int, default=0, help="rounds of alternating warm links and timed runs at the end")
     a = ap.parse_args()
+    modes = list(MODES)
+    if a.ltocache_old:
+        modes[modes.index("wrapper") + 1:modes.index("wrapper") + 1] = ["wrapper_old"]
+        modes.append("distributor_old")
+    if a.hardlink:
+        modes.append("distributor_hl")
 
     rw = load_realworld()
-    linker = Linker(a.llvm, a.ltocache)
+    linker = Linker(a.llvm, a.ltocache, a.ltocache_old)
     rw.CLANG = linker.clang
     rw.JOBS = JOBS
     crates = json.loads(a.crates)
@@ -278,14 +358,14 @@ def main():
         runs = []
         for _ in range(5):
             t0 = time.perf_counter()
-            subprocess.run([PLAIN, jf], check=True)
+            subprocess.run([PY, PLAIN, jf], check=True)
             runs.append(time.perf_counter() - t0)
         results["plain_distributor_startup_s"] = statistics.median(runs)
     names = a.corpus or ["zstd", "lua", "libgit2"]
     for name in names:
         cls = rw.CORPORA[name]
         corpus = cls(crates[cls.crate])
-        results["corpora"][name] = bench_corpus(rw, linker, corpus, a.work, a.repeat)
+        results["corpora"][name] = bench_corpus(rw, linker, corpus, a.work, a.repeat, modes, a.ab)
         with open(os.path.join(a.work, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
     if not a.skip_probes:

@@ -2,7 +2,14 @@
 # DTLTO benchmark: lld 23's distributed ThinLTO on zstd, Lua and libgit2 with
 # ltocache against its peers (docs/dtlto.md has the table and what it means).
 #
-#   benches/dtlto/run.sh [--corpus zstd|lua|libgit2]... [--repeat N]
+#   benches/dtlto/run.sh [--corpus zstd|lua|libgit2]... [--repeat N] [--skip-probes]
+#                        [--ltocache-old BIN] [--hardlink] [--ab N] [--work DIR]
+#
+# --ltocache-old runs a second ltocache binary as wrapper_old/distributor_old
+# in the same run; --hardlink adds the distributor with serve_mode = hardlink;
+# --ab N ends each corpus with N rounds of alternating warm links and timed
+# distributor runs (the side-by-side figures); --work puts the corpora's
+# build directories elsewhere (e.g. a tmpfs, see docs/dtlto.md).
 #
 # LLVM 23 comes from scripts/install-llvm23.sh (kept in a cache directory);
 # the corpora from crates.io as in benches/realworld/run.sh. Work files go to

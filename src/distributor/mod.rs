@@ -182,32 +182,25 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     // hashed (or memo-verified) once per run, not once per importer.
     let shared = SharedDigests::default();
 
-    let mut jobs: Vec<Job> = file
-        .jobs
-        .iter()
-        .map(|spec| {
-            let all: Vec<String> = common.iter().chain(&spec.args).cloned().collect();
-            let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF);
-            let mut batch = Batch::default();
-            let plan = match &ctx {
-                Some(ctx) => plan_job(ctx, &shared, &compiler, &all, spec, &file.common_inputs, &mut batch),
-                None => {
-                    if refused.is_some() {
-                        batch.add("uncacheable.cache_dir_refused", 1);
-                    }
-                    Plan::Plain
-                }
-            };
-            let own_cpu_ns = crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu0;
-            let ok = matches!(plan, Plan::Served);
-            Job { args: all.into_iter().map(OsString::from).collect(), plan, batch, own_cpu_ns, ok }
-        })
-        .collect();
+    // Keying and serving run on as many threads as the job limit allows
+    // (a hit is hashing and writing one object; with make's jobserver each
+    // thread past the first holds a token), handed back before any miss runs.
+    let (mut limit, how) = jobserver::Limit::choose(crate::util::env("MAKEFLAGS").as_deref(), opts.jobs);
+    let threads = serving_threads(&mut limit, file.jobs.len());
+    let planner = Planner {
+        ctx: ctx.as_ref(),
+        shared: &shared,
+        compiler: &compiler,
+        common: &common,
+        file: &file,
+        refused: refused.is_some(),
+    };
+    let mut jobs = planner.plan_all(threads);
+    limit.finished(0);
 
     let queue: Vec<usize> = (0..jobs.len()).filter(|&i| !matches!(jobs[i].plan, Plan::Served)).collect();
-    let (mut limit, how) = jobserver::Limit::choose(std::env::var("MAKEFLAGS").ok().as_deref(), opts.jobs);
     log.log(&format!(
-        "distributor: {} jobs, {} served, {} to run with {how}",
+        "distributor: {} jobs, {} served on {threads} thread(s), {} to run with {how}",
         jobs.len(),
         jobs.len() - queue.len(),
         queue.len()
@@ -219,6 +212,7 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         // This process's CPU time beyond the jobs' own steps (reading the
         // file, spawning, draining pipes) is shared out equally.
         let steps: i64 = jobs.iter().map(|j| j.own_cpu_ns).sum();
+        // RUSAGE_SELF: every thread's time, the serving threads' included.
         let shared = (crate::util::cpu_ns(libc::RUSAGE_SELF) - steps).max(0) / (jobs.len().max(1) as i64);
         let mut records: Vec<(&mut Batch, i64)> = jobs
             .iter_mut()
@@ -244,6 +238,89 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     Ok(all_ok)
 }
 
+/// At most this many threads key and serve jobs: past a few, the threads
+/// only wait for the filesystem's locks (and a link's jobs are few hundred).
+const MAX_SERVING_THREADS: usize = 8;
+
+/// How many threads key and serve the jobs: one per job the limit allows
+/// now (never blocking for a jobserver token), at most
+/// [`MAX_SERVING_THREADS`], at least one.
+fn serving_threads(limit: &mut jobserver::Limit, jobs: usize) -> usize {
+    let want = jobs.min(MAX_SERVING_THREADS);
+    let mut n = 0;
+    while n < want && limit.try_start(n) {
+        n += 1;
+    }
+    n.max(1)
+}
+
+/// What planning a job needs, shared by the serving threads.
+struct Planner<'c> {
+    ctx: Option<&'c Ctx<'c>>,
+    shared: &'c SharedDigests,
+    compiler: &'c str,
+    common: &'c [String],
+    file: &'c JobFile,
+    /// The cache directory was refused (crate::trust): counted per job.
+    refused: bool,
+}
+
+impl<'c> Planner<'c> {
+    /// Plans one job: keyed, checked and, on a hit, served.
+    fn plan(&self, spec: &JobSpec) -> Job<'c> {
+        let all: Vec<String> = self.common.iter().chain(&spec.args).cloned().collect();
+        // This thread's CPU time: the jobs are planned on several threads.
+        let cpu0 = crate::util::cpu_ns(libc::RUSAGE_THREAD);
+        let mut batch = Batch::default();
+        let plan = match self.ctx {
+            Some(ctx) => plan_job(ctx, self.shared, self.compiler, &all, spec, &self.file.common_inputs, &mut batch),
+            None => {
+                if self.refused {
+                    batch.add("uncacheable.cache_dir_refused", 1);
+                }
+                Plan::Plain
+            }
+        };
+        let own_cpu_ns = crate::util::cpu_ns(libc::RUSAGE_THREAD) - cpu0;
+        let ok = matches!(plan, Plan::Served);
+        Job { args: all.into_iter().map(OsString::from).collect(), plan, batch, own_cpu_ns, ok }
+    }
+
+    /// Plans every job, on `threads` threads taking the next job as each
+    /// finishes one (this one included). The jobs come back in file order;
+    /// each job's plan is the same whichever thread made it, and a thread
+    /// that cannot be started leaves its share to the others.
+    fn plan_all(&self, threads: usize) -> Vec<Job<'c>> {
+        let specs = &self.file.jobs;
+        if threads <= 1 || specs.len() <= 1 {
+            return specs.iter().map(|spec| self.plan(spec)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(spec) = specs.get(i) else { return done };
+                done.push((i, self.plan(spec)));
+            }
+        };
+        let mut planned: Vec<(usize, Job<'c>)> = std::thread::scope(|s| {
+            let helpers: Vec<_> =
+                (1..threads).filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok()).collect();
+            let mut all = work();
+            for h in helpers {
+                // A panic aborts the process (panic = "abort"), as it would
+                // on one thread; there is nothing to recover here.
+                all.extend(h.join().unwrap_or_default());
+            }
+            all
+        });
+        planned.sort_unstable_by_key(|(i, _)| *i);
+        debug_assert_eq!(planned.len(), specs.len());
+        planned.into_iter().map(|(_, j)| j).collect()
+    }
+}
+
 /// Analyses, cross-checks and keys one job, and serves it when it is a hit.
 fn plan_job<'c>(
     ctx: &'c Ctx,
@@ -255,7 +332,7 @@ fn plan_job<'c>(
     batch: &mut Batch,
 ) -> Plan<'c> {
     // The driver's environment is every job's (driver.rs refuses what makes it write or edit).
-    let analysed = crate::driver::refuse_env(&|v| std::env::var(v).ok())
+    let analysed = crate::driver::refuse_env(&|v| crate::util::env(v))
         .and_then(|()| args::expand_response_files(args))
         .and_then(|expanded| args::analyze(compiler, &expanded));
     let mut inv = match analysed {
@@ -274,8 +351,8 @@ fn plan_job<'c>(
         batch.add("uncacheable.dtlto_outputs_disagree", 1);
         return Plan::Plain;
     }
-    if let (Some(base), Ok(cwd)) = (&ctx.config.base_dir.value, std::env::current_dir()) {
-        args::relocate_args(&mut inv.hashed_args, base, &cwd);
+    if let (Some(base), Some(cwd)) = (&ctx.config.base_dir.value, crate::util::cwd()) {
+        args::relocate_args(&mut inv.hashed_args, base, cwd);
     }
     // The shard is read once: the hasher keeps the bytes the cross-check
     // read (and their stamp) for the key.

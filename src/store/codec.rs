@@ -105,13 +105,31 @@ pub fn compress(data: &[u8], level: i32, hash_log: Option<u32>) -> Result<Vec<u8
     }
 }
 
+thread_local! {
+    /// One decompression context per thread, reused: a distributor decodes
+    /// hundreds of objects in one link, and a context is a ~100 KiB
+    /// workspace to set up each time. A context holds no state between frames.
+    static DCTX: std::cell::RefCell<Option<DCtx>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Decodes a zstd frame whose content is at most `max` bytes (more is an
 /// error, not a larger allocation). The caller checks the exact size.
 pub fn decompress(frame: &[u8], max: usize) -> Result<Vec<u8>> {
+    DCTX.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            // SAFETY: as in `compress`.
+            let d = DCtx(unsafe { z::ZSTD_createDCtx_advanced(custom_mem()) });
+            ensure!(!d.0.is_null(), "creating a zstd context");
+            *slot = Some(d);
+        }
+        decompress_with(slot.as_ref().unwrap(), frame, max)
+    })
+}
+
+fn decompress_with(dctx: &DCtx, frame: &[u8], max: usize) -> Result<Vec<u8>> {
     // SAFETY: as in `compress`.
     unsafe {
-        let dctx = DCtx(z::ZSTD_createDCtx_advanced(custom_mem()));
-        ensure!(!dctx.0.is_null(), "creating a zstd context");
         let mut out: Vec<u8> = Vec::with_capacity(max);
         let n = check(
             z::ZSTD_decompressDCtx(

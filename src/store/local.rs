@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub struct LocalStore {
     /// The cache directory (the store is its `v1/`), opened once, when first needed.
     cache: PathBuf,
-    dir: std::sync::OnceLock<Dir>,
+    dir: std::sync::OnceLock<std::sync::Arc<Dir>>,
     root: PathBuf,
     /// zstd level for new outputs; `None` stores them raw (mapped, served
     /// without decoding — the fast path). Reading handles both kinds.
@@ -72,7 +72,7 @@ impl LocalStore {
             return Ok(d);
         }
         let d = Dir::open_root(&self.cache)?;
-        Ok(self.dir.get_or_init(|| d))
+        Ok(self.dir.get_or_init(|| std::sync::Arc::new(d)))
     }
 
     /// The cache directory, created when missing (before a store).
@@ -81,7 +81,15 @@ impl LocalStore {
             return Ok(d);
         }
         let d = Dir::create_root(&self.cache)?;
-        Ok(self.dir.get_or_init(|| d))
+        Ok(self.dir.get_or_init(|| std::sync::Arc::new(d)))
+    }
+
+    /// Use the cache directory already opened (and checked) by the caller.
+    pub fn with_opened(self, opened: Option<std::sync::Arc<Dir>>) -> LocalStore {
+        if let Some(d) = opened {
+            let _ = self.dir.set(d);
+        }
+        self
     }
 
     /// Keep outputs stored in at most `max` bytes inside their entry.
