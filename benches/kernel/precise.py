@@ -58,6 +58,37 @@ def apply(tree, edit, on):
     open(p, "w").write(text.replace(a, b, 1))
 
 
+def compare_save_temps(tree, dist, jobs, extra, dump, mode):
+    """The helper's post-import modules (dumped by the cold pass) against clang's own -save-temps=obj
+    X.3.import.bc, module by module; counts identical / different / skipped with reasons."""
+    bench.run_pass(dist, "ref", jobs, dict(os.environ), list(extra) + ["-save-temps=obj"])
+    same, diff, reasons = 0, [], {}
+    for m in dist.bitcode:
+        nat = tree.path(dist.native(m, "cache"))
+        ours = os.path.join(dump, os.path.realpath(nat).lstrip("/") + ".3.import.bc")
+        # -save-temps=obj names the temps after the input, in the output's directory (the input's here).
+        base = tree.path(m[:-2])
+        theirs = base + ".s.3.import.bc"
+        if not os.path.exists(ours):
+            reasons["no helper module (refused: see ltocache's log)"] = \
+                reasons.get("no helper module (refused: see ltocache's log)", 0) + 1
+        elif not os.path.exists(theirs):
+            reasons["clang wrote no .3.import.bc"] = reasons.get("clang wrote no .3.import.bc", 0) + 1
+        elif open(ours, "rb").read() == open(theirs, "rb").read():
+            same += 1
+        else:
+            diff.append(m)
+        for suffix in (".s", ".s.0.preopt.bc", ".s.1.promote.bc", ".s.2.internalize.bc", ".s.3.import.bc",
+                       ".s.4.opt.bc", ".s.5.precodegen.bc", ".s.resolution.txt"):
+            try:
+                os.unlink(base + suffix)
+            except FileNotFoundError:
+                pass
+    row = {"mode": mode, "modules": len(dist.bitcode), "identical": same, "different": diff, "skipped": reasons}
+    bench.log("save-temps: " + json.dumps(row))
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -67,6 +98,8 @@ def main():
     ap.add_argument("--edits", default="setup_arch,slob_free,cold_attr,weak,rodata_init")
     ap.add_argument("--modes", default="default,naming")
     ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--savetemps", action="store_true",
+                    help="compare the helper's post-import module with clang's -save-temps=obj X.3.import.bc")
     a = ap.parse_args()
     work = os.path.abspath(a.work)
     logdir = os.path.join(work, "logs")
@@ -78,7 +111,7 @@ def main():
         apply(tree, e, False)
     bench.log("make vmlinux (base state)")
     tree.make("vmlinux", tag="precise-base")
-    results, stale_total = [], 0
+    results, stale_total, savetemps = [], 0, []
     ignore = shutil.ignore_patterns("*.sock", "*.sock.lock")
     for mode in a.modes.split(","):
         extra = NAMING if mode == "naming" else []
@@ -99,13 +132,19 @@ def main():
                           LTOCACHE_VERIFY="1")
         dist = bench.Dist(tree)
         dist.thin_link()
-        cold = bench.run_pass(dist, "cache", a.jobs, env, extra)
+        dump = os.path.join(work, f"precise-dump-{mode}")
+        shutil.rmtree(dump, ignore_errors=True)
+        cold = bench.run_pass(dist, "cache", a.jobs, dict(env, LTOCACHE_PRECISE_DUMP=dump) if a.savetemps else env,
+                              extra)
         s0 = stats(env)
         base_ref = bench.run_pass(dist, "ref", a.jobs, dict(os.environ), extra)
         base_sha = {m: bench.sha(tree.path(dist.native(m, "ref"))) for m in dist.bitcode}
+        if a.savetemps:
+            savetemps.append(compare_save_temps(tree, dist, a.jobs, extra, dump, mode))
+            shutil.rmtree(dump, ignore_errors=True)
         cold_stale = [m for m in dist.bitcode if bench.sha(tree.path(dist.native(m, "cache"))) != base_sha[m]]
         stale_total += len(cold_stale)
-        for name in a.edits.split(","):
+        for name in [e for e in a.edits.split(",") if e]:
             edit = EDITS[name]
             for src, dst in ((cache, today), (cache, verify)):
                 shutil.rmtree(dst, ignore_errors=True)
@@ -159,7 +198,10 @@ def main():
         dist = bench.Dist(tree)
         dist.thin_link()
     with open(os.path.join(work, "results-precise.json"), "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump({"edits": results, "savetemps": savetemps}, f, indent=1)
+    for r in savetemps:
+        print(f"save-temps {r['mode']}: {r['modules']} modules, {r['identical']} identical, "
+              f"{len(r['different'])} different, skipped {r['skipped']}")
     print(f"{'mode':8} {'edit':11} {'fk miss':>7} {'compiled today':>14} {'compiled precise':>16} "
           f"{'precise hits':>12} {'CPU today s':>11} {'CPU precise s':>13} {'wall today s':>12} "
           f"{'wall precise s':>14} changed stale verified(2nd) stale_detected")
