@@ -149,7 +149,11 @@ std::string unvettedIndexFeature(const ModuleSummaryIndex &Index) {
     return "index has CFI functions";
   if (!Index.stackIds().empty()) return "index has MemProf stack ids";
   for (const auto &Entry : Index) {
+#if LLVM_VERSION_MAJOR >= 23
+    for (const auto &S : Entry.second.getSummaryList()) {
+#else
     for (const auto &S : Entry.second.SummaryList) {
+#endif
       if (auto *FS = dyn_cast<FunctionSummary>(S.get())) {
         if (!FS->type_tests().empty() || !FS->type_test_assume_vcalls().empty() ||
             !FS->type_checked_load_vcalls().empty() ||
@@ -242,9 +246,19 @@ std::string answer(const Request &R) {
 
   // clang's CodeGenAction overrides a module triple that differs from the
   // target's (with a warning); so do we, before anything looks at it.
+#if LLVM_VERSION_MAJOR >= 23
+  if (M->getTargetTriple().str() != R.triple) M->setTargetTriple(Triple(R.triple));
+#else
   if (M->getTargetTriple() != R.triple) M->setTargetTriple(R.triple);
+#endif
 
+#if LLVM_VERSION_MAJOR >= 23
+  // The import list refers to its entries through a table it does not own.
+  FunctionImporter::ImportIDTable ImportIDs;
+  FunctionImporter::ImportMapTy ImportList(ImportIDs);
+#else
   FunctionImporter::ImportMapTy ImportList;
+#endif
   if (!lto::initImportList(*M, *Index, ImportList)) throw Refusal{"import list"};
   DenseMap<StringRef, GVSummaryMapTy> Defined;
   Index->collectDefinedGVSummariesPerModule(Defined);
@@ -277,8 +291,16 @@ std::string answer(const Request &R) {
   auto AddStream = [&](size_t, const Twine &) -> Expected<std::unique_ptr<CachedFileStream>> {
     return createStringError(inconvertibleErrorCode(), "no output past the post-import hook");
   };
+#if LLVM_VERSION_MAJOR >= 23
+  // CodeGenOnly and the bitcode library functions only concern the steps
+  // after the hook (the optimiser's pipeline), which never run here.
+  Error E = lto::thinBackend(Conf, -1, AddStream, *M, *Index, ImportList,
+                             Defined[M->getModuleIdentifier()], /*ModuleMap=*/nullptr,
+                             /*CodeGenOnly=*/false, /*BitcodeLibFuncs=*/{});
+#else
   Error E = lto::thinBackend(Conf, -1, AddStream, *M, *Index, ImportList,
                              Defined[M->getModuleIdentifier()], /*ModuleMap=*/nullptr);
+#endif
   if (E) throw Refusal{"thinBackend: " + toString(std::move(E))};
   if (!Reached) throw Refusal{"post-import hook not reached"};
   if (!Diag.empty()) throw Refusal{"LLVM diagnostic: " + Diag};

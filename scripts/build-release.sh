@@ -22,15 +22,30 @@
 # build time: 3 minutes from scratch, dependencies included, on 2 busy cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Precise invalidation's helper (helper/, docs/precise-invalidation.md) goes
-# beside the binary, where ltocache looks for it, when LLVM's development
-# files are installed (LLVM_CONFIG, default llvm-config-19). Without them
-# ltocache runs with the first key only.
+# Precise invalidation's helpers (helper/, docs/precise-invalidation.md) go
+# beside the binary, one per LLVM whose development files are installed,
+# named ltocache-precise-<major>: ltocache picks the one mapping the same
+# libLLVM as the job's compiler (a clang-19 job the 19 helper, a clang-23 job
+# the 23 one). LLVM_CONFIG names one LLVM; by default Debian's llvm-config-19
+# and the PyPI LLVM 23 of scripts/install-llvm23.sh ($LTOCACHE_LLVM23_DIR,
+# default ~/.cache/ltocache-llvm23), each when present. Without any, ltocache
+# runs with the first key only.
 finish() {
-    if command -v "${LLVM_CONFIG:-llvm-config-19}" >/dev/null 2>&1; then
-        helper/build.sh "$(dirname "$1")/ltocache-precise" >/dev/null ||
-            echo "build-release.sh: the precise-mode helper did not build; ltocache runs without it" >&2
+    local dir configs config major
+    dir="$(dirname "$1")"
+    if [ -n "${LLVM_CONFIG:-}" ]; then
+        configs=("$LLVM_CONFIG")
+    else
+        configs=(llvm-config-19 "${LTOCACHE_LLVM23_DIR:-$HOME/.cache/ltocache-llvm23}/bin/llvm-config")
     fi
+    # An unversioned helper an older build left would be tried too.
+    rm -f "$dir/ltocache-precise"
+    for config in "${configs[@]}"; do
+        command -v "$config" >/dev/null 2>&1 || continue
+        major="$("$config" --version | cut -d. -f1)"
+        LLVM_CONFIG="$config" helper/build.sh "$dir/ltocache-precise-$major" >/dev/null ||
+            echo "build-release.sh: the precise-mode helper for LLVM $major did not build; its compiler runs without it" >&2
+    done
     echo "$1"
 }
 musl=x86_64-unknown-linux-musl

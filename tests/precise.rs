@@ -6,157 +6,9 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
-use util::{ltocache_bin, ok, stat_of, Fixture, CLANG, MODULES};
-
-/// Builds helper/ltocache-precise once for this test binary.
-fn helper() -> PathBuf {
-    static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER
-        .get_or_init(|| {
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ltocache-precise");
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("helper/build.sh");
-            ok(Command::new("bash").arg(script).arg(&out));
-            out
-        })
-        .clone()
-}
-
-/// A small project of its own: `lib.c` exports a read-only table, a
-/// function reading it, one using a static (promoted when imported), one
-/// imported by nobody; `table.c` and `step.c` import from it.
-const LIB_C: &str = r#"
-const int lib_table[4] = {10, 20, 30, 40};
-static int lib_state;
-int lib_lookup(int i) { return lib_table[i & 3]; }
-static int lib_inner(int x) { return x * 3 + lib_state; }
-int lib_step(int x) { lib_state += x; return lib_inner(x); }
-int lib_unused(int x) { return x * 7; }
-"#;
-const TABLE_C: &str = "int lib_lookup(int);\nint use_table(int i) { return lib_lookup(i) + 1; }\n";
-const STEP_C: &str = "int lib_step(int);\nint use_step(int x) { return lib_step(x) * 2; }\n";
-const MAIN_C: &str = "#include <stdio.h>\nint use_table(int); int use_step(int);\n\
-                      int main(void) { printf(\"%d %d\\n\", use_table(2), use_step(5)); return 0; }\n";
-const PROJECT: &[&str] = &["lib", "table", "step", "main"];
-
-struct Project {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    cache: PathBuf,
-    /// Front-end flags (e.g. -g).
-    cflags: Vec<String>,
-    /// Backend flags (e.g. the naming option).
-    bflags: Vec<String>,
-}
-
-impl Project {
-    fn new(cflags: &[&str], bflags: &[&str]) -> Project {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("build");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (m, text) in PROJECT.iter().zip([LIB_C, TABLE_C, STEP_C, MAIN_C]) {
-            std::fs::write(dir.join(format!("{m}.c")), text).unwrap();
-        }
-        let p = Project {
-            cache: tmp.path().join("cache"),
-            _tmp: tmp,
-            dir,
-            cflags: cflags.iter().map(|s| s.to_string()).collect(),
-            bflags: bflags.iter().map(|s| s.to_string()).collect(),
-        };
-        for m in PROJECT {
-            p.frontend(m);
-        }
-        p.thin_link();
-        p
-    }
-
-    fn frontend(&self, m: &str) {
-        ok(Command::new(CLANG).current_dir(&self.dir).args(["-O2", "-flto=thin", "-c"]).args(&self.cflags).args([
-            format!("{m}.c"),
-            "-o".into(),
-            format!("{m}.o"),
-        ]));
-    }
-
-    fn thin_link(&self) {
-        let objs: Vec<String> = PROJECT.iter().map(|m| format!("{m}.o")).collect();
-        ok(Command::new(CLANG)
-            .current_dir(&self.dir)
-            .args(["-fuse-ld=lld", "-flto=thin", "-Wl,--thinlto-index-only", "-o", "prog"])
-            .args(&objs));
-    }
-
-    fn edit(&self, m: &str, from: &str, to: &str) {
-        let path = self.dir.join(format!("{m}.c"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{m}.c lacks {from:?}");
-        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-        self.frontend(m);
-        self.thin_link();
-    }
-
-    fn backend_args(&self, m: &str, out: &str) -> Vec<String> {
-        let mut a: Vec<String> = vec!["-O2".into(), "-c".into(), format!("-fthinlto-index={m}.o.thinlto.bc")];
-        a.extend(self.bflags.iter().cloned());
-        a.extend(["-x".into(), "ir".into(), format!("{m}.o"), "-o".into(), out.into()]);
-        a
-    }
-
-    fn ltocache(&self) -> Command {
-        let mut c = Command::new(ltocache_bin());
-        c.current_dir(&self.dir)
-            .env("LTOCACHE_DIR", &self.cache)
-            .env("LTOCACHE_PRECISE_HELPER", helper())
-            .env("LTOCACHE_PRECISE_COLD", "sync")
-            .env("LTOCACHE_PRECISE_IDLE", "3")
-            .env("LTOCACHE_LOGFILE", self.cache.with_file_name("ltocache.log"))
-            .env_remove("LTOCACHE_PRECISE")
-            .env_remove("LTOCACHE_DISABLE")
-            .env_remove("LTOCACHE_RECACHE")
-            .env_remove("LTOCACHE_READONLY")
-            .env_remove("LTOCACHE_STATS_DIR");
-        c
-    }
-
-    fn backend(&self, m: &str) -> Output {
-        let out = self.ltocache().arg(CLANG).args(self.backend_args(m, &format!("{m}.native.o"))).output().unwrap();
-        assert!(out.status.success(), "{m}: {}", String::from_utf8_lossy(&out.stderr));
-        out
-    }
-
-    fn build(&self) {
-        for m in PROJECT {
-            self.backend(m);
-        }
-    }
-
-    fn stat(&self, name: &str) -> i64 {
-        stat_of(&self.stats_json(), name)
-    }
-
-    fn stats_json(&self) -> String {
-        String::from_utf8(ok(self.ltocache().args(["stats", "--json"])).stdout).unwrap()
-    }
-
-    fn object(&self, m: &str) -> Vec<u8> {
-        std::fs::read(self.dir.join(format!("{m}.native.o"))).unwrap()
-    }
-
-    /// Panics unless every object equals what clang alone produces now.
-    fn assert_fresh(&self, what: &str) {
-        for m in PROJECT {
-            let out = format!("{m}.fresh.o");
-            ok(Command::new(CLANG).current_dir(&self.dir).args(self.backend_args(m, &out)));
-            let fresh = std::fs::read(self.dir.join(&out)).unwrap();
-            assert_eq!(self.object(m), fresh, "{what}: {m}.native.o is stale");
-        }
-    }
-}
-
-const NAMING: &[&str] = &["-mllvm", "-use-source-filename-for-promoted-locals"];
+use std::process::Command;
+use util::precise::{helper19 as helper, Project, NAMING, PROJECT};
+use util::{ok, stat_of, Fixture, CLANG, MODULES};
 
 /// Builds, applies one edit, rebuilds; every object must equal a fresh
 /// backend's. Returns the precise hits of the rebuild per module.
@@ -187,44 +39,20 @@ fn served(v: &[(String, bool)], m: &str) -> bool {
 
 #[test]
 fn helper_post_import_module_equals_clangs_save_temps_for_every_module() {
-    let f = Fixture::new();
+    let f = Project::with(CLANG.into(), false, &[], &[]);
     let p = Project::new(&[], &[]);
     let pg = Project::new(&["-g"], &[]);
-    let mut compared = 0;
-    let cases: Vec<(&Path, Vec<&str>, &[&str])> = vec![
-        (&f.dir, MODULES.to_vec(), &[]),
-        (&f.dir, MODULES.to_vec(), NAMING),
-        (&f.dir, MODULES.to_vec(), &["-fno-PIE", "-ffunction-sections"]),
-        (&p.dir, PROJECT.to_vec(), &[]),
-        (&p.dir, PROJECT.to_vec(), NAMING),
+    let cases: Vec<(&Project, &[&str])> = vec![
+        (&f, &[]),
+        (&f, NAMING),
+        (&f, &["-fno-PIE", "-ffunction-sections"]),
+        (&p, &[]),
+        (&p, NAMING),
         // -fPIC: the driver adds -fhalf-no-semantic-interposition to cc1.
-        (&p.dir, PROJECT.to_vec(), &["-fPIC"]),
-        (&pg.dir, PROJECT.to_vec(), &["-g"]),
+        (&p, &["-fPIC"]),
+        (&pg, &["-g"]),
     ];
-    for (dir, modules, extra) in cases {
-        for m in modules {
-            let mut args: Vec<String> = vec!["-O2".into(), "-c".into(), format!("-fthinlto-index={m}.o.thinlto.bc")];
-            args.extend(extra.iter().map(|s| s.to_string()));
-            args.extend(["-x".into(), "ir".into(), format!("{m}.o"), "-o".into(), format!("{m}.st.o")]);
-            // clang's own: -save-temps=obj names the temps after the output.
-            ok(Command::new(CLANG).current_dir(dir).args(&args).arg("-save-temps=obj"));
-            let theirs = std::fs::read(dir.join(format!("{m}.st.o.3.import.bc")))
-                .or_else(|_| std::fs::read(dir.join(format!("{m}.st.3.import.bc"))))
-                .or_else(|_| std::fs::read(dir.join(format!("{m}.s.3.import.bc"))))
-                .unwrap_or_else(|e| panic!("no .3.import.bc for {m}: {e}"));
-            // Ours, from the cc1 line of the same command, as ltocache does.
-            let inv = ltocache::args::analyze(CLANG, &args).unwrap();
-            let hash = ok(Command::new(CLANG).current_dir(dir).args(&args).arg("-###"));
-            let text = String::from_utf8_lossy(&hash.stderr).into_owned();
-            let line = text.lines().find(|l| l.starts_with(" \"")).unwrap();
-            let cc1 = ltocache::precise::split_job_line(line).unwrap()[1..].to_vec();
-            let dump = dir.join(format!("{m}.helper.bc"));
-            let answer = ltocache::precise::dump_post_import(&helper(), dir, &inv, &cc1, &dump).unwrap();
-            assert!(answer.starts_with("ok "), "{m} {extra:?}: {answer}");
-            assert!(std::fs::read(&dump).unwrap() == theirs, "{m} {extra:?}: post-import module differs from clang's");
-            compared += 1;
-        }
-    }
+    let compared: usize = cases.into_iter().map(|(b, extra)| b.compare_with_save_temps(&helper(), extra)).sum();
     assert_eq!(compared, 3 * MODULES.len() + 4 * PROJECT.len());
 }
 
@@ -318,8 +146,13 @@ fn cold_compiles_compute_nothing_before_compiling_and_record_in_the_background()
     }
     assert_eq!(p.stat("computed"), 0);
     assert!(!p.stats_json().contains("\"computed\""), "a cold build with skip computes no second key");
-    // Background: after the compile, in a child; the mapping appears.
+    // Background: after the compile, in a child; the mapping appears. (The
+    // objects go too: a job whose output exists was compiled before, and
+    // computes its second key before compiling.)
     std::fs::remove_dir_all(&p.cache).unwrap();
+    for m in PROJECT {
+        std::fs::remove_file(p.dir.join(format!("{m}.native.o"))).unwrap();
+    }
     for m in PROJECT {
         run(m, "background");
     }
@@ -330,10 +163,25 @@ fn cold_compiles_compute_nothing_before_compiling_and_record_in_the_background()
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(maps() >= 3, "background mappings: {}", maps());
+    // lib's shard lists lib alone: nothing is forked for it. The children
+    // count what they computed and cost in records of their own.
+    assert_eq!(p.stat("skipped_no_imports"), 1, "{}", p.stats_json());
+    assert_eq!(p.stat("background"), 3, "{}", p.stats_json());
+    while p.stat("background_computed") < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(p.stat("background_computed"), 3, "{}", p.stats_json());
+    assert!(p.stat("helper_cpu_ms") + p.stat("cpu_ms") > 0, "{}", p.stats_json());
+    // They asked a server of their own (it runs at idle priority); the
+    // foreground jobs of the rebuild below ask another one.
+    let servers =
+        |suffix: &str| util::files_under(&p.cache).iter().filter(|f| f.to_string_lossy().ends_with(suffix)).count();
+    assert_eq!((servers("-idle.sock.lock"), servers(".sock.lock")), (1, 1), "{:?}", util::files_under(&p.cache));
     p.edit("lib", "return x * 7;", "return x * 9;");
     for m in PROJECT {
         run(m, "background");
     }
+    assert_eq!(servers(".sock.lock") - servers("-idle.sock.lock"), 1, "the rebuild's jobs asked a normal server");
     assert_eq!(p.stat("precise_hits"), 1);
     p.assert_fresh("background");
 }

