@@ -188,6 +188,13 @@ pub fn prepare_with<'c>(
                 // An argument base_dir rewrote names this checkout's path.
                 let relocated = before_relocation.iter().zip(&eff.hashed_args).filter(|(a, b)| a != b);
                 k.unkeyed_paths.extend(relocated.map(|(a, _)| a.clone()));
+                // Clang may print such an argument otherwise than it was
+                // given (`-I/b/inc` as `'-I /b/inc'`): stderr naming base_dir
+                // at all names this checkout, so that is a path the key does
+                // not cover either.
+                if let Some(base) = &ctx.config.base_dir.value {
+                    k.unkeyed_paths.push(base.display().to_string());
+                }
                 k
             });
             effective = Some(eff);

@@ -661,3 +661,44 @@ fn fast_shard_digest_sees_every_change_decoding_sees() {
     assert!(compared > 1000 && differed > 500, "{compared} variants read, {differed} changed");
     assert!(moved * 100 < compared, "{moved} variants with the module table moved");
 }
+
+/// `base_dir` with the distributor: an argument naming this checkout's path
+/// is relocated in the key, and clang's stderr that names it is stored under
+/// a key covering that path, so a second checkout sharing the cache never
+/// sees the first one's path (as for a wrapped compile: tests/keyhonest.rs).
+/// The distributor used to relocate the arguments before backend::prepare
+/// did, which then saw nothing to relocate and keyed the stderr plainly.
+#[test]
+fn distributor_with_base_dir_never_replays_another_checkouts_paths() {
+    let a = Dt::new();
+    let mut b = Dt::new();
+    b.cache = a.cache.clone();
+    let link = |d: &Dt| {
+        // Outside the build directory (stderr naming the working directory
+        // is path-keyed anyway), inside base_dir.
+        let inc = d.dir.parent().unwrap().join("inc");
+        std::fs::create_dir_all(&inc).unwrap();
+        let mut c = d.cmd(d.bin.join("clang"));
+        c.args(["-O2", "-flto=thin", "-fuse-ld=lld", "-o", "prog"])
+            .args(&d.inputs)
+            .arg(format!("-fthinlto-distributor={}", ltocache_bin().display()))
+            // lld's job commands carry -Wno-unused-command-line-argument:
+            // turned back on, clang names the unused -I directory.
+            .arg("-Wl,--thinlto-remote-compiler-arg=-Wunused-command-line-argument")
+            .arg(format!("-Wl,--thinlto-remote-compiler-arg=-I{}", inc.display()))
+            .env("LTOCACHE_BASE_DIR", d.dir.parent().unwrap());
+        let out = ok_out(c.output().unwrap(), "link through the distributor with base_dir");
+        (String::from_utf8_lossy(&out.stderr).into_owned(), inc.display().to_string())
+    };
+    let (err_a, inc_a) = link(&a);
+    assert!(err_a.contains(&inc_a), "clang names the unused -I path: {err_a}");
+    let (err_b, inc_b) = link(&b);
+    assert!(err_b.contains(&inc_b), "checkout b must see its own path, got: {err_b}");
+    assert!(!err_b.contains(&inc_a), "checkout b must not see checkout a's path: {err_b}");
+    assert_eq!(a.stat("stores_path_keyed"), 2 * MODULES.len() as i64, "each checkout's jobs get their own entries");
+    // Such entries are keyed on every unkeyed path, lld's per-link job file
+    // names (with its PID) included, so they do not even hit across links of
+    // one checkout: a miss, never another checkout's text.
+    let (again_b, _) = link(&b);
+    assert!(again_b.contains(&inc_b) && !again_b.contains(&inc_a), "{again_b}");
+}

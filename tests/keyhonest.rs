@@ -320,6 +320,36 @@ fn stderr_naming_a_relocated_path_is_not_replayed_in_another_checkout() {
     assert_eq!(a.stat("hits"), 1);
 }
 
+/// The same with the joined spelling and a directory outside the working
+/// directory: clang prints `-I/x/inc` as `'-I /x/inc'`, so matching the
+/// argument's text missed it and the second checkout was served the first
+/// one's path. Stderr naming base_dir at all now stores path-keyed.
+#[test]
+fn stderr_naming_base_dir_in_another_spelling_is_not_replayed_in_another_checkout() {
+    let a = Fixture::new();
+    let b = Fixture::sharing_cache_with(&a);
+    let run = |f: &Fixture| {
+        let base = f.dir.parent().unwrap();
+        let inc = base.join("inc");
+        std::fs::create_dir_all(&inc).unwrap();
+        let joined = format!("-I{}", inc.display());
+        let mut c = f.ltocache();
+        c.env("LTOCACHE_BASE_DIR", base);
+        c.arg(CLANG).args(f.backend_args("vec", "vec.final_o", &[&joined]));
+        let out = c.output().unwrap();
+        assert!(out.status.success());
+        (String::from_utf8_lossy(&out.stderr).into_owned(), inc.display().to_string())
+    };
+    let (err_a, inc_a) = run(&a);
+    assert!(err_a.contains(&inc_a), "clang names the unused -I path: {err_a}");
+    let (err_b, inc_b) = run(&b);
+    assert!(err_b.contains(&inc_b), "checkout b must see its own path, got: {err_b}");
+    assert!(!err_b.contains(&inc_a), "checkout b must not see checkout a's path: {err_b}");
+    let (again_b, _) = run(&b);
+    assert_eq!(again_b, err_b);
+    assert_eq!(a.stat("hits"), 1, "each checkout hits its own entry");
+}
+
 // ---- 6. the compiler behind its name ----
 
 fn write_script(f: &Fixture, name: &str, body: &str) -> std::path::PathBuf {

@@ -335,7 +335,7 @@ fn plan_job<'c>(
     let analysed = crate::driver::refuse_env(&|v| crate::util::env(v))
         .and_then(|()| args::expand_response_files(args))
         .and_then(|expanded| args::analyze(compiler, &expanded));
-    let mut inv = match analysed {
+    let inv = match analysed {
         Ok(inv) => inv,
         Err(reason) => {
             ctx.log.log(&format!("uncacheable ({reason}): {}", spec.args.join(" ")));
@@ -351,9 +351,9 @@ fn plan_job<'c>(
         batch.add("uncacheable.dtlto_outputs_disagree", 1);
         return Plan::Plain;
     }
-    if let (Some(base), Some(cwd)) = (&ctx.config.base_dir.value, crate::util::cwd()) {
-        args::relocate_args(&mut inv.hashed_args, base, cwd);
-    }
+    // `base_dir` is applied by backend::prepare_with, as for a wrapped
+    // compile: it also notes which arguments named this checkout's paths
+    // (their stderr is then stored under a path-covering key).
     // The shard is read once: the hasher keeps the bytes the cross-check
     // read (and their stamp) for the key.
     // A shard that is not a regular file is never opened (a FIFO's writer
