@@ -80,6 +80,8 @@ pub struct Keyed<'c> {
     pub output_name: String,
     /// The second key, when precise mode computed one (crate::precise).
     pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
+    /// Whether the second key was already looked up (verification looks first).
+    pub precise_looked: std::cell::Cell<bool>,
     /// The invocation as the driver sees it: configuration files' flags in
     /// front of argv (driver.rs), `base_dir` applied.
     pub inv: BackendInvocation,
@@ -214,7 +216,16 @@ pub fn prepare_with<'c>(
     batch.add("bytes_hashed", hasher.bytes_hashed as i64);
     let inv = effective.expect("the key was computed from the effective invocation");
     let output_name = absolute(&inv.output);
-    Ok(Keyed { program, key, hasher, output_before, output_name, precise: Default::default(), inv })
+    Ok(Keyed {
+        program,
+        key,
+        hasher,
+        output_before,
+        output_name,
+        precise: Default::default(),
+        precise_looked: Default::default(),
+        inv,
+    })
 }
 
 /// Looks the key up in the local store and, on a hit, puts every output in

@@ -176,6 +176,12 @@ pub const CC1_VETTED: &[&str] = &[
     "-fwarn-stack-size",
     "-nobuiltininc",
     "-nostdsysteminc",
+    // What the driver adds for -fPIC (zstd's and libgit2's backends): a
+    // language option read by the front end's code generation
+    // (CodeGenModule's dso_local decisions), which does not run for IR
+    // input; the module before the hook is clang's (tests/precise.rs,
+    // benches/realworld/precise.py compare it with -save-temps).
+    "-fhalf-no-semantic-interposition",
     // clang 23 passes this on every x86-64 backend (19 defined a macro
     // instead): whether the assembler writes `.cfi_*` directives
     // (TargetMachine's MC options), code generation only.
@@ -972,7 +978,8 @@ pub fn compute(
     let cc1 = parse_cc1(&cc1_line(ctx, inv, job, &cwd)?)?;
     // The real path: the socket's name is handed to the helper server, a
     // process of its own, where this one's /proc/self/fd means nothing.
-    let answer = match ask(&ctx.config.state().real, helper, &request_text(&cwd, inv, &cc1, None)) {
+    let dump = dump_path(&cwd, inv);
+    let answer = match ask(&ctx.config.state().real, helper, &request_text(&cwd, inv, &cc1, dump.as_deref())) {
         Ok(a) => a,
         Err(e) => return refuse("helper_error", format!("{e:#}")),
     };
@@ -982,6 +989,21 @@ pub fn compute(
         helper_cpu_ns,
         helper: helper.path.clone(),
     })
+}
+
+/// `LTOCACHE_PRECISE_DUMP=DIR` (benchmarks: benches/realworld/precise.py):
+/// the helper also writes each job's post-import module, as `-save-temps=obj`
+/// writes `X.3.import.bc`, to `DIR/<output path>.3.import.bc`, so that the
+/// module the real jobs hashed can be compared with clang's own.
+fn dump_path(cwd: &Path, inv: &BackendInvocation) -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("LTOCACHE_PRECISE_DUMP").filter(|d| !d.is_empty())?);
+    let out = cwd.join(&inv.output);
+    let rel = out.strip_prefix("/").unwrap_or(&out);
+    let mut name = dir.join(rel).into_os_string();
+    name.push(".3.import.bc");
+    let name = PathBuf::from(name);
+    std::fs::create_dir_all(name.parent()?).ok()?;
+    Some(name)
 }
 
 /// Asks `helper` (a process of its own) for the post-import module of the
@@ -1020,11 +1042,16 @@ fn count_refusal(ctx: &Ctx, inv: &BackendInvocation, batch: &mut Batch, r: &Refu
     batch.add(&format!("precise.refused.{}", r.code), 1);
 }
 
-/// After the first key missed: computes the second key (when this output
-/// was compiled before, or the cold policy says so) and serves its entry.
-/// Returns the stderr to replay on a hit; on a miss, keeps the second key in
-/// the job for [`after_store`].
-pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch) -> Option<Vec<u8>> {
+/// Computes the second key (when this output was compiled before, or the
+/// cold policy says so) and finds the entry it maps to, without serving it.
+/// The second key stays in the job either way.
+fn lookup(
+    ctx: &Ctx,
+    inv: &BackendInvocation,
+    job: &Keyed,
+    batch: &mut Batch,
+) -> Option<(Second, [u8; 32], crate::store::Entry)> {
+    job.precise_looked.set(true);
     if !job.output_existed() && cold_policy() != Cold::Sync {
         // A cold compile: nothing is computed before it (see after_store).
         return None;
@@ -1060,13 +1087,49 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     }
     *job.precise.borrow_mut() = Some(second.clone());
     let target = read_map(ctx, &second.digest)?;
-    let entry = match ctx.store.get_entry_and_last_use(&target) {
-        Ok((Lookup::Hit(e), _)) => e,
+    match ctx.store.get_entry_and_last_use(&target) {
+        Ok((Lookup::Hit(e), _)) => Some((second, target, e)),
         _ => {
             batch.add("precise.dangling", 1);
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// `LTOCACHE_VERIFY` for the second key: the entry a second-key hit would
+/// serve, so that the caller compiles anyway and compares (verify.rs), as it
+/// does for first-key hits. A stale result is then stored under the first
+/// key and [`remap_after_stale`] points the mapping at it.
+pub fn verify_candidate(
+    ctx: &Ctx,
+    inv: &BackendInvocation,
+    job: &Keyed,
+    batch: &mut Batch,
+) -> Option<crate::store::Entry> {
+    let (_, _, entry) = lookup(ctx, inv, job, batch)?;
+    batch.add("precise.verified", 1);
+    Some(entry)
+}
+
+/// After a verified second-key hit was stale and the fresh result stored
+/// under the first key: the mapping now names that entry.
+pub fn remap_after_stale(ctx: &Ctx, job: &Keyed) {
+    if let Some(second) = job.precise.borrow().as_ref() {
+        ctx.log.log("precise: a verified second-key hit was stale; mapping replaced");
+        let _ = write_map(ctx, &second.digest, &job.key.digest);
+    }
+}
+
+/// After the first key missed: computes the second key (when this output
+/// was compiled before, or the cold policy says so) and serves its entry.
+/// Returns the stderr to replay on a hit; on a miss, keeps the second key in
+/// the job for [`after_store`].
+pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch) -> Option<Vec<u8>> {
+    if job.precise_looked.get() {
+        // Already looked up (by verify_candidate) and nothing was served.
+        return None;
+    }
+    let (second, target, entry) = lookup(ctx, inv, job, batch)?;
     match crate::store::serve_entry(&ctx.store, ctx.config.serve_mode.value, &entry, &inv.output) {
         Ok(Some(bytes)) => {
             ctx.log.log(&format!(
@@ -1332,6 +1395,7 @@ mod tests {
             assert!(parse_cc1(&cc1(bad)).is_err(), "{bad:?} must refuse");
         }
         assert_eq!(parse_cc1(&cc1(&["-mllvm", "-inline-threshold=5"])).unwrap().mllvm, vec!["-inline-threshold=5"]);
+        assert!(parse_cc1(&cc1(&["-fhalf-no-semantic-interposition"])).is_ok(), "-fPIC's cc1 option is vetted");
     }
 
     #[test]

@@ -125,6 +125,10 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         if let (digest, Ok((crate::store::Lookup::Hit(entry), _))) = backend::local_lookup(&ctx.store, &job.key) {
             verified_hit(&ctx, inv, &job, &entry, digest, args, batch);
         }
+        // A second-key hit too: its fresh result belongs under the first key.
+        if let Some(entry) = crate::precise::verify_candidate(&ctx, inv, &job, &mut batch) {
+            verified_hit(&ctx, inv, &job, &entry, job.key.digest, args, batch);
+        }
     }
     if let Some(stderr) = backend::serve_hit(&ctx, inv, &job, &mut batch) {
         let _ = std::io::stderr().write_all(&stderr);
@@ -178,6 +182,8 @@ fn verified_hit(
                 if v.finished.status.success() && v.finished.stdout.is_empty() && !config.readonly.value {
                     if let Err(e) = backend::replace_entry(ctx, inv, &digest, &v.finished) {
                         log.log(&format!("replacing the stale entry failed: {e:#}"));
+                    } else {
+                        crate::precise::remap_after_stale(ctx, job);
                     }
                 }
             }

@@ -48,10 +48,12 @@ fn helper_post_import_module_equals_clangs_save_temps_for_every_module() {
         (&f, &["-fno-PIE", "-ffunction-sections"]),
         (&p, &[]),
         (&p, NAMING),
+        // -fPIC: the driver adds -fhalf-no-semantic-interposition to cc1.
+        (&p, &["-fPIC"]),
         (&pg, &["-g"]),
     ];
     let compared: usize = cases.into_iter().map(|(b, extra)| b.compare_with_save_temps(&helper(), extra)).sum();
-    assert_eq!(compared, 3 * MODULES.len() + 3 * PROJECT.len());
+    assert_eq!(compared, 3 * MODULES.len() + 4 * PROJECT.len());
 }
 
 #[test]
@@ -281,4 +283,85 @@ fn the_cc1_line_does_not_depend_on_what_its_memo_leaves_out() {
         "-Wp,-MMD,./.table.o.d",
     ]);
     assert_eq!(base, with, "a flag the cc1 memo leaves out changed the cc1 line");
+}
+
+/// The second key named in `explain`'s "served because" line.
+fn served_second_key(p: &Project, m: &str) -> [u8; 32] {
+    let explain = ok(p.ltocache().args(["explain", &format!("{m}.native.o")]));
+    let text = String::from_utf8_lossy(&explain.stdout).into_owned();
+    let hex = text.split("second key ").nth(1).and_then(|t| t.get(..64)).unwrap_or_else(|| panic!("{text}"));
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+#[test]
+fn verify_compiles_second_key_hits_too_and_catches_a_wrong_mapping() {
+    let p = Project::new(&[], &[]);
+    let run = |m: &str, verify: &str| {
+        let out = p
+            .ltocache()
+            .env("LTOCACHE_VERIFY", verify)
+            .arg(CLANG)
+            .args(p.backend_args(m, &format!("{m}.native.o")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    p.build();
+    p.edit("lib", "return x * 7;", "return x * 9;");
+    for m in PROJECT {
+        run(m, "1");
+    }
+    // table's post-import module is unchanged: its second key maps to an
+    // entry, which verification compiles anyway and finds equal.
+    assert_eq!(p.stat("verified"), 1, "{}", p.stats_json());
+    assert_eq!(p.stat("verified_hits"), 1);
+    assert_eq!(p.stat("stale_detected"), 0);
+    assert_eq!(p.stat("precise_hits"), 0, "a verified hit is served from the fresh compile");
+    p.assert_fresh("verified second-key hit");
+
+    // A wrong mapping (as a bug in the second key would make): table's
+    // second key now names step's entry. Verification must catch it.
+    p.edit("lib", "return x * 9;", "return x * 11;");
+    let others = |verify: &str| {
+        for m in PROJECT.iter().filter(|m| **m != "table") {
+            run(m, verify);
+        }
+    };
+    run("table", "0");
+    assert_eq!(p.stat("precise_hits"), 1, "{}", p.stats_json());
+    others("0");
+    let second = served_second_key(&p, "table");
+    let store = ltocache::store::LocalStore::new(&p.cache);
+    let right = store.get_precise_map(&second).unwrap();
+    let maps = util::files_under(&p.cache.join("v1/precise"));
+    let wrong = maps
+        .iter()
+        .filter_map(|f| {
+            let name = f.file_name()?.to_str()?;
+            let mut d = [0u8; 32];
+            for (i, b) in d.iter_mut().enumerate() {
+                *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            store.get_precise_map(&d)
+        })
+        .find(|k| *k != right)
+        .expect("another mapped entry");
+    store.put_precise_map(&second, &wrong).unwrap();
+    p.edit("lib", "return x * 11;", "return x * 13;");
+    run("table", "1");
+    assert_eq!(p.stat("stale_detected"), 1, "{}", p.stats_json());
+    others("0");
+    p.assert_fresh("stale second-key hit caught by verification");
+    // The fresh result was stored under the first key and the mapping
+    // repaired: served again without verification, it is right.
+    p.edit("lib", "return x * 13;", "return x * 15;");
+    let hits = p.stat("precise_hits");
+    run("table", "0");
+    assert_eq!(p.stat("precise_hits"), hits + 1, "{}", p.stats_json());
+    others("0");
+    p.assert_fresh("after the repaired mapping");
 }
