@@ -890,11 +890,8 @@ pub fn config_closure(path: &Path) -> Vec<PathBuf> {
 /// relative to `cwd` (ccache's `base_dir`): `-I/home/a/linux/include` hashes
 /// as `-I../include` from `/home/a/linux/build`, as it would in any checkout.
 pub fn relocate_args(args: &mut [String], base_dir: &Path, cwd: &Path) {
-    let base = base_dir.to_string_lossy();
-    let base = base.trim_end_matches('/');
-    if base.is_empty() || !base_dir.is_absolute() {
-        return;
-    }
+    let Some(base) = base_prefix(base_dir) else { return };
+    let base = base.as_str();
     for arg in args.iter_mut() {
         let Some(pos) = arg.find(base) else { continue };
         let rest = &arg[pos + base.len()..];
@@ -907,6 +904,15 @@ pub fn relocate_args(args: &mut [String], base_dir: &Path, cwd: &Path) {
         let rel = relative_to(abs, cwd);
         *arg = format!("{}{}{}", &arg[..pos], rel.display(), &arg[end..]);
     }
+}
+
+/// The text [`relocate_args`] looks for: `base_dir` without a trailing
+/// slash, when it is absolute and not `/` (otherwise nothing is relocated).
+/// Every argument it rewrites contains this text.
+pub fn base_prefix(base_dir: &Path) -> Option<String> {
+    let base = base_dir.to_string_lossy();
+    let base = base.trim_end_matches('/');
+    (!base.is_empty() && base_dir.is_absolute()).then(|| base.to_string())
 }
 
 /// `target` expressed relative to `from` (both absolute).

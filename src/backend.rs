@@ -180,20 +180,16 @@ pub fn prepare_with<'c>(
             batch.add("driver_probes", asked.probes);
             let mut eff = crate::driver::effective(inv, &configs.map_err(KeyError::NotCacheable)?)
                 .map_err(KeyError::NotCacheable)?;
-            let before_relocation = eff.hashed_args.clone();
             if let (Some(base), Some(cwd)) = (&ctx.config.base_dir.value, crate::util::cwd()) {
                 crate::args::relocate_args(&mut eff.hashed_args, base, cwd);
             }
             let k = key::compute(&eff, &id, &mut hasher, &getenv).map(|mut k| {
-                // An argument base_dir rewrote names this checkout's path.
-                let relocated = before_relocation.iter().zip(&eff.hashed_args).filter(|(a, b)| a != b);
-                k.unkeyed_paths.extend(relocated.map(|(a, _)| a.clone()));
-                // Clang may print such an argument otherwise than it was
-                // given (`-I/b/inc` as `'-I /b/inc'`): stderr naming base_dir
-                // at all names this checkout, so that is a path the key does
-                // not cover either.
-                if let Some(base) = &ctx.config.base_dir.value {
-                    k.unkeyed_paths.push(base.display().to_string());
+                // Every argument base_dir rewrote names this checkout by
+                // containing base_dir, and clang may print it otherwise than
+                // it was given (`-I/b/inc` as `'-I /b/inc'`): stderr naming
+                // base_dir at all names a path the key does not cover.
+                if let Some(base) = ctx.config.base_dir.value.as_deref().and_then(crate::args::base_prefix) {
+                    k.unkeyed_paths.push(base);
                 }
                 k
             });

@@ -503,21 +503,13 @@ pub fn open_in_stat(
 
 /// `lstat` of `name` in `dir` ([`open_in`]'s kind of directory path).
 pub fn stat_in(dir: &Path, name: &str) -> io::Result<Stat> {
-    let Some(fd) = proc_fd(dir) else {
-        use std::os::unix::fs::MetadataExt;
-        return std::fs::symlink_metadata(dir.join(name)).map(|m| Stat {
-            mode: m.mode(),
-            uid: m.uid(),
-            size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            dev: m.dev(),
-            ino: m.ino(),
-        });
+    let (at, c) = match proc_fd(dir) {
+        Some(fd) => (fd, cstr(name.as_bytes())?),
+        None => (libc::AT_FDCWD, cstr(dir.join(name).as_os_str().as_bytes())?),
     };
-    let c = cstr(name.as_bytes())?;
     // SAFETY: fstatat reads the NUL-terminated name and writes one stat struct we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    retry(|| unsafe { libc::fstatat(fd, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    retry(|| unsafe { libc::fstatat(at, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(Stat::of_raw(&st))
 }
 

@@ -32,8 +32,9 @@ pub struct Key {
     pub fields: Vec<(String, String)>,
     /// Strings that can differ between two commands with this key because
     /// the key covers their contents, not their names: the input, shard and
-    /// output paths and every module path of the shard. Stderr that names
-    /// one of them is not stored (see [`stderr_names_a_path`]).
+    /// output paths, every module path of the shard, and `base_dir` (what
+    /// every argument it rewrote contains). Stderr that names one of them is
+    /// stored under [`path_keyed`] (see [`stderr_names_a_path`]).
     pub unkeyed_paths: Vec<String>,
 }
 

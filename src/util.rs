@@ -288,8 +288,6 @@ pub fn parent_dir(p: &Path) -> PathBuf {
     }
 }
 
-/// CPU time (user + system) of this process (`libc::RUSAGE_SELF`) or of its
-/// waited-for children (`libc::RUSAGE_CHILDREN`), in nanoseconds.
 /// The working directory, asked once per process: ltocache never changes
 /// it, and a distributor would otherwise ask several times per job.
 pub fn cwd() -> Option<&'static Path> {
@@ -297,6 +295,9 @@ pub fn cwd() -> Option<&'static Path> {
     CWD.get_or_init(|| std::env::current_dir().ok()).as_deref()
 }
 
+/// CPU time (user + system) of this process (`libc::RUSAGE_SELF`), of this
+/// thread (`libc::RUSAGE_THREAD`) or of its waited-for children
+/// (`libc::RUSAGE_CHILDREN`), in nanoseconds.
 pub fn cpu_ns(who: libc::c_int) -> i64 {
     // SAFETY: getrusage writes one rusage struct into memory we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -305,6 +306,62 @@ pub fn cpu_ns(who: libc::c_int) -> i64 {
     }
     let tv = |t: libc::timeval| t.tv_sec * 1_000_000_000 + t.tv_usec * 1_000;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The process environment, split once into `(name, value)` byte slices of
+/// the `environ` strings, in their order.
+///
+/// Why: a wrapped compile asks for some forty variables (settings, the
+/// driver's refused variables, the loader's, the key's), and each
+/// `std::env::var` takes the environment lock, copies the name into a
+/// `CString` and `strncmp`s its way through the whole environment — about
+/// 1,500 instructions apiece, 4 % of a hit. Here a lookup compares lengths
+/// first and bytes only where they match, with no allocation; a sorted
+/// index measured worse (sorting 40 names cost more than all the lookups).
+/// ltocache never changes its own environment, so the `environ` strings
+/// stay valid and unchanged for the life of the process.
+fn env_index() -> &'static [(u32, &'static [u8], &'static [u8])] {
+    static INDEX: OnceLock<Vec<(u32, &'static [u8], &'static [u8])>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        extern "C" {
+            static environ: *const *const libc::c_char;
+        }
+        let mut out = Vec::with_capacity(64);
+        // SAFETY: `environ` is a NULL-terminated array of NUL-terminated
+        // strings owned by the C runtime; nothing in this process calls
+        // setenv/putenv, so they live, unchanged, until exit.
+        unsafe {
+            let mut p = environ;
+            while !p.is_null() && !(*p).is_null() {
+                let s = std::ffi::CStr::from_ptr(*p).to_bytes();
+                if let Some(eq) = s.iter().position(|&b| b == b'=') {
+                    out.push((env_tag(&s[..eq]), &s[..eq], &s[eq + 1..]));
+                }
+                p = p.add(1);
+            }
+        }
+        out
+    })
+}
+
+/// Length, first and last byte of a name: most lookups are decided by
+/// comparing this one word per variable.
+fn env_tag(name: &[u8]) -> u32 {
+    let (first, last) = (name.first().copied().unwrap_or(0), name.last().copied().unwrap_or(0));
+    (name.len().min(0xffff) as u32) << 16 | (first as u32) << 8 | last as u32
+}
+
+/// `std::env::var_os` from the index ([`env_index`]): the first entry of
+/// that name, as getenv(3) answers.
+pub fn env_os(name: &str) -> Option<&'static std::ffi::OsStr> {
+    use std::os::unix::ffi::OsStrExt;
+    let (name, tag) = (name.as_bytes(), env_tag(name.as_bytes()));
+    env_index().iter().find(|(t, k, _)| *t == tag && *k == name).map(|(_, _, v)| std::ffi::OsStr::from_bytes(v))
+}
+
+/// `std::env::var(name).ok()` from the index: `None` when unset or not UTF-8.
+pub fn env(name: &str) -> Option<String> {
+    env_os(name).and_then(|v| v.to_str()).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -324,7 +381,7 @@ mod tests {
         for missing in ["LTOCACHE_NO_SUCH_VARIABLE_SET", "", "=", "\u{7f}"] {
             assert_eq!(env_os(missing), std::env::var_os(missing).as_deref(), "{missing:?}");
         }
-        // A name that sorts between two real ones, and prefixes of real ones.
+        // Prefixes of a real name are other names.
         if let Some((k, _)) = std::env::vars().next() {
             for cut in 0..k.len() {
                 assert_eq!(env(&k[..cut]), std::env::var(&k[..cut]).ok(), "{:?}", &k[..cut]);
@@ -390,60 +447,4 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).collect();
         assert_eq!(left.len(), 1);
     }
-}
-
-/// The process environment, split once into `(name, value)` byte slices of
-/// the `environ` strings, in their order.
-///
-/// Why: a wrapped compile asks for some forty variables (settings, the
-/// driver's refused variables, the loader's, the key's), and each
-/// `std::env::var` takes the environment lock, copies the name into a
-/// `CString` and `strncmp`s its way through the whole environment — about
-/// 1,500 instructions apiece, 4 % of a hit. Here a lookup compares lengths
-/// first and bytes only where they match, with no allocation; a sorted
-/// index measured worse (sorting 40 names cost more than all the lookups).
-/// ltocache never changes its own environment, so the `environ` strings
-/// stay valid and unchanged for the life of the process.
-fn env_index() -> &'static [(u32, &'static [u8], &'static [u8])] {
-    static INDEX: OnceLock<Vec<(u32, &'static [u8], &'static [u8])>> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        extern "C" {
-            static environ: *const *const libc::c_char;
-        }
-        let mut out = Vec::with_capacity(64);
-        // SAFETY: `environ` is a NULL-terminated array of NUL-terminated
-        // strings owned by the C runtime; nothing in this process calls
-        // setenv/putenv, so they live, unchanged, until exit.
-        unsafe {
-            let mut p = environ;
-            while !p.is_null() && !(*p).is_null() {
-                let s = std::ffi::CStr::from_ptr(*p).to_bytes();
-                if let Some(eq) = s.iter().position(|&b| b == b'=') {
-                    out.push((env_tag(&s[..eq]), &s[..eq], &s[eq + 1..]));
-                }
-                p = p.add(1);
-            }
-        }
-        out
-    })
-}
-
-/// Length, first and last byte of a name: most lookups are decided by
-/// comparing this one word per variable.
-fn env_tag(name: &[u8]) -> u32 {
-    let (first, last) = (name.first().copied().unwrap_or(0), name.last().copied().unwrap_or(0));
-    (name.len().min(0xffff) as u32) << 16 | (first as u32) << 8 | last as u32
-}
-
-/// `std::env::var_os` from the index ([`env_index`]): the first entry of
-/// that name, as getenv(3) answers.
-pub fn env_os(name: &str) -> Option<&'static std::ffi::OsStr> {
-    use std::os::unix::ffi::OsStrExt;
-    let (name, tag) = (name.as_bytes(), env_tag(name.as_bytes()));
-    env_index().iter().find(|(t, k, _)| *t == tag && *k == name).map(|(_, _, v)| std::ffi::OsStr::from_bytes(v))
-}
-
-/// `std::env::var(name).ok()` from the index: `None` when unset or not UTF-8.
-pub fn env(name: &str) -> Option<String> {
-    env_os(name).and_then(|v| v.to_str()).map(str::to_string)
 }

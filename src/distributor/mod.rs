@@ -194,6 +194,9 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         common: &common,
         file: &file,
         refused: refused.is_some(),
+        // The driver's environment is every job's (driver.rs refuses what
+        // makes it write or edit): checked once for the link.
+        env: crate::driver::refuse_env(&|v| crate::util::env(v)),
     };
     let mut jobs = planner.plan_all(threads);
     limit.finished(0);
@@ -263,6 +266,8 @@ struct Planner<'c> {
     file: &'c JobFile,
     /// The cache directory was refused (crate::trust): counted per job.
     refused: bool,
+    /// The environment's verdict, the same for every job.
+    env: Result<(), args::NotCacheable>,
 }
 
 impl<'c> Planner<'c> {
@@ -273,7 +278,7 @@ impl<'c> Planner<'c> {
         let cpu0 = crate::util::cpu_ns(libc::RUSAGE_THREAD);
         let mut batch = Batch::default();
         let plan = match self.ctx {
-            Some(ctx) => plan_job(ctx, self.shared, self.compiler, &all, spec, &self.file.common_inputs, &mut batch),
+            Some(ctx) => plan_job(ctx, self, &all, spec, &mut batch),
             None => {
                 if self.refused {
                     batch.add("uncacheable.cache_dir_refused", 1);
@@ -322,19 +327,12 @@ impl<'c> Planner<'c> {
 }
 
 /// Analyses, cross-checks and keys one job, and serves it when it is a hit.
-fn plan_job<'c>(
-    ctx: &'c Ctx,
-    shared: &'c SharedDigests,
-    compiler: &str,
-    args: &[String],
-    spec: &JobSpec,
-    common_inputs: &[String],
-    batch: &mut Batch,
-) -> Plan<'c> {
-    // The driver's environment is every job's (driver.rs refuses what makes it write or edit).
-    let analysed = crate::driver::refuse_env(&|v| crate::util::env(v))
+fn plan_job<'c>(ctx: &'c Ctx, run: &Planner<'c>, args: &[String], spec: &JobSpec, batch: &mut Batch) -> Plan<'c> {
+    let analysed = run
+        .env
+        .clone()
         .and_then(|()| args::expand_response_files(args))
-        .and_then(|expanded| args::analyze(compiler, &expanded));
+        .and_then(|expanded| args::analyze(run.compiler, &expanded));
     let inv = match analysed {
         Ok(inv) => inv,
         Err(reason) => {
@@ -351,16 +349,13 @@ fn plan_job<'c>(
         batch.add("uncacheable.dtlto_outputs_disagree", 1);
         return Plan::Plain;
     }
-    // `base_dir` is applied by backend::prepare_with, as for a wrapped
-    // compile: it also notes which arguments named this checkout's paths
-    // (their stderr is then stored under a path-covering key).
-    // The shard is read once: the hasher keeps the bytes the cross-check
-    // read (and their stamp) for the key.
-    // A shard that is not a regular file is never opened (a FIFO's writer
+    // (`base_dir` is applied by backend::prepare_with, as for a wrapped
+    // compile.) The shard is read once: the hasher keeps the bytes the
+    // cross-check read (and their stamp) for the key. A shard that is not a regular file is never opened (a FIFO's writer
     // would hang, see key::compute): the key refuses it and counts why.
-    let mut hasher = FileHasher::with_shared(ctx.memo.as_ref(), shared);
+    let mut hasher = FileHasher::with_shared(ctx.memo.as_ref(), run.shared);
     let shard_is_file = std::fs::metadata(&inv.shard).is_ok_and(|m| m.is_file());
-    let checked = if shard_is_file { cross_check(&inv, spec, common_inputs, &mut hasher) } else { Ok(()) };
+    let checked = if shard_is_file { cross_check(&inv, spec, &run.file.common_inputs, &mut hasher) } else { Ok(()) };
     if let Err(why) = checked {
         ctx.log.log(&format!("uncacheable (job inputs disagree with its shard: {why}): {}", inv.output.display()));
         batch.add("uncacheable.dtlto_inputs_disagree", 1);
