@@ -36,13 +36,52 @@ pub struct Finished {
     pub cpu_ns: i64,
 }
 
+/// What a compile gets besides its arguments (precise mode's shim,
+/// crate::precise::shim): environment variables, and one descriptor of ours
+/// it inherits (every other one is close-on-exec).
+#[derive(Default)]
+pub struct Extra {
+    pub env: Vec<(OsString, OsString)>,
+    pub inherit_fd: Option<std::os::fd::RawFd>,
+}
+
+impl Extra {
+    /// Applies itself to a command about to be spawned.
+    pub fn apply(&self, cmd: &mut Command) {
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(fd) = self.inherit_fd {
+            // SAFETY: fcntl is async-signal-safe; the descriptor is ours and
+            // open until the spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+}
+
 /// Runs the compiler with stdin inherited and stdout and stderr captured
 /// (both are printed by the caller; stdout output makes the result uncacheable).
 pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Finished> {
+    run_captured_with(program, arg0, args, None)
+}
+
+/// [`run_captured`] with what [`Extra`] adds.
+pub fn run_captured_with(program: &Path, arg0: &str, args: &[OsString], extra: Option<&Extra>) -> Result<Finished> {
     let start = Instant::now();
     keep_spawn_memory_mapped();
     let children_before = crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    if let Some(extra) = extra {
+        extra.apply(&mut cmd);
+    }
+    let mut child = cmd
         .arg0(arg0)
         .args(args)
         .stdin(Stdio::inherit())

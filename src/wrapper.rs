@@ -135,7 +135,10 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         record(config, log, &mut batch);
         exec::exit_now(0);
     }
-    let finished = match exec::run_captured(&job.program, &inv.compiler, args) {
+    // A cold compile may run with precise mode's shim (crate::precise).
+    crate::precise::arm_shim(&ctx, inv, &job, &mut batch);
+    let run = |extra: Option<&exec::Extra>| exec::run_captured_with(&job.program, &inv.compiler, args, extra);
+    let finished = match crate::precise::compile_with_shim(&job, &mut batch, run) {
         Ok(f) => f,
         Err(e) => {
             log.log(&format!("could not run the compiler: {e:#}"));

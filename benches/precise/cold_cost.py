@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Cold-build cost of precise mode (issue 16, item 3): the same cold distributed-ThinLTO backend
-phase run through ltocache with precise mode off (LTOCACHE_PRECISE=0), in the default `background`
-cold mode and in `sync`, side by side in one run, rounds interleaved.
+phase run through ltocache with precise mode off (LTOCACHE_PRECISE=0) and in cold modes
+(LTOCACHE_PRECISE_COLD: `auto` = unset, the default: the shim H.so beside the helper where it is
+usable, else `background`; `shim`, `background`, `sync`, `skip`), side by side in one run, rounds
+interleaved.
 
   python3 benches/precise/cold_cost.py --corpus DIR --ltocache L --helper H [--jobs 2] [--rounds 2]
-      [--flags "-O2"] [--modes off,background,sync] [--before DIR]
+      [--flags "-O2"] [--modes off,auto,background,sync] [--before DIR] [--preload-runs 40]
 
 DIR holds the thin-linked corpus: the bitcode objects and their `X.o.thinlto.bc` shards under
 DIR/lto/ (as benches/realworld/bench.py leaves them; shards name modules relative to DIR). Each
@@ -49,11 +51,11 @@ def run_pass(a, mode, objs, work):
     env = dict(os.environ, LTOCACHE_DIR=os.path.join(cache, "cache"), LTOCACHE_STATS_DIR=os.path.join(cache, "stats"),
                LTOCACHE_PRECISE_HELPER=helper, LTOCACHE_PRECISE_IDLE="1")
     for k in ("LTOCACHE_DISABLE", "LTOCACHE_RECACHE", "LTOCACHE_READONLY", "LTOCACHE_PRECISE", "LTOCACHE_PRECISE_COLD",
-              "LTOCACHE_PRECISE_SERVER"):
+              "LTOCACHE_PRECISE_SERVER", "LTOCACHE_PRECISE_SHIM"):
         env.pop(k, None)
     if mode == "off":
         env["LTOCACHE_PRECISE"] = "0"
-    else:
+    elif mode.removesuffix("-before") != "auto":
         env["LTOCACHE_PRECISE_COLD"] = mode.removesuffix("-before")
     for o in objs:
         os.makedirs(os.path.dirname(os.path.join(out, o)), exist_ok=True)
@@ -83,6 +85,27 @@ def run_pass(a, mode, objs, work):
     return row
 
 
+def preload_cost(a):
+    """CPU of `clang-19 --version` with the shim preloaded (doing nothing: no report descriptor)
+    against without, interleaved: what loading it costs each shimmed compile beyond its report."""
+    shim = a.helper + ".so"
+    if not os.path.isfile(shim):
+        return None
+    times = {"plain": [], "shim": []}
+    for _ in range(a.preload_runs):
+        for kind in ("plain", "shim"):
+            env = dict(os.environ)
+            if kind == "shim":
+                env["LD_PRELOAD"] = shim
+                env["LTOCACHE_SHIM_PRELOAD"] = "-"
+            c0 = cpu_children()
+            subprocess.run(["clang-19", "--version"], env=env, stdout=subprocess.DEVNULL, check=True)
+            times[kind].append(cpu_children() - c0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return {"runs": a.preload_runs, "plain_ms": round(med["plain"], 3), "shim_ms": round(med["shim"], 3),
+            "per_run_ms": round(max(0.0, med["shim"] - med["plain"]), 3)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
@@ -91,8 +114,10 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--flags", default="-O2")
-    ap.add_argument("--modes", default="off,background,sync")
+    ap.add_argument("--modes", default="off,auto,background,sync")
     ap.add_argument("--before", help="directory of an earlier ltocache and ltocache-precise-19")
+    ap.add_argument("--preload-runs", type=int, default=40,
+                    help="runs of `clang-19 --version` with and without the shim preloaded (0: none)")
     a = ap.parse_args()
     a.corpus, a.ltocache, a.helper = map(os.path.abspath, (a.corpus, a.ltocache, a.helper))
     libc = ctypes.CDLL(None, use_errno=True)
@@ -117,16 +142,34 @@ def main():
     # records, or the jobs' in sync mode; the helper server's from its answers) over the same
     # pass's compiler CPU.
     median = lambda mode, f: statistics.median(f(x) for x in rows if x["mode"] == mode)
-    base = median("off", lambda x: x["cpu_s"]) if "off" in a.modes.split(",") else None
+    modes = a.modes.split(",")
+    base = median("off", lambda x: x["cpu_s"]) if "off" in modes else None
     base_wall = median("off", lambda x: x["wall_s"]) if base else None
-    for mode in a.modes.split(","):
+    # CPU besides the compiler: the pass's total minus what ltocache counted as the compiler's. The
+    # shim's hashing runs inside the compiler's process, so the shim's own count (its reports) is
+    # added back; so is the cost of preloading it, measured apart (below).
+    besides = lambda x: x["cpu_s"] - (x["compiler_cpu_s"] or 0)
+    shim_s = lambda x: x["precise"].get("shim_cpu_ms", 0) / 1e3
+    base_besides = median("off", besides) if base else None
+    base_compiler = median("off", lambda x: x["compiler_cpu_s"]) if base else None
+    preload = preload_cost(a) if a.preload_runs > 0 else None
+    if preload:
+        print(json.dumps({"preload": preload}))
+    for mode in modes:
         cpu, wall = median(mode, lambda x: x["cpu_s"]), median(mode, lambda x: x["wall_s"])
-        own = median(mode, lambda x: 100 * (x["precise"].get("cpu_ms", 0) + x["precise"].get("helper_cpu_ms", 0))
-                     / 1e3 / x["compiler_cpu_s"])
+        own = median(mode, lambda x: 100 * (x["precise"].get("cpu_ms", 0) + x["precise"].get("helper_cpu_ms", 0)
+                                            + x["precise"].get("shim_cpu_ms", 0)) / 1e3 / x["compiler_cpu_s"])
         rel = f" ({100 * (cpu - base) / base:+.1f} %)" if base else ""
         relw = f" ({100 * (wall - base_wall) / base_wall:+.1f} %)" if base else ""
+        extra = ""
+        if base:
+            shimmed = median(mode, lambda x: x["precise"].get("shim_armed", 0))
+            load = (preload["per_run_ms"] / 1e3 * shimmed) if preload else 0
+            b = median(mode, lambda x: besides(x) + shim_s(x)) + load
+            extra = (f", besides the compiler {b:.3f} s ({100 * (b - base_besides) / base_compiler:+.1f} % of the "
+                     f"compiler's {base_compiler:.2f} s; shim hashing and preloading included)")
         print(f"{mode:>18}: cpu {cpu:.2f} s{rel}, wall -j{a.jobs} {wall:.2f} s{relw}, "
-              f"precise mode's own CPU {own:.1f} % of the compiler's")
+              f"precise mode's own CPU {own:.1f} % of the compiler's{extra}")
     shutil.rmtree(work, ignore_errors=True)
 
 

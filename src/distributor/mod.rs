@@ -366,6 +366,8 @@ fn plan_job<'c>(ctx: &'c Ctx, run: &Planner<'c>, args: &[String], spec: &JobSpec
         let _ = std::io::stderr().write_all(&stderr);
         return Plan::Served;
     }
+    // A cold compile may run with precise mode's shim (crate::precise).
+    crate::precise::arm_shim(ctx, &inv, &keyed, batch);
     Plan::Cached(Box::new((inv, keyed)))
 }
 
@@ -429,7 +431,13 @@ fn run_jobs(
                 Plan::Cached(c) => c.1.program.clone(),
                 _ => program.to_path_buf(),
             };
-            if let Err(e) = pool.spawn(i, &prog, compiler, &job.args) {
+            let shim = match &job.plan {
+                Plan::Cached(c) => crate::precise::shim_spawn(&c.1),
+                _ => None,
+            };
+            let spawned = pool.spawn_with(i, &prog, compiler, &job.args, shim.as_ref().map(|s| &s.extra));
+            drop(shim);
+            if let Err(e) = spawned {
                 log.log(&format!("could not run {}: {e}", prog.display()));
                 if matches!(job.plan, Plan::Cached(_)) {
                     job.batch.add("errors.spawn", 1);
@@ -447,6 +455,12 @@ fn run_jobs(
         let token_fd = if queue.is_empty() { None } else { limit.poll_fd() };
         for (i, finished) in pool.wait_some(token_fd) {
             limit.finished(pool.len());
+            // A compile that failed with the shim runs again without it.
+            let Job { plan, batch, .. } = &mut jobs[i];
+            if matches!(plan, Plan::Cached(c) if crate::precise::shim_must_rerun(&c.1, &finished, batch)) {
+                queue.push_front(i);
+                continue;
+            }
             finish_job(&mut jobs[i], &finished, ctx);
         }
     }

@@ -36,14 +36,26 @@ impl Pool {
 
     /// Starts `program` (called `arg0`) with stdin from /dev/null: parallel
     /// jobs cannot share a terminal's input, and a backend reads none.
+    #[cfg(test)]
     pub fn spawn(&mut self, tag: usize, program: &Path, arg0: &str, args: &[OsString]) -> std::io::Result<()> {
-        let mut child = Command::new(program)
-            .arg0(arg0)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        self.spawn_with(tag, program, arg0, args, None)
+    }
+
+    /// [`Pool::spawn`] with what `extra` adds (precise mode's shim).
+    pub fn spawn_with(
+        &mut self,
+        tag: usize,
+        program: &Path,
+        arg0: &str,
+        args: &[OsString],
+        extra: Option<&crate::exec::Extra>,
+    ) -> std::io::Result<()> {
+        let mut cmd = Command::new(program);
+        if let Some(extra) = extra {
+            extra.apply(&mut cmd);
+        }
+        let mut child =
+            cmd.arg0(arg0).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let out: Option<OwnedFd> = child.stdout.take().map(OwnedFd::from);
         let err: Option<OwnedFd> = child.stderr.take().map(OwnedFd::from);
         // The child is reaped by wait4 below, not by std (dropping a Child

@@ -9,8 +9,17 @@ use super::*;
 /// A helper found and checked against the compiler.
 pub struct Helper {
     pub path: PathBuf,
-    /// blake3 of the helper binary and its version line: part of the key.
+    /// blake3 of the helper binary and its version line (names its server).
     pub identity: [u8; 32],
+    /// What the second key holds of who computed it: the helper's identity
+    /// and, when there is a usable shim beside it, the shim's — the two
+    /// compute the same digest with the same code (precise-common.h), so a
+    /// key the shim recorded is found by the helper's on a rebuild.
+    pub key_identity: [u8; 32],
+    /// The shim beside the helper, checked against the compiler.
+    pub shim: Option<Shim>,
+    /// Why the shim beside the helper cannot be used, if there is one.
+    pub shim_problem: Option<String>,
 }
 
 /// The libLLVM file a program maps, from `ldd`.
@@ -93,7 +102,22 @@ pub(super) fn helper_for(ctx: &Ctx, job: &Keyed, hasher: &mut crate::digest::Fil
         let mut h = blake3::Hasher::new();
         h.update(&digest);
         h.update(line.as_bytes());
-        return Ok(Helper { path, identity: *h.finalize().as_bytes() });
+        let identity = *h.finalize().as_bytes();
+        let (shim, shim_problem) = match shim_for(ctx, job, &path, &lib, hasher) {
+            Ok(s) => (s, None),
+            Err(why) => (None, Some(why)),
+        };
+        let key_identity = match &shim {
+            Some(s) => {
+                let mut h = blake3::Hasher::new();
+                h.update(b"helper+shim\0");
+                h.update(&identity);
+                h.update(&s.identity);
+                *h.finalize().as_bytes()
+            }
+            None => identity,
+        };
+        return Ok(Helper { path, identity, key_identity, shim, shim_problem });
     }
     refuse("llvm_mismatch", format!("the compiler maps {}; {}", lib.display(), why.join("; ")))
 }
@@ -335,7 +359,7 @@ pub fn compute(
     };
     let (post_import, helper_cpu_ns) = parse_answer(&answer)?;
     Ok(Second {
-        digest: second_key(&job.key.fields, &helper.identity, &shard, &post_import),
+        digest: second_key(&job.key.fields, &helper.key_identity, &shard, &post_import),
         helper_cpu_ns,
         helper: helper.path.clone(),
     })

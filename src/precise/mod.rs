@@ -28,9 +28,15 @@
 mod cc1;
 mod helper;
 mod key;
+mod shim;
 pub use cc1::*;
 pub use helper::*;
 pub use key::*;
+pub use shim::{
+    compile as compile_with_shim, must_rerun as shim_must_rerun, shim_environment, spawn as shim_spawn, ShimState,
+    Spawn as ShimSpawn,
+};
+use shim::{shim_for, Shim};
 
 use crate::args::BackendInvocation;
 use crate::backend::{Ctx, Keyed};
@@ -193,6 +199,10 @@ pub const CC1_VETTED: &[&str] = &[
     // instead): whether the assembler writes `.cfi_*` directives
     // (TargetMachine's MC options), code generation only.
     "-fdwarf2-cfi-asm",
+    // What lld's DTLTO passes clang 23's backends at -O2 and above: turns on
+    // the optimiser's LoopInterchange pass (PipelineTuningOptions), which
+    // runs after the hook on the module it hashed.
+    "-floop-interchange",
 ];
 
 /// Prefixes of vetted cc1 option families: warnings (diagnostics only) and
@@ -257,22 +267,29 @@ pub fn llvm_major(lib: &Path) -> Option<u32> {
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-/// When the second key of a cold compile (its output did not exist) is computed.
+/// When the second key of a cold compile (its output did not exist) is
+/// computed (`LTOCACHE_PRECISE_COLD`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cold {
     /// Not at all: the first edit after a cold build gains nothing.
     Skip,
     /// Before the compile, like a rebuild's.
     Sync,
-    /// After the compile, in a detached child at idle priority (default).
+    /// After the compile, in a detached child at idle priority.
     Background,
+    /// During the compile, by the shim (shim.rs); nothing without one.
+    Shim,
+    /// The default: the shim where there is a usable one, else background.
+    Auto,
 }
 
 fn cold_policy() -> Cold {
     match crate::util::env("LTOCACHE_PRECISE_COLD").as_deref() {
         Some("skip") | Some("0") => Cold::Skip,
         Some("sync") | Some("1") => Cold::Sync,
-        _ => Cold::Background,
+        Some("background") => Cold::Background,
+        Some("shim") => Cold::Shim,
+        _ => Cold::Auto,
     }
 }
 
@@ -445,10 +462,20 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
     }
 }
 
-/// After the outputs were stored under the first key: records the second
-/// key → first key mapping. A cold compile computes the second key now, in
-/// a detached child at idle priority (the job does not wait for it).
-pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch) {
+/// After a cold job's first key missed (wrapper and distributor): whether
+/// its compile runs with the shim, which then records the second key as a
+/// by-product (shim.rs).
+pub fn arm_shim<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch) {
+    shim::arm(ctx, inv, job, batch)
+}
+
+/// After the outputs were stored under the first key (`stderr`: the
+/// compile's): records the second key → first key mapping. A cold compile
+/// that ran with the shim has its second key from the shim's report; one
+/// that did not (no usable shim, or `LTOCACHE_PRECISE_COLD=background`)
+/// computes it now, in a detached child at idle priority (the job does not
+/// wait for it).
+pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[u8], batch: &mut Batch) {
     if let Some(second) = job.precise.borrow().as_ref() {
         match write_map(ctx, &second.digest, &job.key.digest) {
             Ok(()) => batch.add("precise.stored", 1),
@@ -456,7 +483,15 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         }
         return;
     }
-    if job.output_existed() || cold_policy() != Cold::Background || !has_candidates(ctx, job) {
+    if shim::record(ctx, inv, job, stderr, batch) {
+        return;
+    }
+    let fallback = match cold_policy() {
+        Cold::Background => true,
+        Cold::Auto => matches!(*job.precise_shim.borrow(), ShimState::NotTried | ShimState::Unavailable),
+        _ => false,
+    };
+    if job.output_existed() || !fallback || !has_candidates(ctx, job) {
         return;
     }
     if imports_nothing(job) {
@@ -559,6 +594,10 @@ pub fn counters(all: &std::collections::BTreeMap<String, i64>) -> std::collectio
     if let Some(ns) = all.get("cpu_ns.precise_helper") {
         out.insert("helper_cpu_ms".into(), ns / 1_000_000);
     }
+    // Inside the compiler's CPU (the shim hashes in its process).
+    if let Some(ns) = all.get("cpu_ns.precise_shim") {
+        out.insert("shim_cpu_ms".into(), ns / 1_000_000);
+    }
     out
 }
 
@@ -596,7 +635,13 @@ mod tests {
         // A server that accepts and never answers (stopped, or stuck) must
         // not cost every backend of a build its timeout.
         let d = tempfile::tempdir().unwrap();
-        let helper = Helper { path: PathBuf::from("/nonexistent/ltocache-precise"), identity: [5; 32] };
+        let helper = Helper {
+            path: PathBuf::from("/nonexistent/ltocache-precise"),
+            identity: [5; 32],
+            key_identity: [5; 32],
+            shim: None,
+            shim_problem: None,
+        };
         let dir = d.path().join("precise");
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join(format!("h-{}.sock", &hex(&helper.identity)[..16]));

@@ -1,0 +1,427 @@
+//! The shim `ltocache-precise-<major>.so` (helper/ltocache-precise-shim.cpp):
+//! preloaded into a cold compile, it hashes the post-import module inside
+//! the real backend and reports the digest on a pipe, so a cold build
+//! records its second keys without running the import a second time.
+//!
+//! It is used only when it was checked against the job's compiler (its
+//! report names the libLLVM that defines the real `lto::thinBackend`, which
+//! must be the one the compiler maps), only where the environment lets it
+//! run in the process that runs the backend, and a compile that fails with
+//! it (or whose stderr shows the loader refusing it) is run again without
+//! it: the compile never depends on the shim.
+
+use super::*;
+use crate::exec::{Extra, Finished};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A shim checked against a compiler.
+#[derive(Clone, Debug)]
+pub struct Shim {
+    pub path: PathBuf,
+    /// blake3 of the shim's file and its check line: in the key, with the
+    /// helper's identity (their digests are the same code's).
+    pub identity: [u8; 32],
+}
+
+/// Where the shim for the helper at `helper` is: `LTOCACHE_PRECISE_SHIM`
+/// (empty or `0`: none), else beside the helper as `<helper>.so` (what
+/// helper/build.sh and scripts/build-release.sh make).
+pub fn shim_path(helper: &Path) -> Option<PathBuf> {
+    if let Some(v) = crate::util::env_os("LTOCACHE_PRECISE_SHIM") {
+        return (!v.is_empty() && v != "0").then(|| PathBuf::from(v));
+    }
+    let mut p = helper.as_os_str().to_owned();
+    p.push(".so");
+    let p = PathBuf::from(p);
+    p.is_file().then_some(p)
+}
+
+/// The shim usable with the job's compiler (whose libLLVM is `lib`), next
+/// to `helper`: `Ok(None)` when there is none, `Err(why)` when there is one
+/// that cannot be used. The check (the compiler run once with the shim,
+/// `--version`) is memoised per shim digest and path and compiler identity.
+pub(super) fn shim_for(
+    ctx: &Ctx,
+    job: &Keyed,
+    helper: &Path,
+    lib: &Path,
+    hasher: &mut crate::digest::FileHasher,
+) -> Result<Option<Shim>, String> {
+    let Some(path) = shim_path(helper) else { return Ok(None) };
+    let digest = hasher.hash(&path, false).map_err(|e| format!("hashing the shim: {e:#}"))?.digest;
+    let real = std::fs::canonicalize(&job.program).unwrap_or_else(|_| job.program.clone());
+    let compiler = job.key.fields.iter().find(|(k, _)| k == "compiler").map(|(_, v)| v.as_str()).unwrap_or("");
+    let tag = blake3::hash(
+        format!("shim-v1\0{}\0{}\0{compiler}\0{}", hex(&digest), path.display(), real.display()).as_bytes(),
+    );
+    let line = memoised(ctx, format!("shim-{}", &hex(tag.as_bytes())[..32]), || check(&job.program, &path));
+    let Some(line) = line.strip_prefix("ok ").map(str::trim) else {
+        return Err(format!("{}: {}", path.display(), line.trim()));
+    };
+    let maps = line.rsplit(' ').next().map(PathBuf::from);
+    if maps.as_deref() != Some(lib) {
+        return Err(format!("{} binds to {}, the compiler maps {}", path.display(), line, lib.display()));
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"shim\0");
+    h.update(&digest);
+    h.update(line.as_bytes());
+    Ok(Some(Shim { path, identity: *h.finalize().as_bytes() }))
+}
+
+/// A pipe whose ends are both close-on-exec: (read, write).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// What is in the pipe now (the writer has gone), at most 4 KiB.
+fn read_now(fd: &OwnedFd) -> String {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl and read on a descriptor we own, into our buffer.
+    unsafe {
+        let fl = libc::fcntl(raw, libc::F_GETFL);
+        libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < 4096 {
+        // SAFETY: as above.
+        let n = unsafe { libc::read(raw, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n > 0 {
+            out.extend_from_slice(&buf[..n as usize]);
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The environment that preloads `shim` and has it report on `fd`: the
+/// user's `LD_PRELOAD` (`user`) is kept (ours is appended) and handed to the
+/// shim, which puts it back, so the compiler's own children see the user's.
+pub fn shim_environment(
+    shim: &Path,
+    fd: i32,
+    user: Option<&std::ffi::OsStr>,
+    dump: Option<&Path>,
+) -> Vec<(OsString, OsString)> {
+    let mut preload = OsString::new();
+    let mut saved = OsString::from(if user.is_some() { "+" } else { "-" });
+    if let Some(u) = user.filter(|u| !u.is_empty()) {
+        preload.push(u);
+        preload.push(":");
+        saved.push(u);
+    }
+    preload.push(shim);
+    let mut env = vec![
+        ("LD_PRELOAD".into(), preload),
+        ("LTOCACHE_SHIM_PRELOAD".into(), saved),
+        ("LTOCACHE_SHIM_FD".into(), fd.to_string().into()),
+    ];
+    if let Some(d) = dump {
+        env.push(("LTOCACHE_SHIM_DUMP".into(), d.into()));
+    }
+    env
+}
+
+/// Runs the compiler once with the shim (`--version`, the shim reporting
+/// what it binds to): "ok <line>", or "no: why". The user's LD_PRELOAD is
+/// left out (the verdict is memoised for every environment).
+fn check(program: &Path, shim: &Path) -> String {
+    let run = || -> Result<String, String> {
+        let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+        let mut cmd = Command::new(program);
+        let mut env = shim_environment(shim, w.as_raw_fd(), None, None);
+        env.push(("LTOCACHE_SHIM_CHECK".into(), "1".into()));
+        Extra { env, inherit_fd: Some(w.as_raw_fd()) }.apply(&mut cmd);
+        let out = cmd
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("running the compiler: {e}"))?;
+        drop(w);
+        let line = read_now(&r);
+        if !out.status.success() || !out.stderr.is_empty() {
+            return Err(format!(
+                "the compiler with the shim exited {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        line.trim().strip_prefix("shim ").map(|l| l.to_string()).ok_or_else(|| {
+            if line.is_empty() {
+                "the shim did not report (not loaded)".to_string()
+            } else {
+                line.trim().to_string()
+            }
+        })
+    };
+    match run() {
+        Ok(line) => format!("ok {line}\n"),
+        Err(why) => format!("no: {}\n", why.replace('\n', " ")),
+    }
+}
+
+/// Why the shim must not be added to this job's environment, if it must
+/// not: where clang would run the backend in another process than the
+/// driver's (the shim leaves the environment at load, so that process
+/// would run without it), or where the preload list cannot name it.
+pub fn unsafe_env(inv: &BackendInvocation, shim: &Path) -> Option<String> {
+    if crate::util::env_os("CLANG_SPAWN_CC1").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Some("CLANG_SPAWN_CC1 is set (cc1 in a process of its own)".into());
+    }
+    if inv.expanded.iter().chain(&inv.hashed_args).any(|a| a == "-fno-integrated-cc1") {
+        return Some("-fno-integrated-cc1".into());
+    }
+    let s = shim.to_str()?;
+    if s.contains([':', ' ']) || !shim.is_absolute() {
+        return Some(format!("the shim's path {s:?} cannot be in LD_PRELOAD"));
+    }
+    None
+}
+
+/// What a cold job's compile does with the shim.
+#[derive(Default)]
+pub enum ShimState<'c> {
+    /// Not considered (a rebuild, precise mode off, no helper).
+    #[default]
+    NotTried,
+    /// To be run with it.
+    Armed(Box<Armed<'c>>),
+    /// Decided against: refused for a reason the helper would refuse too,
+    /// or the compile was run again without it.
+    Refused,
+    /// No usable shim, or an environment that does not let it run: the
+    /// default cold policy falls back to the background helper.
+    Unavailable,
+}
+
+pub struct Armed<'c> {
+    shim: Shim,
+    /// The key's identity: the helper's and the shim's.
+    key_identity: [u8; 32],
+    helper: PathBuf,
+    shard: [u8; 32],
+    /// Tracks the shard this read, for the after-compile check.
+    hasher: crate::digest::FileHasher<'c>,
+    dump: Option<PathBuf>,
+    /// The pipe's read end, once the compile was spawned.
+    report: Option<OwnedFd>,
+    cpu_ns: i64,
+}
+
+/// For a cold compile under the default cold policy: decides whether it
+/// runs with the shim (after the first key missed). Every refusal the
+/// helper's path makes is made here, before the compile (cc1 and `-mllvm`
+/// options, the shard's index features), and counted.
+pub(super) fn arm<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch) {
+    if job.output_existed()
+        || job.precise.borrow().is_some()
+        || !matches!(cold_policy(), Cold::Auto | Cold::Shim)
+        || ctx.config.readonly.value
+        || ctx.config.remote_only.value
+        || !ctx.store.writable()
+        || !has_candidates(ctx, job)
+    {
+        return;
+    }
+    if imports_nothing(job) {
+        batch.add("precise.skipped_no_imports", 1);
+        *job.precise_shim.borrow_mut() = ShimState::Refused;
+        return;
+    }
+    let cpu = || crate::util::cpu_ns(libc::RUSAGE_THREAD) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
+    let cpu0 = cpu();
+    let mut state = decide(ctx, inv, job, batch);
+    let spent = cpu() - cpu0;
+    if let ShimState::Armed(a) = &mut state {
+        batch.add("precise.shim_armed", 1);
+        a.cpu_ns = spent;
+    } else {
+        batch.add("cpu_ns.precise", spent);
+    }
+    *job.precise_shim.borrow_mut() = state;
+}
+
+fn decide<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch) -> ShimState<'c> {
+    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
+    let helper = match helper_for(ctx, job, &mut hasher) {
+        Ok(h) => h,
+        Err(r) => {
+            count_refusal(ctx, inv, batch, &r);
+            return ShimState::Refused;
+        }
+    };
+    let Some(shim) = helper.shim.clone() else {
+        if let Some(why) = &helper.shim_problem {
+            ctx.log.log(&format!("precise: shim not used: {why}"));
+            batch.add("precise.shim_unusable", 1);
+        }
+        return ShimState::Unavailable;
+    };
+    if let Some(why) = unsafe_env(inv, &shim.path) {
+        ctx.log.log(&format!("precise: shim not used ({why}): {}", inv.output.display()));
+        batch.add("precise.shim_unsafe_env", 1);
+        return ShimState::Unavailable;
+    }
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            count_refusal(ctx, inv, batch, &Refusal { code: "helper_error", detail: format!("cwd: {e}") });
+            return ShimState::Refused;
+        }
+    };
+    // The same vetting as the helper's request: the cc1 line's options and
+    // -mllvm options, then the shard's records.
+    if let Err(r) = cc1_line(ctx, inv, job, &cwd).and_then(|l| parse_cc1(&l)) {
+        count_refusal(ctx, inv, batch, &r);
+        return ShimState::Refused;
+    }
+    let shard = match hasher.read_tracked(&inv.shard) {
+        Ok(b) => shard_without_hashes(&b),
+        Err(e) => Err(Refusal { code: "helper_error", detail: format!("reading the shard: {e:#}") }),
+    };
+    let shard = match shard {
+        Ok(s) => s,
+        Err(r) => {
+            count_refusal(ctx, inv, batch, &r);
+            return ShimState::Refused;
+        }
+    };
+    ShimState::Armed(Box::new(Armed {
+        shim,
+        key_identity: helper.key_identity,
+        helper: helper.path,
+        shard,
+        hasher,
+        dump: dump_path(&cwd, inv),
+        report: None,
+        cpu_ns: 0,
+    }))
+}
+
+/// What an armed job's spawn adds; keep it until the spawn returned (it
+/// holds the pipe's write end, closed when it is dropped).
+pub struct Spawn {
+    pub extra: Extra,
+    _write: OwnedFd,
+}
+
+/// The environment and descriptor for an armed job's compile (None: run it
+/// as it is). A pipe per spawn, so a driver with hundreds of cold jobs
+/// holds descriptors only for those running.
+pub fn spawn(job: &Keyed) -> Option<Spawn> {
+    let mut state = job.precise_shim.borrow_mut();
+    let ShimState::Armed(a) = &mut *state else { return None };
+    let Ok((r, w)) = pipe() else {
+        *state = ShimState::Refused;
+        return None;
+    };
+    let user = std::env::var_os("LD_PRELOAD");
+    let env = shim_environment(&a.shim.path, w.as_raw_fd(), user.as_deref(), a.dump.as_deref());
+    a.report = Some(r);
+    Some(Spawn { extra: Extra { env, inherit_fd: Some(w.as_raw_fd()) }, _write: w })
+}
+
+/// After a compile that ran with the shim: true when it must run again
+/// without it (it failed, or the loader could not preload the shim and
+/// said so on stderr) — the build must get what the compiler alone does.
+pub fn must_rerun(job: &Keyed, finished: &Finished, batch: &mut Batch) -> bool {
+    let mut state = job.precise_shim.borrow_mut();
+    let ShimState::Armed(a) = &*state else { return false };
+    if a.report.is_none() {
+        return false;
+    }
+    let loader = finished.stderr.windows(28).any(|w| w == b"cannot be preloaded (cannot");
+    if finished.status.success() && !loader {
+        return false;
+    }
+    batch.add("precise.shim_rerun", 1);
+    *state = ShimState::Refused;
+    true
+}
+
+/// Runs a wrapped job's compile, with the shim when it is armed (and again
+/// without it when [`must_rerun`] says so).
+pub fn compile(
+    job: &Keyed,
+    batch: &mut Batch,
+    run: impl Fn(Option<&Extra>) -> anyhow::Result<Finished>,
+) -> anyhow::Result<Finished> {
+    let Some(s) = spawn(job) else { return run(None) };
+    let first = run(Some(&s.extra));
+    drop(s);
+    match first {
+        Ok(f) if !must_rerun(job, &f, batch) => Ok(f),
+        Ok(_) => run(None),
+        Err(_) => {
+            batch.add("precise.shim_rerun", 1);
+            *job.precise_shim.borrow_mut() = ShimState::Refused;
+            run(None)
+        }
+    }
+}
+
+/// After the outputs were stored under the first key: the second key from
+/// the shim's report, recorded. False when the job did not run with it.
+pub(super) fn record(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[u8], batch: &mut Batch) -> bool {
+    if !matches!(*job.precise_shim.borrow(), ShimState::Armed(_)) {
+        return false;
+    }
+    let ShimState::Armed(a) = std::mem::replace(&mut *job.precise_shim.borrow_mut(), ShimState::Refused) else {
+        return false;
+    };
+    let cpu0 = crate::util::cpu_ns(libc::RUSAGE_THREAD);
+    let result = (|| {
+        let Some(fd) = &a.report else { return refuse("shim_no_report", "not run with the shim") };
+        let answer = read_now(fd);
+        // A compile that printed anything: its diagnostics may depend on
+        // what the post-import module does not hold (as the helper refuses
+        // on any diagnostic).
+        if !stderr.is_empty() {
+            return refuse("shim_stderr", "the compile wrote to stderr");
+        }
+        if answer.is_empty() {
+            return refuse("shim_no_report", "the shim did not report");
+        }
+        let (post_import, hash_ns) = match parse_answer(&answer) {
+            Err(Refusal { code: "helper_refused", detail }) => return refuse("shim_refused", detail),
+            other => other?,
+        };
+        if job.hasher.unchanged_since_hashing().is_some() || a.hasher.unchanged_since_hashing().is_some() {
+            return refuse("input_changed", "input changed");
+        }
+        Ok((second_key(&job.key.fields, &a.key_identity, &a.shard, &post_import), hash_ns))
+    })();
+    match result {
+        Ok((second, hash_ns)) => {
+            batch.add("precise.shim_computed", 1);
+            batch.add("cpu_ns.precise_shim", hash_ns);
+            match write_map(ctx, &second, &job.key.digest) {
+                Ok(()) => batch.add("precise.stored", 1),
+                Err(e) => ctx.log.log(&format!("precise: mapping not stored: {e:#}")),
+            }
+            ctx.log.log(&format!(
+                "precise: second key {} recorded by the shim {} (helper {}) {}",
+                hex(&second[..8]),
+                a.shim.path.display(),
+                a.helper.display(),
+                inv.output.display()
+            ));
+        }
+        Err(r) => count_refusal(ctx, inv, batch, &r),
+    }
+    batch.add("cpu_ns.precise", a.cpu_ns + crate::util::cpu_ns(libc::RUSAGE_THREAD) - cpu0);
+    true
+}

@@ -1,0 +1,228 @@
+//! Precise mode's shim (helper/ltocache-precise-shim.cpp, preloaded into
+//! clang-19's backend): the compile is unchanged by it, its post-import
+//! digest is the helper's, and a cold build through ltocache records second
+//! keys with it, so the first edit after a cold build is served precisely.
+//! A shim that cannot be used leaves the compile alone.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use util::precise::{helper19, shim_of, Project, NAMING, PROJECT};
+use util::{ok, CLANG};
+
+fn shim() -> PathBuf {
+    shim_of(&helper19())
+}
+
+/// A project whose cold jobs run under the default cold policy.
+fn project(cflags: &[&str], bflags: &[&str]) -> Project {
+    Project::new(cflags, bflags)
+}
+
+/// Runs one backend of `p` through ltocache with the default cold policy
+/// (or `cold`) and `env`; returns its stderr.
+fn backend(p: &Project, m: &str, env: &[(&str, &str)]) -> Vec<u8> {
+    let mut c = p.ltocache();
+    c.env_remove("LTOCACHE_PRECISE_COLD");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.arg(&p.clang).args(p.backend_args(m, &format!("{m}.native.o"))).output().unwrap();
+    assert!(out.status.success(), "{m}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stderr
+}
+
+fn build(p: &Project, env: &[(&str, &str)]) {
+    for m in &p.modules {
+        let stderr = backend(p, m, env);
+        assert!(stderr.is_empty(), "{m}: {}", String::from_utf8_lossy(&stderr));
+    }
+}
+
+fn maps(p: &Project) -> usize {
+    util::files_under(&p.cache.join("v1/precise")).len()
+}
+
+#[test]
+fn shim_leaves_objects_unchanged_and_its_digest_and_module_are_the_helpers_and_clangs() {
+    let cases = util::precise::Cases::new();
+    let compared: usize = cases.list().into_iter().map(|(b, extra)| b.compare_shim(&shim(), &helper19(), extra)).sum();
+    assert_eq!(compared, util::precise::Cases::modules());
+}
+
+#[test]
+fn a_cold_build_records_second_keys_with_the_shim_and_the_first_edit_is_served() {
+    for (bflags, expect) in [(&[][..], &["table"][..]), (NAMING, &["table", "step"])] {
+        let p = project(&[], bflags);
+        build(&p, &[]);
+        // lib imports nothing (no second key needed); the other three
+        // recorded theirs from the shim, none in the background.
+        assert_eq!(p.stat("shim_computed"), 3, "{}", p.stats_json());
+        assert_eq!(p.stat("skipped_no_imports"), 1, "{}", p.stats_json());
+        assert_eq!(p.stat("background"), 0, "{}", p.stats_json());
+        assert_eq!(p.stat("computed"), 0, "no helper request in a cold build: {}", p.stats_json());
+        assert_eq!(maps(&p), 3);
+        p.assert_fresh("cold build with the shim");
+        // The first edit after the cold build: served by the second key the
+        // shim recorded, found by the helper's.
+        p.edit("lib", "return x * 7;", "return x * 9;");
+        let mut served = Vec::new();
+        for m in PROJECT {
+            let hits = p.stat("precise_hits");
+            backend(&p, m, &[]);
+            if p.stat("precise_hits") > hits {
+                served.push(*m);
+            }
+        }
+        // (With the naming option main, which imports lib_step through
+        // step, may be served too: its post-import module is unchanged.)
+        assert!(expect.iter().all(|m| served.contains(m)), "{bflags:?}: {served:?}");
+        assert!(!served.contains(&"lib"), "{bflags:?}: {served:?}");
+        if bflags.is_empty() {
+            assert_eq!(served, expect);
+        }
+        p.assert_fresh(&format!("first edit after a cold build {bflags:?}"));
+    }
+}
+
+#[test]
+fn verification_finds_the_shims_second_key_hits_clean() {
+    let p = project(&[], &[]);
+    build(&p, &[]);
+    p.edit("lib", "return x * 7;", "return x * 9;");
+    build(&p, &[("LTOCACHE_VERIFY", "1")]);
+    assert_eq!(p.stat("verified"), 1, "{}", p.stats_json());
+    assert_eq!(p.stat("stale_detected"), 0);
+    p.assert_fresh("verified");
+}
+
+#[test]
+fn explicit_policies_still_work_and_background_is_the_fallback_without_a_shim() {
+    // background: the old way, no shim.
+    let p = project(&[], &[]);
+    build(&p, &[("LTOCACHE_PRECISE_COLD", "background")]);
+    assert_eq!(p.stat("shim_armed"), 0);
+    assert_eq!(p.stat("background"), 3, "{}", p.stats_json());
+    // No shim beside the helper (LTOCACHE_PRECISE_SHIM=0): the default
+    // falls back to background; `shim` computes nothing.
+    let p = project(&[], &[]);
+    build(&p, &[("LTOCACHE_PRECISE_SHIM", "0")]);
+    assert_eq!((p.stat("shim_armed"), p.stat("background")), (0, 3), "{}", p.stats_json());
+    let p = project(&[], &[]);
+    build(&p, &[("LTOCACHE_PRECISE_SHIM", "0"), ("LTOCACHE_PRECISE_COLD", "shim")]);
+    assert_eq!((p.stat("shim_armed"), p.stat("background"), maps(&p)), (0, 0, 0), "{}", p.stats_json());
+    // skip: nothing.
+    let p = project(&[], &[]);
+    build(&p, &[("LTOCACHE_PRECISE_COLD", "skip")]);
+    assert_eq!((p.stat("shim_armed"), maps(&p)), (0, 0));
+    // Precise mode off: no shim either.
+    let p = project(&[], &[]);
+    build(&p, &[("LTOCACHE_PRECISE", "0")]);
+    assert_eq!((p.stat("shim_armed"), maps(&p)), (0, 0));
+}
+
+/// A shared library that is not the shim (no thinBackend of its own).
+fn foreign_so(dir: &Path) -> PathBuf {
+    let src = dir.join("other.c");
+    std::fs::write(&src, "int ltocache_test_other(void) { return 1; }\n").unwrap();
+    let so = dir.join("other.so");
+    ok(Command::new(CLANG).args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&src));
+    so
+}
+
+#[test]
+fn a_shim_that_cannot_be_used_leaves_the_compile_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let garbage = t.path().join("garbage.so");
+    std::fs::write(&garbage, "not an ELF file\n").unwrap();
+    let missing = t.path().join("missing.so");
+    for (what, path) in [("not loadable", garbage), ("no thinBackend", foreign_so(t.path())), ("absent", missing)] {
+        let p = project(&[], &[]);
+        let env = [("LTOCACHE_PRECISE_SHIM", path.to_str().unwrap()), ("LTOCACHE_PRECISE_COLD", "shim")];
+        // build() asserts every compile's stderr is empty: the loader's
+        // complaint about a bad preload never reaches the build.
+        build(&p, &env);
+        assert_eq!(p.stat("shim_armed"), 0, "{what}: {}", p.stats_json());
+        assert_eq!(maps(&p), 0, "{what}: no second key");
+        assert_eq!(p.stat("shim_unusable"), 3, "{what}: counted: {}", p.stats_json());
+        p.assert_fresh(what);
+    }
+}
+
+#[test]
+fn where_cc1_would_run_in_a_process_of_its_own_the_shim_is_not_added() {
+    let p = project(&[], &[]);
+    build(&p, &[("CLANG_SPAWN_CC1", "1")]);
+    assert_eq!(p.stat("shim_armed"), 0);
+    assert_eq!(p.stat("shim_unsafe_env"), 3, "{}", p.stats_json());
+    // The default then falls back to the background helper.
+    assert_eq!(p.stat("background"), 3, "{}", p.stats_json());
+    p.assert_fresh("CLANG_SPAWN_CC1");
+}
+
+/// A preload of the user's own that logs each process it is loaded into.
+fn user_preload(dir: &Path) -> PathBuf {
+    let src = dir.join("user.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void logged(void) {
+    const char *log = getenv("USER_PRELOAD_LOG");
+    if (!log) return;
+    FILE *f = fopen(log, "a");
+    if (f) { fprintf(f, "loaded\n"); fclose(f); }
+}
+"#,
+    )
+    .unwrap();
+    let so = dir.join("user.so");
+    ok(Command::new(CLANG).args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&src));
+    so
+}
+
+#[test]
+fn the_users_ld_preload_is_kept_with_the_shim() {
+    let t = tempfile::tempdir().unwrap();
+    let user = user_preload(t.path());
+    let log = t.path().join("user.log");
+    let p = project(&[], &[]);
+    build(&p, &[("LD_PRELOAD", user.to_str().unwrap()), ("USER_PRELOAD_LOG", log.to_str().unwrap())]);
+    assert_eq!(p.stat("shim_computed"), 3, "{}", p.stats_json());
+    let loaded = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    // At least each of the three shimmed compiles loaded the user's library
+    // (ltocache itself and clang -### are processes too).
+    assert!(loaded >= 3, "the user's preload was loaded {loaded} times");
+    p.assert_fresh("user's LD_PRELOAD");
+}
+
+#[test]
+fn the_shims_settings_do_not_reach_the_compilers_children() {
+    // Not clang: what the shim does at load, in any process it is preloaded
+    // into, with the environment ltocache gives it. The program's children
+    // must see the user's LD_PRELOAD, none of the shim's variables and not
+    // its report descriptor.
+    let t = tempfile::tempdir().unwrap();
+    let user = user_preload(t.path());
+    let report = std::fs::File::create(t.path().join("report")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&report);
+    let env = ltocache::precise::shim_environment(&shim(), fd, Some(user.as_os_str()), None);
+    let mut cmd = Command::new("/bin/sh");
+    ltocache::exec::Extra { env, inherit_fd: Some(fd) }.apply(&mut cmd);
+    let script = format!("env; echo FD; ls -l /proc/self/fd; echo SH; readlink /proc/$$/fd/{fd}");
+    let out = ok(cmd.args(["-c", &script]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (env_text, rest) = text.split_once("\nFD\n").unwrap();
+    assert!(!env_text.contains("LTOCACHE_SHIM"), "{env_text}");
+    let preload: Vec<&str> = env_text.lines().filter(|l| l.starts_with("LD_PRELOAD=")).collect();
+    assert_eq!(preload, vec![format!("LD_PRELOAD={}", user.display())], "{env_text}");
+    let (fds, sh) = rest.split_once("SH\n").unwrap();
+    let name = t.path().join("report").display().to_string();
+    assert!(!fds.contains(&name), "the report descriptor reached a child: {fds}");
+    // The process the shim was loaded into still has it (for its report)...
+    assert!(sh.contains(&name), "{sh}");
+    // ...and a process with no use for it wrote nothing on it.
+    drop(report);
+    assert_eq!(std::fs::read(t.path().join("report")).unwrap(), b"");
+}
