@@ -186,10 +186,16 @@ pub(super) fn cc1_line(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, cwd: &Pa
     // One `clang -###` per memo: the background children of a cold build,
     // which queue up at idle priority, wait for the first to write it
     // instead of each running the driver (18 ms of CPU each for clang-19).
-    // A job in the foreground never waits for one of them (an idle-priority
-    // holder may not run while the build keeps the CPU busy): it only takes
-    // a free lock. Held until this returns.
-    let _lock = lock_file(&memo.with_extension("lock"), IN_BACKGROUND.load(std::sync::atomic::Ordering::Relaxed));
+    // A job in the foreground waits a little (the parallel jobs at the
+    // start of a build would each run the driver), never long: an
+    // idle-priority holder may not run while the build keeps the CPU busy.
+    // Held until this returns.
+    let lock = memo.with_extension("lock");
+    let _lock = if IN_BACKGROUND.load(std::sync::atomic::Ordering::Relaxed) {
+        lock_file(&lock, true)
+    } else {
+        lock_file_within(&lock, FOREGROUND_LOCK_WAIT)
+    };
     if let Some(args) = read_memo() {
         return Ok(args);
     }
@@ -229,6 +235,25 @@ pub(super) static IN_BACKGROUND: std::sync::atomic::AtomicBool = std::sync::atom
 /// dropped: waited for when `wait`, else taken only if free. None when it
 /// is not had (the caller goes on unlocked: at worst it repeats work
 /// another process is doing).
+/// How long a job in the foreground waits for another process computing a
+/// memo it needs (`clang -###`, the helper's and the shim's checks take
+/// 10-40 ms): past it, it computes the memo itself.
+pub(super) const FOREGROUND_LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// [`lock_file`], waiting at most `max` for it.
+pub(super) fn lock_file_within(path: &Path, max: Duration) -> Option<std::fs::File> {
+    let deadline = Instant::now() + max;
+    loop {
+        if let Some(f) = lock_file(path, false) {
+            return Some(f);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 pub(super) fn lock_file(path: &Path, wait: bool) -> Option<std::fs::File> {
     use std::os::unix::io::AsRawFd;
     let _ = std::fs::create_dir_all(path.parent()?);

@@ -37,6 +37,12 @@ pub(super) fn memoised(ctx: &Ctx, name: String, compute: impl FnOnce() -> String
     if let Ok(v) = std::fs::read_to_string(&memo) {
         return v;
     }
+    // The parallel jobs at a build's start would each run the check (`ldd`,
+    // a helper or a compiler): one does while the others wait a little.
+    let _lock = lock_file_within(&memo.with_extension("lock"), FOREGROUND_LOCK_WAIT);
+    if let Ok(v) = std::fs::read_to_string(&memo) {
+        return v;
+    }
     let v = compute();
     let dir = memo.parent().unwrap_or(Path::new("."));
     let _ = crate::util::write_atomic(dir, &memo, v.as_bytes());
