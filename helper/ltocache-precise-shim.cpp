@@ -17,6 +17,12 @@
 //   LTOCACHE_SHIM_PRELOAD=+V  the LD_PRELOAD to restore (V), or "-": unset
 //   LTOCACHE_SHIM_DUMP=PATH   also write the module as -save-temps does
 //   LTOCACHE_SHIM_CHECK=1     report what the shim binds to and do nothing
+//   LTOCACHE_SHIM_ASK=1       after an `ok` report, wait for one byte on the
+//                             descriptor (a socket): `s` means ltocache has
+//                             put the object in place, so stop -- remove the
+//                             compiler's temporary output (its interrupt
+//                             handlers) and exit 0; anything else, end of
+//                             file, an error or 60 s without an answer: go on
 // Report (one line on the descriptor, which is then closed):
 //   ok <64 hex digits> <bitcode bytes> <CPU ns spent hashing>
 //   refuse <reason>
@@ -29,6 +35,7 @@
 
 #include "llvm/LTO/Config.h"
 #include "llvm/LTO/LTOBackend.h"
+#include "llvm/Support/Signals.h"
 
 #include <atomic>
 #include <cerrno>
@@ -37,6 +44,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string>
 #include <unistd.h>
 
@@ -52,19 +60,40 @@ using ThinBackendFn = decltype(&lto::thinBackend);
 // Plain data only: the constructor below may run before this file's dynamic
 // initialisers (a std::string set there could be reset after).
 int ReportFd = -1;
+bool Ask = false;
 char *DumpPath = nullptr;
 ThinBackendFn Real = nullptr;
 std::atomic<bool> Used{false};
 
 using ltocache_precise::writeAll;
 
-void report(std::string Line) {
+void report(std::string Line, bool Asking = false) {
   int Fd = ReportFd;
   ReportFd = -1;
   if (Fd < 0) return;
   for (char &C : Line)
     if (C == '\n') C = ' ';
   writeAll(Fd, Line + "\n");
+  if (Asking) {
+    pollfd P{Fd, POLLIN, 0};
+    char Answer = 0;
+    int N;
+    do N = poll(&P, 1, 60000);
+    while (N < 0 && errno == EINTR);
+    ssize_t Got = 0;
+    if (N > 0) {
+      do Got = read(Fd, &Answer, 1);
+      while (Got < 0 && errno == EINTR);
+    }
+    if (Got == 1 && Answer == 's') {
+      // ltocache served the object at the output path (atomically, before
+      // answering): what clang would still write is the same object. Its
+      // temporary output file is removed as on an interrupt, and nothing
+      // else of the compile is left to do.
+      sys::RunInterruptHandlers();
+      _exit(0);
+    }
+  }
   close(Fd);
 }
 
@@ -83,11 +112,13 @@ __attribute__((constructor)) void init() {
   }
   if (const char *D = getenv("LTOCACHE_SHIM_DUMP")) DumpPath = strdup(D);
   bool Check = getenv("LTOCACHE_SHIM_CHECK") != nullptr;
+  Ask = getenv("LTOCACHE_SHIM_ASK") != nullptr;
   if (const char *P = getenv("LTOCACHE_SHIM_PRELOAD")) {
     if (P[0] == '+') setenv("LD_PRELOAD", P + 1, 1);
     else unsetenv("LD_PRELOAD");
   }
-  for (const char *V : {"LTOCACHE_SHIM_FD", "LTOCACHE_SHIM_PRELOAD", "LTOCACHE_SHIM_DUMP", "LTOCACHE_SHIM_CHECK"})
+  for (const char *V :
+       {"LTOCACHE_SHIM_FD", "LTOCACHE_SHIM_PRELOAD", "LTOCACHE_SHIM_DUMP", "LTOCACHE_SHIM_CHECK", "LTOCACHE_SHIM_ASK"})
     unsetenv(V);
 
   // The real function: the next definition of our own symbol's name (taken
@@ -129,7 +160,8 @@ template <class Call> Error shimmed(const lto::Config &C, const ModuleSummaryInd
       if (!DumpError.empty()) report("refuse dump: " + DumpError);
       else
         report("ok " + D.Hex + " " + std::to_string(D.Bytes) + " " +
-               std::to_string(ltocache_precise::cpuNs() - Cpu0));
+                   std::to_string(ltocache_precise::cpuNs() - Cpu0),
+               Ask);
     }
     return Prev ? Prev(Task, Mod) : true;
   };

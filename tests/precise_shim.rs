@@ -226,3 +226,128 @@ fn the_shims_settings_do_not_reach_the_compilers_children() {
     drop(report);
     assert_eq!(std::fs::read(t.path().join("report")).unwrap(), b"");
 }
+
+/// Files in the project's directory named after `m.native.o` but not it:
+/// clang's temporary outputs (`m.native-XXXXXXXX.o.tmp`).
+fn temporaries(p: &Project, m: &str) -> Vec<String> {
+    let name = format!("{m}.native.o");
+    std::fs::read_dir(&p.dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{m}.native")) && *n != name)
+        .collect()
+}
+
+#[test]
+fn a_rebuild_asked_by_the_shim_is_stopped_on_a_second_key_hit() {
+    // LTOCACHE_PRECISE_REBUILD=shim: no helper request before a rebuild's
+    // compile; the shim asks with its digest after the import, and a hit
+    // serves the object and stops the backend.
+    let rebuild = [("LTOCACHE_PRECISE_REBUILD", "shim")];
+    for (bflags, expect) in [(&[][..], &["table"][..]), (NAMING, &["table", "step"])] {
+        let p = project(&[], bflags);
+        build(&p, &[]);
+        for (n, (from, to)) in
+            [("return x * 7;", "return x * 9;"), ("return x * 9;", "return x * 11;")].iter().enumerate()
+        {
+            p.edit("lib", from, to);
+            let mut served = Vec::new();
+            for m in PROJECT {
+                let hits = p.stat("precise_hits");
+                let stderr = backend(&p, m, &rebuild);
+                assert!(stderr.is_empty(), "{m}: {}", String::from_utf8_lossy(&stderr));
+                if p.stat("precise_hits") > hits {
+                    served.push(*m);
+                }
+                assert!(temporaries(&p, m).is_empty(), "{m}: {:?}", temporaries(&p, m));
+            }
+            assert!(expect.iter().all(|m| served.contains(m)), "{bflags:?} edit {n}: {served:?}");
+            assert!(!served.contains(&"lib"));
+            assert_eq!(p.stat("shim_stopped"), p.stat("precise_hits"), "{}", p.stats_json());
+            assert_eq!(p.stat("computed"), 0, "no helper request: {}", p.stats_json());
+            p.assert_fresh(&format!("{bflags:?} edit {n}"));
+        }
+        // The first key was recorded too: the same build again hits on it.
+        let hits = p.stat("hits");
+        build(&p, &rebuild);
+        assert_eq!(p.stat("hits"), hits + PROJECT.len() as i64);
+    }
+}
+
+#[test]
+fn a_cold_compile_asks_too_and_is_served_where_a_mapping_exists() {
+    // Outputs removed (a clean checkout, a new build directory): every job
+    // is cold, and its shim's question is a lookup that costs nothing.
+    let p = project(&[], &[]);
+    build(&p, &[]);
+    for m in PROJECT {
+        std::fs::remove_file(p.dir.join(format!("{m}.native.o"))).unwrap();
+    }
+    p.edit("lib", "return x * 7;", "return x * 9;");
+    build(&p, &[]);
+    assert_eq!(p.stat("precise_hits"), 1, "{}", p.stats_json());
+    assert_eq!(p.stat("shim_stopped"), 1);
+    assert!(temporaries(&p, "table").is_empty());
+    p.assert_fresh("cold, served by the shim's question");
+}
+
+/// clang-19 running `m`'s backend of `p` into `out` with the shim asking on
+/// a socket; `talk` gets the test's end once the question came.
+fn asked_compile(p: &Project, m: &str, out: &str, talk: impl FnOnce(std::os::unix::net::UnixStream, &str)) {
+    use std::io::BufRead;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    let mut env = ltocache::precise::shim_environment(&shim(), fd, None, None);
+    env.push(("LTOCACHE_SHIM_ASK".into(), "1".into()));
+    let mut cmd = p.clang();
+    ltocache::exec::Extra { env, inherit_fd: Some(fd) }.apply(&mut cmd);
+    let child = cmd.args(p.backend_args(m, out)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(theirs);
+    let mut line = String::new();
+    std::io::BufReader::new(ours.try_clone().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("ok "), "{line:?}");
+    talk(ours, &line);
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success() && done.stderr.is_empty(), "{}", String::from_utf8_lossy(&done.stderr));
+}
+
+#[test]
+fn a_question_nobody_answers_leaves_the_compile_to_finish() {
+    // What the compile does when ltocache dies mid-protocol: its end of the
+    // socket closes, and the backend goes on and writes its own object. If
+    // ltocache had served the object first, clang's rename replaces it with
+    // the same bytes; make sees a whole object either way (and ltocache's
+    // own exit status, a failure it reports).
+    let p = project(&[], &[]);
+    ok(p.clang().args(p.backend_args("table", "plain.o")));
+    let plain = std::fs::read(p.dir.join("plain.o")).unwrap();
+    asked_compile(&p, "table", "table.native.o", |ours, _| drop(ours));
+    assert!(p.object("table") == plain);
+    std::fs::write(p.dir.join("table.native.o"), &plain).unwrap();
+    asked_compile(&p, "table", "table.native.o", |ours, _| {
+        std::fs::write(p.dir.join("table.native.o"), &plain).unwrap();
+        drop(ours);
+    });
+    assert!(p.object("table") == plain);
+    // "Go on" is the same.
+    asked_compile(&p, "table", "table.native.o", |mut ours, _| {
+        std::io::Write::write_all(&mut ours, b"g").unwrap();
+    });
+    assert!(p.object("table") == plain);
+    assert!(temporaries(&p, "table").is_empty());
+}
+
+#[test]
+fn stopping_removes_clangs_temporary_output_and_leaves_what_was_served() {
+    let p = project(&[], &[]);
+    ok(p.clang().args(p.backend_args("table", "plain.o")));
+    let plain = std::fs::read(p.dir.join("plain.o")).unwrap();
+    asked_compile(&p, "table", "table.native.o", |mut ours, _| {
+        // While the backend waits, its temporary output exists beside the output.
+        assert_eq!(temporaries(&p, "table").len(), 1, "{:?}", temporaries(&p, "table"));
+        std::fs::write(p.dir.join("table.native.o"), &plain).unwrap();
+        std::io::Write::write_all(&mut ours, b"s").unwrap();
+    });
+    assert!(temporaries(&p, "table").is_empty(), "{:?}", temporaries(&p, "table"));
+    assert!(p.object("table") == plain);
+}

@@ -190,12 +190,10 @@ def main():
         relw = f" ({100 * (wall - base_wall) / base_wall:+.1f} %)" if base else ""
         extra = ""
         if base:
-            shimmed = median(mode, lambda x: x["precise"].get("shim_armed", 0))
-            # Loading the shim and its hook, beyond the hashing it counts itself.
-            load = (max(0.0, preload["per_compile_ms"] - preload["shim_hashing_ms"]) / 1e3 * shimmed) if preload else 0
-            b = median(mode, lambda x: besides(x) + shim_s(x)) + load
+            # (Loading the shim beyond the hashing it counts is the preload line's difference.)
+            b = median(mode, lambda x: besides(x) + shim_s(x))
             extra = (f", besides the compiler {b:.3f} s ({100 * (b - base_besides) / base_compiler:+.1f} % of the "
-                     f"compiler's {base_compiler:.2f} s; shim hashing and preloading included)")
+                     f"compiler's {base_compiler:.2f} s; the shim's hashing included)")
         print(f"{mode:>18}: cpu {cpu:.2f} s{rel}, wall -j{a.jobs} {wall:.2f} s{relw}, "
               f"precise mode's own CPU {own:.1f} % of the compiler's{extra}")
     shutil.rmtree(work, ignore_errors=True)

@@ -367,7 +367,7 @@ fn plan_job<'c>(ctx: &'c Ctx, run: &Planner<'c>, args: &[String], spec: &JobSpec
         return Plan::Served;
     }
     // A cold compile may run with precise mode's shim (crate::precise).
-    crate::precise::arm_shim(ctx, &inv, &keyed, batch);
+    crate::precise::arm_shim(ctx, &inv, &keyed, batch, false);
     Plan::Cached(Box::new((inv, keyed)))
 }
 

@@ -33,8 +33,8 @@ pub use cc1::*;
 pub use helper::*;
 pub use key::*;
 pub use shim::{
-    compile as compile_with_shim, must_rerun as shim_must_rerun, shim_environment, spawn as shim_spawn, ShimState,
-    Spawn as ShimSpawn,
+    compile as compile_with_shim, must_rerun as shim_must_rerun, served as served_by_shim, shim_environment,
+    spawn as shim_spawn, ShimState, Spawn as ShimSpawn,
 };
 use shim::{shim_for, Shim};
 
@@ -293,6 +293,15 @@ fn cold_policy() -> Cold {
     }
 }
 
+/// `LTOCACHE_PRECISE_REBUILD=shim`: a rebuild's job (its output exists)
+/// does not ask the helper before compiling; its compile runs with the
+/// shim, which asks ltocache with the post-import digest in the backend and
+/// stops it when the second key hits (shim.rs). The default (`helper`) asks
+/// the helper first. Jobs chosen for verification always ask the helper.
+fn rebuild_by_shim() -> bool {
+    crate::util::env("LTOCACHE_PRECISE_REBUILD").as_deref() == Some("shim")
+}
+
 /// Why the second key was not computed (a stats counter each).
 #[derive(Debug)]
 pub struct Refusal {
@@ -343,10 +352,15 @@ fn lookup(
     inv: &BackendInvocation,
     job: &Keyed,
     batch: &mut Batch,
+    for_verify: bool,
 ) -> Option<(Second, [u8; 32], crate::store::Entry)> {
     job.precise_looked.set(true);
     if !job.output_existed() && cold_policy() != Cold::Sync {
         // A cold compile: nothing is computed before it (see after_store).
+        return None;
+    }
+    if job.output_existed() && rebuild_by_shim() && !for_verify {
+        // The compile asks with the shim's digest instead (shim.rs).
         return None;
     }
     if !has_candidates(ctx, job) {
@@ -399,7 +413,7 @@ pub fn verify_candidate(
     job: &Keyed,
     batch: &mut Batch,
 ) -> Option<crate::store::Entry> {
-    let (_, _, entry) = lookup(ctx, inv, job, batch)?;
+    let (_, _, entry) = lookup(ctx, inv, job, batch, true)?;
     batch.add("precise.verified", 1);
     Some(entry)
 }
@@ -422,8 +436,22 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
         // Already looked up (by verify_candidate) and nothing was served.
         return None;
     }
-    let (second, target, entry) = lookup(ctx, inv, job, batch)?;
-    match crate::store::serve_entry(&ctx.store, ctx.config.serve_mode.value, &entry, &inv.output) {
+    let (second, target, entry) = lookup(ctx, inv, job, batch, false)?;
+    serve_second(ctx, inv, job, batch, &second, &target, &entry).then_some(entry.stderr)
+}
+
+/// Serves the entry a second key maps to at the job's output and counts
+/// the hit; false (counted) when it could not be served.
+fn serve_second(
+    ctx: &Ctx,
+    inv: &BackendInvocation,
+    job: &Keyed,
+    batch: &mut Batch,
+    second: &Second,
+    target: &[u8; 32],
+    entry: &crate::store::Entry,
+) -> bool {
+    match crate::store::serve_entry(&ctx.store, ctx.config.serve_mode.value, entry, &inv.output) {
         Ok(Some(bytes)) => {
             ctx.log.log(&format!(
                 "precise hit {} {} (helper {})",
@@ -439,7 +467,7 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
                 "{}served-because\tsecond key {}, object of entry {}\n",
                 job.fields_text(),
                 hex(&second.digest),
-                hex(&target)
+                hex(target)
             );
             batch.last_compile = Some((job.output_name.clone(), job.key.digest, "precise-hit".into(), fields));
             // Record the first key too: the next identical build hits at once.
@@ -453,11 +481,11 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
                     Err(e) => ctx.log.log(&format!("precise: recording the first key failed: {e:#}")),
                 }
             }
-            Some(entry.stderr)
+            true
         }
         _ => {
             batch.add("errors.serve", 1);
-            None
+            false
         }
     }
 }
@@ -465,8 +493,10 @@ pub fn try_serve(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
 /// After a cold job's first key missed (wrapper and distributor): whether
 /// its compile runs with the shim, which then records the second key as a
 /// by-product (shim.rs).
-pub fn arm_shim<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch) {
-    shim::arm(ctx, inv, job, batch)
+/// `ask`: the caller answers the shim's question while the compile runs
+/// ([`compile_with_shim`]: the wrapper), so a second-key hit stops it.
+pub fn arm_shim<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch, ask: bool) {
+    shim::arm(ctx, inv, job, batch, ask)
 }
 
 /// After the outputs were stored under the first key (`stderr`: the

@@ -11,7 +11,7 @@
 //! it: the compile never depends on the shim.
 
 use super::*;
-use crate::exec::{Extra, Finished};
+use crate::exec::{Dialog, Extra, Finished};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -70,11 +70,12 @@ pub(super) fn shim_for(
     Ok(Some(Shim { path, identity: *h.finalize().as_bytes() }))
 }
 
-/// A pipe whose ends are both close-on-exec: (read, write).
+/// A connected pair of Unix stream sockets, both close-on-exec: (ours,
+/// the compile's). A socket, not a pipe: the shim may wait for an answer.
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    // SAFETY: socketpair writes two descriptors into the array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: both are fresh descriptors that nothing else owns.
@@ -205,6 +206,9 @@ pub enum ShimState<'c> {
     /// No usable shim, or an environment that does not let it run: the
     /// default cold policy falls back to the background helper.
     Unavailable,
+    /// The shim asked, the second key hit: the object was served and the
+    /// compile stopped. Holds the entry's stderr, to replay.
+    Served(Vec<u8>),
 }
 
 pub struct Armed<'c> {
@@ -216,17 +220,24 @@ pub struct Armed<'c> {
     /// Tracks the shard this read, for the after-compile check.
     hasher: crate::digest::FileHasher<'c>,
     dump: Option<PathBuf>,
-    /// The pipe's read end, once the compile was spawned.
+    /// Our end of the socket, once the compile was spawned.
     report: Option<OwnedFd>,
     cpu_ns: i64,
+    /// The shim asks before going on (wrapper only: it answers while the
+    /// compile runs), so a second-key hit stops the backend.
+    ask: bool,
+    /// The shim's line when it asked (read from the socket by then).
+    line: Option<String>,
 }
 
-/// For a cold compile under the default cold policy: decides whether it
-/// runs with the shim (after the first key missed). Every refusal the
-/// helper's path makes is made here, before the compile (cc1 and `-mllvm`
-/// options, the shard's index features), and counted.
-pub(super) fn arm<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch) {
-    if job.output_existed()
+/// For a cold compile under the default cold policy (and a rebuild's with
+/// `LTOCACHE_PRECISE_REBUILD=shim`, when `ask`): decides whether it runs
+/// with the shim (after the first key missed). Every refusal the helper's
+/// path makes is made here, before the compile (cc1 and `-mllvm` options,
+/// the shard's index features), and counted. With `ask` the shim asks with
+/// its digest before going on.
+pub(super) fn arm<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch, ask: bool) {
+    if (job.output_existed() && !(ask && rebuild_by_shim()))
         || job.precise.borrow().is_some()
         || !matches!(cold_policy(), Cold::Auto | Cold::Shim)
         || ctx.config.readonly.value
@@ -248,6 +259,9 @@ pub(super) fn arm<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, ba
     if let ShimState::Armed(a) = &mut state {
         batch.add("precise.shim_armed", 1);
         a.cpu_ns = spent;
+        // A job chosen for verification is compiled and compared, and
+        // LTOCACHE_RECACHE serves nothing: neither is stopped by a hit.
+        a.ask = ask && !ctx.config.recache.value && !crate::verify::selected(ctx.config.verify.value, &job.key.digest);
     } else {
         batch.add("cpu_ns.precise", spent);
     }
@@ -308,6 +322,8 @@ fn decide<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mu
         dump: dump_path(&cwd, inv),
         report: None,
         cpu_ns: 0,
+        ask: false,
+        line: None,
     }))
 }
 
@@ -329,7 +345,10 @@ pub fn spawn(job: &Keyed) -> Option<Spawn> {
         return None;
     };
     let user = std::env::var_os("LD_PRELOAD");
-    let env = shim_environment(&a.shim.path, w.as_raw_fd(), user.as_deref(), a.dump.as_deref());
+    let mut env = shim_environment(&a.shim.path, w.as_raw_fd(), user.as_deref(), a.dump.as_deref());
+    if a.ask {
+        env.push(("LTOCACHE_SHIM_ASK".into(), "1".into()));
+    }
     a.report = Some(r);
     Some(Spawn { extra: Extra { env, inherit_fd: Some(w.as_raw_fd()) }, _write: w })
 }
@@ -353,24 +372,97 @@ pub fn must_rerun(job: &Keyed, finished: &Finished, batch: &mut Batch) -> bool {
 }
 
 /// Runs a wrapped job's compile, with the shim when it is armed (and again
-/// without it when [`must_rerun`] says so).
+/// without it when [`must_rerun`] says so), answering the shim's question.
 pub fn compile(
+    ctx: &Ctx,
+    inv: &BackendInvocation,
     job: &Keyed,
     batch: &mut Batch,
-    run: impl Fn(Option<&Extra>) -> anyhow::Result<Finished>,
+    mut run: impl FnMut(Option<&Extra>, Option<&mut Dialog>) -> anyhow::Result<Finished>,
 ) -> anyhow::Result<Finished> {
-    let Some(s) = spawn(job) else { return run(None) };
-    let first = run(Some(&s.extra));
+    let Some(s) = spawn(job) else { return run(None, None) };
+    let ours = match &*job.precise_shim.borrow() {
+        ShimState::Armed(a) if a.ask => a.report.as_ref().map(|fd| fd.as_raw_fd()),
+        _ => None,
+    };
+    let first = {
+        let mut answer = |line: &str, stderr: &[u8]| answer(ctx, inv, job, batch, line, stderr);
+        let mut dialog = ours.map(|fd| Dialog { fd, answer: &mut answer });
+        run(Some(&s.extra), dialog.as_mut())
+    };
     drop(s);
+    if served(job).is_some() {
+        // Stopped after the object was served: whatever the compile's end.
+        return first;
+    }
     match first {
         Ok(f) if !must_rerun(job, &f, batch) => Ok(f),
-        Ok(_) => run(None),
+        Ok(_) => run(None, None),
         Err(_) => {
             batch.add("precise.shim_rerun", 1);
             *job.precise_shim.borrow_mut() = ShimState::Refused;
-            run(None)
+            run(None, None)
         }
     }
+}
+
+/// The stderr to replay when the shim's question was answered by serving
+/// the object (the compile stopped); None otherwise.
+pub fn served(job: &Keyed) -> Option<Vec<u8>> {
+    match &*job.precise_shim.borrow() {
+        ShimState::Served(stderr) => Some(stderr.clone()),
+        _ => None,
+    }
+}
+
+/// The shim's question, in the backend after the import: its digest. The
+/// second key is computed and kept for the store; when it maps to an entry,
+/// and the compile has written nothing to stderr so far, the entry's object
+/// is served at the output path (atomically) before answering `s` (stop).
+/// Anything else answers `g` (go on).
+fn answer(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch, line: &str, stderr: &[u8]) -> u8 {
+    let cpu0 = crate::util::cpu_ns(libc::RUSAGE_THREAD);
+    if let ShimState::Armed(a) = &mut *job.precise_shim.borrow_mut() {
+        a.line = Some(line.to_string());
+    }
+    let verdict = (|| {
+        let state = job.precise_shim.borrow();
+        let ShimState::Armed(a) = &*state else { return b'g' };
+        if !stderr.is_empty() {
+            return b'g';
+        }
+        let Ok((post_import, hash_ns)) = parse_answer(line) else { return b'g' };
+        if job.hasher.unchanged_since_hashing().is_some() || a.hasher.unchanged_since_hashing().is_some() {
+            return b'g';
+        }
+        let second = Second {
+            digest: second_key(&job.key.fields, &a.key_identity, &a.shard, &post_import),
+            helper_cpu_ns: 0,
+            helper: a.helper.clone(),
+        };
+        batch.add("precise.shim_computed", 1);
+        batch.add("precise.shim_asked", 1);
+        batch.add("cpu_ns.precise_shim", hash_ns);
+        batch.add("cpu_ns.precise", a.cpu_ns);
+        *job.precise.borrow_mut() = Some(second.clone());
+        let Some(target) = read_map(ctx, &second.digest) else { return b'g' };
+        let entry = match ctx.store.get_entry_and_last_use(&target) {
+            Ok((Lookup::Hit(e), _)) => e,
+            _ => {
+                batch.add("precise.dangling", 1);
+                return b'g';
+            }
+        };
+        drop(state);
+        if !serve_second(ctx, inv, job, batch, &second, &target, &entry) {
+            return b'g';
+        }
+        batch.add("precise.shim_stopped", 1);
+        *job.precise_shim.borrow_mut() = ShimState::Served(entry.stderr);
+        b's'
+    })();
+    batch.add("cpu_ns.precise", crate::util::cpu_ns(libc::RUSAGE_THREAD) - cpu0);
+    verdict
 }
 
 /// After the outputs were stored under the first key: the second key from
@@ -385,7 +477,7 @@ pub(super) fn record(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_THREAD);
     let result = (|| {
         let Some(fd) = &a.report else { return refuse("shim_no_report", "not run with the shim") };
-        let answer = read_now(fd);
+        let answer = a.line.clone().unwrap_or_else(|| read_now(fd));
         // A compile that printed anything: its diagnostics may depend on
         // what the post-import module does not hold (as the helper refuses
         // on any diagnostic).
