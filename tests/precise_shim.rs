@@ -243,7 +243,8 @@ fn a_rebuild_asked_by_the_shim_is_stopped_on_a_second_key_hit() {
     // LTOCACHE_PRECISE_REBUILD=shim: no helper request before a rebuild's
     // compile; the shim asks with its digest after the import, and a hit
     // serves the object and stops the backend.
-    let rebuild = [("LTOCACHE_PRECISE_REBUILD", "shim")];
+    // (Whatever the cold policy: `sync` asks the helper only for cold jobs.)
+    let rebuild = [("LTOCACHE_PRECISE_REBUILD", "shim"), ("LTOCACHE_PRECISE_COLD", "sync")];
     for (bflags, expect) in [(&[][..], &["table"][..]), (NAMING, &["table", "step"])] {
         let p = project(&[], bflags);
         build(&p, &[]);

@@ -237,9 +237,10 @@ pub struct Armed<'c> {
 /// the shard's index features), and counted. With `ask` the shim asks with
 /// its digest before going on.
 pub(super) fn arm<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch, ask: bool) {
-    if (job.output_existed() && !(ask && rebuild_by_shim()))
+    let wanted =
+        if job.output_existed() { ask && rebuild_by_shim() } else { matches!(cold_policy(), Cold::Auto | Cold::Shim) };
+    if !wanted
         || job.precise.borrow().is_some()
-        || !matches!(cold_policy(), Cold::Auto | Cold::Shim)
         || ctx.config.readonly.value
         || ctx.config.remote_only.value
         || !ctx.store.writable()
