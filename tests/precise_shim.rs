@@ -352,3 +352,54 @@ fn stopping_removes_clangs_temporary_output_and_leaves_what_was_served() {
     assert!(temporaries(&p, "table").is_empty(), "{:?}", temporaries(&p, "table"));
     assert!(p.object("table") == plain);
 }
+
+#[test]
+fn a_stopped_backend_really_stops_the_served_object_is_what_the_build_keeps() {
+    // Proof that the backend stops (and does not finish and write its own
+    // object): the mapping of table's second key is pointed at another
+    // module's entry, as a wrong second key would; with the stop, the
+    // output is that entry's object, which the backend would have replaced.
+    let p = project(&[], &[]);
+    build(&p, &[]);
+    let before: Vec<Vec<u8>> = PROJECT.iter().map(|m| p.object(m)).collect();
+    let saved = p.dir.join("cache-saved");
+    ok(Command::new("cp").arg("-a").arg(&p.cache).arg(&saved));
+    p.edit("lib", "return x * 7;", "return x * 9;");
+    let rebuild = [("LTOCACHE_PRECISE_REBUILD", "shim")];
+    backend(&p, "table", &rebuild);
+    assert_eq!(p.stat("shim_stopped"), 1, "{}", p.stats_json());
+    let explain = ok(p.ltocache().args(["explain", "table.native.o"]));
+    let text = String::from_utf8_lossy(&explain.stdout).into_owned();
+    let key = text.split("second key ").nth(1).and_then(|t| t.get(..64)).unwrap_or_else(|| panic!("{text}"));
+    let mut second = [0u8; 32];
+    for (i, b) in second.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&key[2 * i..2 * i + 2], 16).unwrap();
+    }
+    // Back to the cache before the rebuild, with the wrong mapping planted.
+    std::fs::remove_dir_all(&p.cache).unwrap();
+    ok(Command::new("cp").arg("-a").arg(&saved).arg(&p.cache));
+    let store = ltocache::store::LocalStore::new(&p.cache);
+    let right = store.get_precise_map(&second).expect("the shim recorded table's second key in the cold build");
+    let wrong = util::files_under(&p.cache.join("v1/precise"))
+        .iter()
+        .filter_map(|f| {
+            let name = f.file_name()?.to_str()?;
+            let mut d = [0u8; 32];
+            for (i, b) in d.iter_mut().enumerate() {
+                *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            store.get_precise_map(&d)
+        })
+        .find(|k| *k != right)
+        .expect("another mapped entry");
+    store.put_precise_map(&second, &wrong).unwrap();
+    backend(&p, "table", &rebuild);
+    let served = p.object("table");
+    let table = PROJECT.iter().position(|m| *m == "table").unwrap();
+    assert!(served != before[table], "table's own object: the backend did not stop");
+    assert!(
+        before.iter().enumerate().any(|(i, o)| i != table && *o == served),
+        "the output is the planted entry's object"
+    );
+    assert!(temporaries(&p, "table").is_empty(), "{:?}", temporaries(&p, "table"));
+}

@@ -207,8 +207,9 @@ pub enum ShimState<'c> {
     /// default cold policy falls back to the background helper.
     Unavailable,
     /// The shim asked, the second key hit: the object was served and the
-    /// compile stopped. Holds the entry's stderr, to replay.
-    Served(Vec<u8>),
+    /// compile stopped. Holds the entry's stderr, to replay, and our end of
+    /// the socket (the answer is still to be sent on it).
+    Served(Vec<u8>, Option<OwnedFd>),
 }
 
 pub struct Armed<'c> {
@@ -411,7 +412,7 @@ pub fn compile(
 /// the object (the compile stopped); None otherwise.
 pub fn served(job: &Keyed) -> Option<Vec<u8>> {
     match &*job.precise_shim.borrow() {
-        ShimState::Served(stderr) => Some(stderr.clone()),
+        ShimState::Served(stderr, _) => Some(stderr.clone()),
         _ => None,
     }
 }
@@ -459,7 +460,12 @@ fn answer(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch, li
             return b'g';
         }
         batch.add("precise.shim_stopped", 1);
-        *job.precise_shim.borrow_mut() = ShimState::Served(entry.stderr);
+        let mut state = job.precise_shim.borrow_mut();
+        let socket = match &mut *state {
+            ShimState::Armed(a) => a.report.take(),
+            _ => None,
+        };
+        *state = ShimState::Served(entry.stderr, socket);
         b's'
     })();
     batch.add("cpu_ns.precise", crate::util::cpu_ns(libc::RUSAGE_THREAD) - cpu0);
