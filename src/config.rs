@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const CONFIG_FILE_NAME: &str = "ltocache.conf";
+pub use crate::layout::CONFIG_FILE_NAME;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -84,10 +84,7 @@ pub struct Config {
     state: std::sync::OnceLock<std::sync::Arc<crate::trust::State>>,
 }
 
-/// The zstd level used when `compression = zstd` names none, and by default
-/// (docs/benchmarks.md: level 1 keeps 37 % of the bytes, as level 3 does, at
-/// no measurable cost per hit; higher levels save a few percent more).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+pub use crate::store::codec::DEFAULT_ZSTD_LEVEL;
 
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
 pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -155,13 +152,7 @@ fn valid_value(key: &str, v: &str) -> bool {
     }
 }
 
-pub fn parse_bool(s: &str) -> Result<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        other => bail!("expected a boolean (1/0, true/false, yes/no), got {other:?}"),
-    }
-}
+pub use crate::util::parse_bool;
 
 /// An octal mask such as `002`; empty means "inherit".
 fn parse_umask(v: &str) -> Result<Option<u32>> {
@@ -201,27 +192,7 @@ fn parse_serve_mode(s: &str) -> Result<ServeMode> {
     }
 }
 
-/// Parses `500M`, `20G`, `1.5GiB`, `4096` (K, M, G, T are powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => anyhow::bail!("invalid size {s:?}: use a number with K, M, G or T"),
-    };
-    let bytes = n * mult as f64;
-    // `as u64` would saturate silently.
-    if !(bytes < u64::MAX as f64) {
-        bail!("size {s:?} is too large");
-    }
-    Ok(bytes as u64)
-}
+pub use crate::util::parse_size;
 
 /// Parses `7d`, `12h`, `30m`, `45s` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {

@@ -1,11 +1,17 @@
 //! The names of every file and directory ltocache opens in the cache
 //! directory and in the state directory, in one place: the modules that open
-//! them use these, and [`every_path`] lists them all, so that the tests that
+//! them use these, and [`crate::store::every_path`] lists them all, so that the tests that
 //! plant symlinks, FIFOs and giants at each (tests/multiuser.rs) cover what
 //! the code actually opens.
 
-use crate::store::{cleanup, Digest, LocalStore, LAYOUT_DIR};
 use std::path::{Path, PathBuf};
+
+// In the cache directory.
+/// The settings file at the top of the cache directory (config.rs reads it,
+/// trust.rs decides whether it may be believed).
+pub const CONFIG_FILE_NAME: &str = "ltocache.conf";
+/// The on-disk layout version of the store; a new layout gets a new directory.
+pub const LAYOUT_DIR: &str = "v1";
 
 // In the state directory (crate::trust::State).
 pub const JOURNAL: &str = "journal";
@@ -50,58 +56,4 @@ pub enum Base {
 pub enum Kind {
     File,
     Dir,
-}
-
-/// Every path ltocache opens for a store holding entries `keys` and blobs
-/// `digests`, used by `uid` on `host` invoking `compilers`: directories
-/// before what they contain.
-pub fn every_path(
-    keys: &[Digest],
-    digests: &[Digest],
-    compilers: &[&Path],
-    host: &str,
-    uid: u32,
-) -> Vec<(Base, PathBuf, Kind)> {
-    use Base::*;
-    use Kind::*;
-    let v1 = Path::new(LAYOUT_DIR);
-    let mut out = vec![(Cache, PathBuf::from(crate::config::CONFIG_FILE_NAME), File), (Cache, v1.to_path_buf(), Dir)];
-    let dirs_of = |rel: &Path, out: &mut Vec<(Base, PathBuf, Kind)>| {
-        for a in rel.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
-            if !a.as_os_str().is_empty() && !out.iter().any(|(b, p, _)| *b == Cache && p == a) {
-                out.push((Cache, a.to_path_buf(), Dir));
-            }
-        }
-    };
-    let mut files = Vec::new();
-    for k in keys {
-        files.push(LocalStore::entry_rel(k));
-        // Precise maps are named by a second key; the same names serve here.
-        files.push(LocalStore::precise_rel(k));
-    }
-    for d in digests {
-        files.push(LocalStore::blob_rel(d));
-        files.push(LocalStore::zst_rel(d));
-    }
-    files.push(cleanup::lock_rel());
-    files.push(cleanup::ledger::scan_rel());
-    files.push(cleanup::ledger::host_rel(host));
-    for f in &files {
-        dirs_of(f, &mut out);
-    }
-    dirs_of(&LocalStore::tmp_rel().join("x"), &mut out);
-    out.extend(files.into_iter().map(|f| (Cache, f, File)));
-    let state = shared_state_rel(host, uid);
-    dirs_of(&state.join("x"), &mut out);
-    let mut state_files: Vec<String> =
-        [JOURNAL, JOURNAL_LOCK, JOURNAL_FOLDING, STATS_DB, STATS_DB_JOURNAL, MEMO, LEDGER_LOCK, PASSTHROUGH]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    state_files.extend(compilers.iter().map(|c| compiler_memo(c)));
-    state_files.push(driver_memo("00000000000000000000000000000000"));
-    // The compiler memo is replaced through a temp file beside it (a fresh name each time).
-    state_files.push(crate::util::temp_name(""));
-    out.extend(state_files.into_iter().map(|f| (State, PathBuf::from(f), File)));
-    out
 }

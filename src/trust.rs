@@ -119,7 +119,7 @@ const CONF_CAP: u64 = 64 << 10;
 /// (`Err(why not)`). An error when something other than a regular file of
 /// sane size is there.
 pub fn read_conf(dir: &Dir) -> std::io::Result<Option<(String, Result<(), String>)>> {
-    let (f, st) = match dir.open_regular(crate::config::CONFIG_FILE_NAME, libc::O_RDONLY, 0, CONF_CAP) {
+    let (f, st) = match dir.open_regular(crate::layout::CONFIG_FILE_NAME, libc::O_RDONLY, 0, CONF_CAP) {
         Ok(x) => x,
         Err(e) if crate::beneath::is_gone(&e) => return Ok(None),
         Err(e) => return Err(e),
@@ -155,7 +155,7 @@ pub fn needs_trusted_file(key: &str, value: &str) -> bool {
 /// output already linked to it.
 pub fn hardlink_refusal(dir: Option<&Dir>) -> Option<String> {
     let dir = dir?;
-    for st in [dir.stat_self().ok(), dir.stat(crate::store::LAYOUT_DIR).ok()].into_iter().flatten() {
+    for st in [dir.stat_self().ok(), dir.stat(crate::layout::LAYOUT_DIR).ok()].into_iter().flatten() {
         if st.mode & 0o022 != 0 {
             return Some(format!("the cache is writable by group or others (mode {:o})", st.mode & 0o7777));
         }

@@ -1,7 +1,7 @@
 //! A group-shared cache used by two real users (issue 12): the attacker, a
 //! member of the cache's group, plants a symlink, a FIFO, a huge sparse file
 //! or a hostile `ltocache.conf` line at every path ltocache uses — the list
-//! comes from the code (`ltocache::layout::every_path`) — and the victim
+//! comes from the code (`ltocache::store::every_path`) — and the victim
 //! builds the real clang-19 fixture, cleans, verifies and clears; then root
 //! runs cleanup, `verify --fix` and clear as a cron job would. Asserted: no
 //! file outside the cache changes (a decoy tree, hashed before and after),
@@ -12,7 +12,8 @@
 
 mod util;
 
-use ltocache::layout::{every_path, Base, Kind};
+use ltocache::layout::{Base, Kind};
+use ltocache::store::every_path;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -575,7 +576,7 @@ fn every_path_lists_what_ltocache_really_opens() {
         .iter()
         .filter(|(s, _)| !known.contains(s.trim_end_matches('/')) && !s.starts_with("v1/tmp/TEMP/"))
         .collect();
-    assert!(unknown.is_empty(), "opened but not in layout::every_path: {unknown:#?}\nknown: {known:#?}");
+    assert!(unknown.is_empty(), "opened but not in store::every_path: {unknown:#?}\nknown: {known:#?}");
 }
 
 /// Paths in a strace `-y` line: each `N</path>` descriptor, and for `*at`
