@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::layout::CONFIG_FILE_NAME;
+pub use crate::cachedir::layout::CONFIG_FILE_NAME;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -60,7 +60,7 @@ pub struct Config {
     /// Fraction of hits recompiled and compared (`LTOCACHE_VERIFY`, 0..=1).
     pub verify: Setting<f64>,
     /// How the compiler's identity is decided (like ccache's `compiler_check`).
-    pub compiler_check: Setting<crate::compiler::CompilerCheck>,
+    pub compiler_check: Setting<crate::key::compiler::CompilerCheck>,
     /// Remote storage URLs (store/remote/mod.rs), parsed only after a local miss.
     pub remote_storage: Setting<String>,
     /// Use only the remotes: no local store.
@@ -68,20 +68,20 @@ pub struct Config {
     /// Also write local hits to the remotes.
     pub reshare: Setting<bool>,
     /// Why the cache directory is not used at all (compiles pass through),
-    /// or `None` (see [`crate::trust`]).
+    /// or `None` (see [`crate::cachedir::trust`]).
     pub refused: Option<String>,
     /// The cache directory as opened and checked at load (when it existed):
     /// the state directory and the store use this descriptor rather than
     /// opening the path again (each open walks the path; a process used to
     /// open it three times).
-    cache_opened: Option<std::sync::Arc<crate::beneath::Dir>>,
+    cache_opened: Option<std::sync::Arc<crate::cachedir::beneath::Dir>>,
     /// Warnings about `ltocache.conf`: keys ignored from a file others may
     /// have written, or the whole file ignored. For `config` and the log.
     pub warnings: Vec<String>,
     /// Values of the environment the state directory is chosen with.
-    env: crate::trust::Env,
+    env: crate::cachedir::trust::Env,
     /// [`Config::state_dir`], decided once per process.
-    state: std::sync::OnceLock<std::sync::Arc<crate::trust::State>>,
+    state: std::sync::OnceLock<std::sync::Arc<crate::cachedir::trust::State>>,
 }
 
 pub use crate::store::codec::DEFAULT_ZSTD_LEVEL;
@@ -146,7 +146,7 @@ fn valid_value(key: &str, v: &str) -> bool {
         "compression" => parse_compression(v).is_ok(),
         "serve_mode" => parse_serve_mode(v).is_ok(),
         "verify" => crate::verify::parse_rate(v).is_ok(),
-        "compiler_check" => crate::compiler::CompilerCheck::parse(v).is_ok(),
+        "compiler_check" => crate::key::compiler::CompilerCheck::parse(v).is_ok(),
         "disable" | "readonly" | "recache" | "remote_only" | "reshare" => parse_bool(v).is_ok(),
         _ => true,
     }
@@ -230,21 +230,21 @@ impl Config {
             }
         };
         let file_path = cache_dir.value.join(CONFIG_FILE_NAME);
-        let env = crate::trust::Env::from(getenv);
+        let env = crate::cachedir::trust::Env::from(getenv);
         // The cache directory, its trust, and what of its ltocache.conf may
-        // be honoured (crate::trust).
-        let checked = crate::trust::check_cache_dir(&cache_dir.value, &env);
+        // be honoured (crate::cachedir::trust).
+        let checked = crate::cachedir::trust::check_cache_dir(&cache_dir.value, &env);
         let mut warnings = Vec::new();
         let file_entries = match &checked.dir {
             None => Vec::new(),
-            Some(dir) => match crate::trust::read_conf(dir) {
+            Some(dir) => match crate::cachedir::trust::read_conf(dir) {
                 Ok(None) => Vec::new(),
                 Ok(Some((text, trusted))) => match parse_config_text(&file_path, &text) {
                     Ok(entries) if trusted.is_ok() => entries,
                     Ok(entries) => {
                         let why = trusted.unwrap_err();
                         let (kept, ignored): (Vec<_>, Vec<_>) =
-                            entries.into_iter().partition(|(k, v)| !crate::trust::needs_trusted_file(k, v));
+                            entries.into_iter().partition(|(k, v)| !crate::cachedir::trust::needs_trusted_file(k, v));
                         for (k, _) in &ignored {
                             warnings.push(format!("{k} in {} ignored: {why}", file_path.display()));
                         }
@@ -302,7 +302,7 @@ impl Config {
         };
         let mut serve_mode = parsed(lookup("serve_mode"), "serve_mode", ServeMode::Copy, parse_serve_mode)?;
         if serve_mode.value == ServeMode::HardLink {
-            if let Some(why) = crate::trust::hardlink_refusal(checked.dir.as_ref()) {
+            if let Some(why) = crate::cachedir::trust::hardlink_refusal(checked.dir.as_ref()) {
                 warnings.push(format!("serve_mode = hardlink refused ({why}): copying instead"));
                 serve_mode.value = ServeMode::Copy;
             }
@@ -325,8 +325,8 @@ impl Config {
         let compiler_check = parsed(
             lookup("compiler_check"),
             "compiler_check",
-            crate::compiler::CompilerCheck::Content,
-            crate::compiler::CompilerCheck::parse,
+            crate::key::compiler::CompilerCheck::Content,
+            crate::key::compiler::CompilerCheck::parse,
         )?;
         Ok(Config {
             verify,
@@ -391,11 +391,11 @@ impl Config {
     /// NFS, so the default is a per-host directory; `stats_dir` moves it to
     /// local disk when the cache directory itself is on NFS.
     pub fn stats_db_path(&self) -> PathBuf {
-        self.state_dir().join(crate::layout::STATS_DB)
+        self.state_dir().join(crate::cachedir::layout::STATS_DB)
     }
 
     /// This user's state directory on this host: the database, the journal,
-    /// the memos (crate::trust::choose_state says where and why). The path
+    /// the memos (crate::cachedir::trust::choose_state says where and why). The path
     /// returned names the directory through the descriptor it was checked on
     /// (`/proc/self/fd/N`), so nothing can swap it for another afterwards.
     pub fn state_dir(&self) -> PathBuf {
@@ -404,9 +404,9 @@ impl Config {
 
     /// Where the state directory is, why there, and a counter to bump per
     /// compile when it is a fallback.
-    pub fn state(&self) -> &crate::trust::State {
+    pub fn state(&self) -> &crate::cachedir::trust::State {
         self.state.get_or_init(|| {
-            std::sync::Arc::new(crate::trust::choose_state(
+            std::sync::Arc::new(crate::cachedir::trust::choose_state(
                 &self.cache_dir.value,
                 self.cache_opened.as_deref(),
                 self.stats_dir.value.as_deref(),
@@ -459,7 +459,7 @@ impl Config {
             ("state_dir".into(), self.state().real.display().to_string(), self.state().why.clone()),
             (
                 "stats_db".into(),
-                self.state().real.join(crate::layout::STATS_DB).display().to_string(),
+                self.state().real.join(crate::cachedir::layout::STATS_DB).display().to_string(),
                 "derived".into(),
             ),
             ("remote_only".into(), self.remote_only.value.to_string(), self.remote_only.origin.to_string()),

@@ -12,7 +12,7 @@
 
 mod util;
 
-use ltocache::layout::{Base, Kind};
+use ltocache::cachedir::layout::{Base, Kind};
 use ltocache::store::every_path;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -266,7 +266,7 @@ impl World {
     /// The state directory the victim would use inside the cache, made by the
     /// attacker (open to all) so that files can be planted in it.
     fn attacker_state_dir(&self) -> PathBuf {
-        let rel = ltocache::layout::shared_state_rel(ltocache::util::hostname(), VICTIM);
+        let rel = ltocache::cachedir::layout::shared_state_rel(ltocache::util::hostname(), VICTIM);
         let d = self.cache.join(&rel);
         std::fs::create_dir_all(&d).unwrap();
         for a in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
@@ -552,7 +552,9 @@ fn every_path_lists_what_ltocache_really_opens() {
             .into_iter()
             .map(|(b, p, _)| match b {
                 Base::Cache => shape(&p.display().to_string()),
-                Base::State => shape(&ltocache::layout::shared_state_rel(host, uid).join(p).display().to_string()),
+                Base::State => {
+                    shape(&ltocache::cachedir::layout::shared_state_rel(host, uid).join(p).display().to_string())
+                }
             })
             .collect();
     known.insert("v1/tmp/TEMP".into());
@@ -563,7 +565,9 @@ fn every_path_lists_what_ltocache_really_opens() {
     let fd_path = regex_lite_fd();
     for line in text.lines() {
         for abs in fd_path(line) {
-            for (root, prefix) in [(&cache, PathBuf::new()), (&state, ltocache::layout::shared_state_rel(host, uid))] {
+            for (root, prefix) in
+                [(&cache, PathBuf::new()), (&state, ltocache::cachedir::layout::shared_state_rel(host, uid))]
+            {
                 if let Ok(rel) = Path::new(&abs).strip_prefix(root) {
                     seen.insert((shape(&prefix.join(rel).display().to_string()), line.to_string()));
                 }

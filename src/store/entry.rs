@@ -3,7 +3,7 @@
 
 use anyhow::{bail, ensure, Result};
 
-pub use crate::layout::LAYOUT_DIR;
+pub use crate::cachedir::layout::LAYOUT_DIR;
 pub const ENTRY_MAGIC: &[u8; 8] = b"LTOCENTR";
 /// The entry grammar written; bumped whenever it changes. Readers treat
 /// formats they do not know as misses (and leave those files alone).

@@ -1,9 +1,9 @@
-//! Every path ltocache opens, from the names in [`crate::layout`] and the
+//! Every path ltocache opens, from the names in [`crate::cachedir::layout`] and the
 //! store's own naming of entries and blobs: here rather than in layout so
 //! that layout stays the leaf every module may use (no import circle).
 
 use super::{cleanup, Digest, LocalStore};
-use crate::layout::*;
+use crate::cachedir::layout::*;
 use std::path::{Path, PathBuf};
 
 /// Every path ltocache opens for a store holding entries `keys` and blobs

@@ -31,8 +31,8 @@ pub mod http;
 pub mod redis;
 
 use super::{Digest, Entry, LocalStore, Lookup, ServeMode, Store, Stored};
-use crate::log::Logger;
-use crate::stats::Batch;
+use crate::state::log::Logger;
+use crate::state::stats::Batch;
 use crate::util::hex;
 use anyhow::Result;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@ pub const CONFIG_FILE_NAME: &str = "ltocache.conf";
 /// The on-disk layout version of the store; a new layout gets a new directory.
 pub const LAYOUT_DIR: &str = "v1";
 
-// In the state directory (crate::trust::State).
+// In the state directory (crate::cachedir::trust::State).
 pub const JOURNAL: &str = "journal";
 pub const JOURNAL_LOCK: &str = "journal.lock";
 pub const JOURNAL_FOLDING: &str = "journal.folding";
