@@ -81,7 +81,11 @@ pub(super) fn has_candidates(ctx: &Ctx, job: &Keyed) -> bool {
 /// a clang-19 job gets a helper built against libLLVM-19, a clang-23 job one
 /// built against LLVM 23's, and a job whose compiler maps none no helper.
 /// A helper's version line is memoised per (helper digest, path).
-pub(super) fn helper_for(ctx: &Ctx, job: &Keyed, hasher: &mut crate::digest::FileHasher) -> Result<Helper, Refusal> {
+pub(super) fn helper_for(
+    ctx: &Ctx,
+    job: &Keyed,
+    hasher: &mut crate::key::digest::FileHasher,
+) -> Result<Helper, Refusal> {
     let lib = compiler_libllvm(ctx, job);
     let candidates = helper_candidates(lib.as_deref().and_then(llvm_major));
     if candidates.is_empty() {
@@ -344,7 +348,7 @@ pub fn compute(
     inv: &BackendInvocation,
     job: &Keyed,
     helper: &Helper,
-    hasher: &mut crate::digest::FileHasher,
+    hasher: &mut crate::key::digest::FileHasher,
 ) -> Result<Second, Refusal> {
     let shard_bytes = match hasher.read_tracked(&inv.shard) {
         Ok(b) => b,

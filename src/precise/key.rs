@@ -6,7 +6,7 @@ use super::*;
 
 // The shard without module paths and module hashes.
 
-use crate::shard::{MODULE_STRTAB_BLOCK, MST_CODE_ENTRY, MST_CODE_HASH};
+use crate::key::shard::{MODULE_STRTAB_BLOCK, MST_CODE_ENTRY, MST_CODE_HASH};
 pub(super) const GLOBALVAL_SUMMARY_BLOCK: u32 = 20;
 pub(super) const FULL_LTO_GLOBALVAL_SUMMARY_BLOCK: u32 = 24;
 pub(super) const FS_FLAGS: u32 = 20;

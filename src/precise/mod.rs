@@ -38,10 +38,10 @@ pub use shim::{
 };
 use shim::{shim_for, Shim};
 
-use crate::args::BackendInvocation;
 use crate::backend::{Ctx, Keyed};
-use crate::bitcode::{self, Record, Visit, Visitor};
-use crate::stats::Batch;
+use crate::key::args::BackendInvocation;
+use crate::key::bitcode::{self, Record, Visit, Visitor};
+use crate::state::stats::Batch;
 use crate::store::{Lookup, Store};
 use crate::util::{hex, unhex};
 use anyhow::{bail, Context, Result};
@@ -371,7 +371,7 @@ fn lookup(
         return None;
     }
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
-    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
+    let mut hasher = crate::key::digest::FileHasher::new(ctx.memo.as_ref());
     let second = helper_for(ctx, job, &mut hasher).and_then(|h| compute(ctx, inv, job, &h, &mut hasher));
     batch.add(
         "cpu_ns.precise",
@@ -540,7 +540,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[u8
     // matching helper is counted and forks nothing.
     let parent_cpu = || crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
     let cpu0 = parent_cpu();
-    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
+    let mut hasher = crate::key::digest::FileHasher::new(ctx.memo.as_ref());
     let helper = match helper_for(ctx, job, &mut hasher) {
         Ok(h) => h,
         Err(r) => return count_refusal(ctx, inv, batch, &r),
@@ -570,7 +570,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[u8
     }
     IN_BACKGROUND.store(true, std::sync::atomic::Ordering::Relaxed);
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
-    let mut own = crate::stats::Batch::default();
+    let mut own = crate::state::stats::Batch::default();
     match compute(ctx, inv, job, &helper, &mut hasher) {
         // The object was compiled from the files the first key hashed; the
         // second key describes them only if none changed since.
@@ -591,7 +591,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[u8
         crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - cpu0,
     );
     own.at_ns = crate::util::now_ns();
-    let _ = crate::journal::append_many(&ctx.config.state_dir(), &[&own]);
+    let _ = crate::state::journal::append_many(&ctx.config.state_dir(), &[&own]);
     crate::exec::exit_now(0);
 }
 

@@ -46,7 +46,7 @@ pub(super) fn shim_for(
     job: &Keyed,
     helper: &Path,
     lib: &Path,
-    hasher: &mut crate::digest::FileHasher,
+    hasher: &mut crate::key::digest::FileHasher,
 ) -> Result<Option<Shim>, String> {
     let Some(path) = shim_path(helper) else { return Ok(None) };
     let digest = hasher.hash(&path, false).map_err(|e| format!("hashing the shim: {e:#}"))?.digest;
@@ -219,7 +219,7 @@ pub struct Armed<'c> {
     helper: PathBuf,
     shard: [u8; 32],
     /// Tracks the shard this read, for the after-compile check.
-    hasher: crate::digest::FileHasher<'c>,
+    hasher: crate::key::digest::FileHasher<'c>,
     dump: Option<PathBuf>,
     /// Our end of the socket, once the compile was spawned.
     report: Option<OwnedFd>,
@@ -271,7 +271,7 @@ pub(super) fn arm<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, ba
 }
 
 fn decide<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batch: &mut Batch) -> ShimState<'c> {
-    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
+    let mut hasher = crate::key::digest::FileHasher::new(ctx.memo.as_ref());
     let helper = match helper_for(ctx, job, &mut hasher) {
         Ok(h) => h,
         Err(r) => {

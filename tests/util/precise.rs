@@ -292,7 +292,7 @@ impl Project {
             args.extend(["-x".into(), "ir".into(), format!("{m}.o"), "-o".into(), format!("{m}.st.o")]);
             let theirs = self.save_temps_import(m, &args);
             // Ours, from the cc1 line of the same command, as ltocache does.
-            let inv = ltocache::args::analyze(self.clang.to_str().unwrap(), &args).unwrap();
+            let inv = ltocache::key::args::analyze(self.clang.to_str().unwrap(), &args).unwrap();
             let hash = ok(self.clang().args(&args).arg("-###"));
             let text = String::from_utf8_lossy(&hash.stderr).into_owned();
             let line = text.lines().find(|l| l.starts_with(" \"")).unwrap();
