@@ -210,7 +210,7 @@ fn drain(
 }
 
 /// Reads what a pipe holds now, without waiting.
-fn read_available(fd: i32, buf: &mut Vec<u8>, chunk: &mut [u8]) {
+pub(crate) fn read_available(fd: i32, buf: &mut Vec<u8>, chunk: &mut [u8]) {
     if fd < 0 {
         return;
     }

@@ -166,12 +166,13 @@ fn a_clang19_job_offered_the_llvm23_shim_does_not_use_it() {
 }
 
 #[test]
-fn the_dtlto_distributor_records_second_keys_with_the_shim() {
+fn the_dtlto_distributor_records_and_serves_second_keys_with_the_shim() {
     // lld's DTLTO with ltocache as the distributor: every job's output is
     // new (named after the linker's PID), so every job is cold; the jobs run
     // on the distributor's threads, where nothing may fork, and the shim
-    // records their second keys. A later link that looks them up
-    // (`LTOCACHE_PRECISE_COLD=sync`) after an edit nobody imports is served.
+    // records their second keys. After an edit nobody imports, the next
+    // link's jobs are served when their shims ask (or, with
+    // `LTOCACHE_PRECISE_COLD=sync`, by the helper before compiling).
     let mut b = Project::with(clang23(), true, &[], &[]);
     b.helpers = Some(helper23().display().to_string());
     let objs: Vec<String> = PROJECT.iter().map(|m| format!("{m}.o")).collect();
@@ -196,10 +197,20 @@ fn the_dtlto_distributor_records_second_keys_with_the_shim() {
     let before = link(&[]);
     assert_eq!(b.stat("shim_computed"), 3, "{}", b.stats_json());
     assert_eq!(b.stat("background_skipped_threads"), 0);
+    // The distributor answers its jobs' shims: a cold job whose second key
+    // is known is served and its backend stopped.
     b.edit("lib", "return x * 7;", "return x * 9;");
-    let after = link(&[("LTOCACHE_PRECISE_COLD", "sync")]);
+    let after = link(&[]);
     assert!(b.stat("precise_hits") >= 1, "{}", b.stats_json());
+    assert_eq!(b.stat("shim_stopped"), b.stat("precise_hits"), "{}", b.stats_json());
+    assert_eq!(b.stat("computed"), 0, "no helper request: {}", b.stats_json());
     assert_eq!(before, after, "lib_unused is not called");
+    // Looked up by the helper before compiling (`sync`), the same.
+    let hits = b.stat("precise_hits");
+    b.edit("lib", "return x * 9;", "return x * 11;");
+    let again = link(&[("LTOCACHE_PRECISE_COLD", "sync")]);
+    assert!(b.stat("precise_hits") > hits, "{}", b.stats_json());
+    assert_eq!(before, again);
     // The program equals lld's in-process ThinLTO of the same objects.
     let mut cmd = Command::new(clang23());
     ok(cmd.current_dir(&b.dir).args(["-O2", "-flto=thin", "-fuse-ld=lld", "-o", "prog.ref"]).args(&objs));

@@ -33,8 +33,9 @@ pub use cc1::*;
 pub use helper::*;
 pub use key::*;
 pub use shim::{
-    compile as compile_with_shim, must_rerun as shim_must_rerun, served as served_by_shim, shim_environment,
-    spawn as shim_spawn, ShimState, Spawn as ShimSpawn,
+    answer as shim_answer, compile as compile_with_shim, must_rerun as shim_must_rerun,
+    question_fd as shim_question_fd, served as served_by_shim, shim_environment, spawn as shim_spawn, ShimState,
+    Spawn as ShimSpawn,
 };
 use shim::{shim_for, Shim};
 

@@ -383,10 +383,7 @@ pub fn compile(
     mut run: impl FnMut(Option<&Extra>, Option<&mut Dialog>) -> anyhow::Result<Finished>,
 ) -> anyhow::Result<Finished> {
     let Some(s) = spawn(job) else { return run(None, None) };
-    let ours = match &*job.precise_shim.borrow() {
-        ShimState::Armed(a) if a.ask => a.report.as_ref().map(|fd| fd.as_raw_fd()),
-        _ => None,
-    };
+    let ours = question_fd(job);
     let first = {
         let mut answer = |line: &str, stderr: &[u8]| answer(ctx, inv, job, batch, line, stderr);
         let mut dialog = ours.map(|fd| Dialog { fd, answer: &mut answer });
@@ -408,6 +405,14 @@ pub fn compile(
     }
 }
 
+/// Our end of the socket of an armed job whose shim asks (after [`spawn`]).
+pub fn question_fd(job: &Keyed) -> Option<std::os::fd::RawFd> {
+    match &*job.precise_shim.borrow() {
+        ShimState::Armed(a) if a.ask => a.report.as_ref().map(|fd| fd.as_raw_fd()),
+        _ => None,
+    }
+}
+
 /// The stderr to replay when the shim's question was answered by serving
 /// the object (the compile stopped); None otherwise.
 pub fn served(job: &Keyed) -> Option<Vec<u8>> {
@@ -422,7 +427,7 @@ pub fn served(job: &Keyed) -> Option<Vec<u8>> {
 /// and the compile has written nothing to stderr so far, the entry's object
 /// is served at the output path (atomically) before answering `s` (stop).
 /// Anything else answers `g` (go on).
-fn answer(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch, line: &str, stderr: &[u8]) -> u8 {
+pub fn answer(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Batch, line: &str, stderr: &[u8]) -> u8 {
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_THREAD);
     if let ShimState::Armed(a) = &mut *job.precise_shim.borrow_mut() {
         a.line = Some(line.to_string());
