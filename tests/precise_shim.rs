@@ -282,6 +282,20 @@ fn a_rebuild_asked_by_the_shim_is_stopped_on_a_second_key_hit() {
         let hits = p.stat("hits");
         build(&p, &rebuild);
         assert_eq!(p.stat("hits"), hits + PROJECT.len() as i64);
+        // Without a usable shim such a rebuild asks the helper before
+        // compiling, as by default. (Its keys name the helper alone, so the
+        // edit after the first one is served.)
+        let noshim = [rebuild[0], rebuild[1], ("LTOCACHE_PRECISE_SHIM", "0")];
+        let stopped = p.stat("shim_stopped");
+        p.edit("lib", "return x * 11;", "return x * 13;");
+        build(&p, &noshim);
+        assert_eq!(p.stat("computed"), 3, "the helper was asked: {}", p.stats_json());
+        let hits = p.stat("precise_hits");
+        p.edit("lib", "return x * 13;", "return x * 15;");
+        build(&p, &noshim);
+        assert!(p.stat("precise_hits") > hits, "{}", p.stats_json());
+        assert_eq!(p.stat("shim_stopped"), stopped);
+        p.assert_fresh("rebuild by the shim, without one");
     }
 }
 

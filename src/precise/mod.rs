@@ -360,15 +360,15 @@ fn lookup(
         // A cold compile: nothing is computed before it (see after_store).
         return None;
     }
-    if job.output_existed() && rebuild_by_shim() && !for_verify {
-        // The compile asks with the shim's digest instead (shim.rs).
-        return None;
-    }
     if !has_candidates(ctx, job) {
         return None;
     }
     if imports_nothing(job) {
         batch.add("precise.skipped_no_imports", 1);
+        return None;
+    }
+    if job.output_existed() && rebuild_by_shim() && !for_verify && shim::will_ask(ctx, inv, job) {
+        // The compile asks with the shim's digest instead (shim.rs).
         return None;
     }
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);

@@ -185,7 +185,7 @@ pub fn unsafe_env(inv: &BackendInvocation, shim: &Path) -> Option<String> {
     if inv.expanded.iter().chain(&inv.hashed_args).any(|a| a == "-fno-integrated-cc1") {
         return Some("-fno-integrated-cc1".into());
     }
-    let s = shim.to_str()?;
+    let Some(s) = shim.to_str() else { return Some("the shim's path is not UTF-8".into()) };
     if s.contains([':', ' ']) || !shim.is_absolute() {
         return Some(format!("the shim's path {s:?} cannot be in LD_PRELOAD"));
     }
@@ -231,6 +231,17 @@ pub struct Armed<'c> {
     line: Option<String>,
 }
 
+/// Whether a rebuild's job under `LTOCACHE_PRECISE_REBUILD=shim` will run
+/// with a shim that asks (so the helper need not be asked before): a usable
+/// shim, an environment that lets it run, a store the job can record in.
+pub(super) fn will_ask(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed) -> bool {
+    if ctx.config.readonly.value || ctx.config.remote_only.value || !ctx.store.writable() {
+        return false;
+    }
+    let mut hasher = crate::key::digest::FileHasher::new(ctx.memo.as_ref());
+    helper_for(ctx, job, &mut hasher).is_ok_and(|h| h.shim.as_ref().is_some_and(|s| unsafe_env(inv, &s.path).is_none()))
+}
+
 /// For a cold compile under the default cold policy (and a rebuild's with
 /// `LTOCACHE_PRECISE_REBUILD=shim`, when `ask`): decides whether it runs
 /// with the shim (after the first key missed). Every refusal the helper's
@@ -250,7 +261,10 @@ pub(super) fn arm<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, ba
         return;
     }
     if imports_nothing(job) {
-        batch.add("precise.skipped_no_imports", 1);
+        // (A rebuild's lookup counted it already.)
+        if !job.output_existed() {
+            batch.add("precise.skipped_no_imports", 1);
+        }
         *job.precise_shim.borrow_mut() = ShimState::Refused;
         return;
     }
