@@ -1,56 +1,10 @@
-//! The names of every file and directory ltocache opens in the cache
-//! directory and in the state directory, in one place: the modules that open
-//! them use these, and [`every_path`] lists them all, so that the tests that
-//! plant symlinks, FIFOs and giants at each (tests/multiuser.rs) cover what
-//! the code actually opens.
+//! Every path ltocache opens, from the names in [`crate::cachedir::layout`] and the
+//! store's own naming of entries and blobs: here rather than in layout so
+//! that layout stays the leaf every module may use (no import circle).
 
-use crate::store::{cleanup, Digest, LocalStore, LAYOUT_DIR};
+use super::{cleanup, Digest, LocalStore};
+use crate::cachedir::layout::*;
 use std::path::{Path, PathBuf};
-
-// In the state directory (crate::trust::State).
-pub const JOURNAL: &str = "journal";
-pub const JOURNAL_LOCK: &str = "journal.lock";
-pub const JOURNAL_FOLDING: &str = "journal.folding";
-pub const STATS_DB: &str = "stats.sqlite3";
-/// SQLite's rollback journal beside the database.
-pub const STATS_DB_JOURNAL: &str = "stats.sqlite3-journal";
-pub const MEMO: &str = "memo.v1";
-pub const LEDGER_LOCK: &str = "ledger.lock";
-pub const PASSTHROUGH: &str = "passthrough.count";
-
-/// The state file memoising what the clang driver loads for one question
-/// (driver.rs): `driver-<hex of the question>`.
-pub fn driver_memo(question: &str) -> String {
-    format!("driver-{question}")
-}
-
-/// The compiler memo of the compiler invoked as `compiler`.
-pub fn compiler_memo(compiler: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let h = blake3::hash(compiler.as_os_str().as_bytes());
-    format!("compiler-{}", crate::util::hex(&h.as_bytes()[..8]))
-}
-
-/// The state directory inside the cache (relative to it) of `uid` on `host`.
-pub fn shared_state_rel(host: &str, uid: u32) -> PathBuf {
-    Path::new("hosts").join(host).join(format!("u{uid}"))
-}
-
-/// Where a path is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Base {
-    /// Relative to the cache directory.
-    Cache,
-    /// Relative to the state directory.
-    State,
-}
-
-/// What ltocache expects at a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-}
 
 /// Every path ltocache opens for a store holding entries `keys` and blobs
 /// `digests`, used by `uid` on `host` invoking `compilers`: directories
@@ -65,7 +19,7 @@ pub fn every_path(
     use Base::*;
     use Kind::*;
     let v1 = Path::new(LAYOUT_DIR);
-    let mut out = vec![(Cache, PathBuf::from(crate::config::CONFIG_FILE_NAME), File), (Cache, v1.to_path_buf(), Dir)];
+    let mut out = vec![(Cache, PathBuf::from(CONFIG_FILE_NAME), File), (Cache, v1.to_path_buf(), Dir)];
     let dirs_of = |rel: &Path, out: &mut Vec<(Base, PathBuf, Kind)>| {
         for a in rel.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
             if !a.as_os_str().is_empty() && !out.iter().any(|(b, p, _)| *b == Cache && p == a) {
