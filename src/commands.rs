@@ -201,7 +201,7 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(s, "  \"hits\": {},", r.hits);
         // Precise hits are hits (counted in "hits" too), shown apart.
         let _ = writeln!(s, "  \"precise_hits\": {},", r.get("precise_hits"));
-        let _ = writeln!(s, "  \"precise\": {},", map(&crate::precise::counters(&r.counters)));
+        let _ = writeln!(s, "  \"precise\": {},", map(&crate::backend::precise::counters(&r.counters)));
         let _ = writeln!(s, "  \"misses\": {},", r.misses);
         let _ = writeln!(
             s,
@@ -251,9 +251,9 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         row(&mut out, "Cache directory refused", why.clone());
     }
     row(&mut out, "Hits", r.hits.to_string());
-    if r.get("precise_hits") > 0 || crate::precise::enabled() {
+    if r.get("precise_hits") > 0 || crate::backend::precise::enabled() {
         row(&mut out, "  post-import unchanged", r.get("precise_hits").to_string());
-        for (k, v) in crate::precise::counters(&r.counters) {
+        for (k, v) in crate::backend::precise::counters(&r.counters) {
             row(&mut out, &format!("  precise {k}"), v.to_string());
         }
     }
@@ -379,7 +379,7 @@ fn explain(config: &Config, output: &str) -> Result<()> {
         bail!("no compile of {} is recorded on this host", abs.display());
     };
     println!("last compile of {}: {}", abs.display(), last.outcome);
-    if let Some(why) = crate::precise::explain_line(&last.outcome, &last.fields) {
+    if let Some(why) = crate::backend::precise::explain_line(&last.outcome, &last.fields) {
         println!("{why}");
     }
     let (Some(prev_outcome), Some(prev)) = (last.prev_outcome, last.prev_fields) else {

@@ -37,7 +37,7 @@ pub struct Finished {
 }
 
 /// What a compile gets besides its arguments (precise mode's shim,
-/// crate::precise::shim): environment variables, and one descriptor of ours
+/// crate::backend::precise::shim): environment variables, and one descriptor of ours
 /// it inherits (every other one is close-on-exec).
 #[derive(Default)]
 pub struct Extra {

@@ -5,7 +5,7 @@
 //! and descriptor-based opening; [`key`] — everything a backend reads and the
 //! key over it; [`state`] — journal, stats database, log; [`store`] — local
 //! and remote; [`config`]; [`exec`] and [`verify`]; then one backend job as
-//! steps in [`backend`] (with [`precise`]'s second key), driven by
+//! steps in [`backend`] (with its [`backend::precise`] second key), driven by
 //! [`wrapper`] for a compiler command line and by [`distributor`] for lld's
 //! DTLTO job file. The subcommands live in [`commands`] ([`cli`] parses
 //! them). The binary allocates through [`arena`].
@@ -19,7 +19,6 @@ pub mod config;
 pub mod distributor;
 pub mod exec;
 pub mod key;
-pub mod precise;
 pub mod state;
 pub mod store;
 pub mod util;
@@ -28,6 +27,7 @@ pub mod wrapper;
 
 // The modules' paths before they moved into key/, state/ and cachedir/, for
 // branches written against them; removed once those are merged.
+pub use backend::precise;
 pub use cachedir::{beneath, layout, trust};
 pub use key::{args, bitcode, compiler, digest, driver, memo, shard};
 pub use state::{journal, log, stats};

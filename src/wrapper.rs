@@ -126,7 +126,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
             verified_hit(&ctx, inv, &job, &entry, digest, args, batch);
         }
         // A second-key hit too: its fresh result belongs under the first key.
-        if let Some(entry) = crate::precise::verify_candidate(&ctx, inv, &job, &mut batch) {
+        if let Some(entry) = crate::backend::precise::verify_candidate(&ctx, inv, &job, &mut batch) {
             verified_hit(&ctx, inv, &job, &entry, job.key.digest, args, batch);
         }
     }
@@ -135,15 +135,15 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         record(config, log, &mut batch);
         exec::exit_now(0);
     }
-    // A cold compile may run with precise mode's shim (crate::precise).
-    crate::precise::arm_shim(&ctx, inv, &job, &mut batch, true);
+    // A cold compile may run with precise mode's shim (crate::backend::precise).
+    crate::backend::precise::arm_shim(&ctx, inv, &job, &mut batch, true);
     let run = |extra: Option<&exec::Extra>, dialog: Option<&mut exec::Dialog>| {
         exec::run_captured_with(&job.program, &inv.compiler, args, extra, dialog)
     };
-    let finished = crate::precise::compile_with_shim(&ctx, inv, &job, &mut batch, run);
+    let finished = crate::backend::precise::compile_with_shim(&ctx, inv, &job, &mut batch, run);
     // The shim asked and the second key hit: the object is served, the
     // compile stopped.
-    if let Some(stderr) = crate::precise::served_by_shim(&job) {
+    if let Some(stderr) = crate::backend::precise::served_by_shim(&job) {
         let _ = std::io::stderr().write_all(&stderr);
         record(config, log, &mut batch);
         exec::exit_now(0);
@@ -196,7 +196,7 @@ fn verified_hit(
                     if let Err(e) = backend::replace_entry(ctx, inv, &digest, &v.finished) {
                         log.log(&format!("replacing the stale entry failed: {e:#}"));
                     } else {
-                        crate::precise::remap_after_stale(ctx, job);
+                        crate::backend::precise::remap_after_stale(ctx, job);
                     }
                 }
             }

@@ -235,7 +235,7 @@ fn precise_mode_off_mismatched_or_broken_helpers_change_nothing() {
 
 #[test]
 fn empty_and_unvetted_indexes_refuse() {
-    use ltocache::precise::shard_without_hashes;
+    use ltocache::backend::precise::shard_without_hashes;
     assert_eq!(shard_without_hashes(&[]).unwrap_err().code, "empty_index");
     let f = Fixture::new();
     let shard = f.read("main.o.thinlto.bc");

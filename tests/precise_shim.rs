@@ -217,7 +217,7 @@ fn the_shims_settings_do_not_reach_the_compilers_children() {
     let user = user_preload(t.path());
     let report = std::fs::File::create(t.path().join("report")).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&report);
-    let env = ltocache::precise::shim_environment(&shim(), fd, Some(user.as_os_str()), None);
+    let env = ltocache::backend::precise::shim_environment(&shim(), fd, Some(user.as_os_str()), None);
     let mut cmd = Command::new("/bin/sh");
     ltocache::exec::Extra { env, inherit_fd: Some(fd) }.apply(&mut cmd);
     let script = format!("env; echo FD; ls -l /proc/self/fd; echo SH; readlink /proc/$$/fd/{fd}");
@@ -322,7 +322,7 @@ fn asked_compile(p: &Project, m: &str, out: &str, talk: impl FnOnce(std::os::uni
     use std::io::BufRead;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    let mut env = ltocache::precise::shim_environment(&shim(), fd, None, None);
+    let mut env = ltocache::backend::precise::shim_environment(&shim(), fd, None, None);
     env.push(("LTOCACHE_SHIM_ASK".into(), "1".into()));
     let mut cmd = p.clang();
     ltocache::exec::Extra { env, inherit_fd: Some(fd) }.apply(&mut cmd);

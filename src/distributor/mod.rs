@@ -366,8 +366,8 @@ fn plan_job<'c>(ctx: &'c Ctx, run: &Planner<'c>, args: &[String], spec: &JobSpec
         let _ = std::io::stderr().write_all(&stderr);
         return Plan::Served;
     }
-    // A cold compile may run with precise mode's shim (crate::precise).
-    crate::precise::arm_shim(ctx, &inv, &keyed, batch, true);
+    // A cold compile may run with precise mode's shim (crate::backend::precise).
+    crate::backend::precise::arm_shim(ctx, &inv, &keyed, batch, true);
     Plan::Cached(Box::new((inv, keyed)))
 }
 
@@ -432,11 +432,11 @@ fn run_jobs(
                 _ => program.to_path_buf(),
             };
             let shim = match &job.plan {
-                Plan::Cached(c) => crate::precise::shim_spawn(&c.1),
+                Plan::Cached(c) => crate::backend::precise::shim_spawn(&c.1),
                 _ => None,
             };
             let ask = match &job.plan {
-                Plan::Cached(c) => crate::precise::shim_question_fd(&c.1),
+                Plan::Cached(c) => crate::backend::precise::shim_question_fd(&c.1),
                 _ => None,
             };
             let spawned = pool.spawn_with(i, &prog, compiler, &job.args, shim.as_ref().map(|s| &s.extra), ask);
@@ -457,11 +457,11 @@ fn run_jobs(
         }
         // Wait for a child, or for a jobserver token when a job is waiting.
         let token_fd = if queue.is_empty() { None } else { limit.poll_fd() };
-        // A cold job's shim asks with its post-import digest (crate::precise).
+        // A cold job's shim asks with its post-import digest (crate::backend::precise).
         let mut answer = |tag: usize, line: &str, stderr: &[u8]| -> u8 {
             match (&jobs[tag].plan, ctx) {
                 (Plan::Cached(c), Some(ctx)) => {
-                    crate::precise::shim_answer(ctx, &c.0, &c.1, &mut jobs[tag].batch, line, stderr)
+                    crate::backend::precise::shim_answer(ctx, &c.0, &c.1, &mut jobs[tag].batch, line, stderr)
                 }
                 _ => b'g',
             }
@@ -470,7 +470,7 @@ fn run_jobs(
             limit.finished(pool.len());
             // A compile that failed with the shim runs again without it.
             let Job { plan, batch, .. } = &mut jobs[i];
-            if matches!(plan, Plan::Cached(c) if crate::precise::shim_must_rerun(&c.1, &finished, batch)) {
+            if matches!(plan, Plan::Cached(c) if crate::backend::precise::shim_must_rerun(&c.1, &finished, batch)) {
                 queue.push_front(i);
                 continue;
             }
@@ -485,7 +485,7 @@ fn finish_job(job: &mut Job, finished: &Finished, ctx: Option<&Ctx>) {
     job.ok = finished.status.success();
     if let Plan::Cached(c) = &job.plan {
         // Served when its shim asked: the backend stopped.
-        if let Some(stderr) = crate::precise::served_by_shim(&c.1) {
+        if let Some(stderr) = crate::backend::precise::served_by_shim(&c.1) {
             let _ = std::io::stderr().write_all(&stderr);
             job.ok = true;
             return;

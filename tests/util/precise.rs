@@ -296,9 +296,9 @@ impl Project {
             let hash = ok(self.clang().args(&args).arg("-###"));
             let text = String::from_utf8_lossy(&hash.stderr).into_owned();
             let line = text.lines().find(|l| l.starts_with(" \"")).unwrap();
-            let cc1 = ltocache::precise::split_job_line(line).unwrap()[1..].to_vec();
+            let cc1 = ltocache::backend::precise::split_job_line(line).unwrap()[1..].to_vec();
             let dump = self.dir.join(format!("{m}.helper.bc"));
-            let answer = ltocache::precise::dump_post_import(helper, &self.dir, &inv, &cc1, &dump)
+            let answer = ltocache::backend::precise::dump_post_import(helper, &self.dir, &inv, &cc1, &dump)
                 .unwrap_or_else(|e| panic!("{m} {extra:?}: {e:#}"));
             assert!(answer.starts_with("ok "), "{m} {extra:?}: {answer}");
             assert!(std::fs::read(&dump).unwrap() == theirs, "{m} {extra:?}: post-import module differs from clang's");
@@ -322,7 +322,7 @@ impl Project {
             let (report, dump) = (self.dir.join(format!("{m}.report")), self.dir.join(format!("{m}.shim.bc")));
             let file = std::fs::File::create(&report).unwrap();
             let extra_env = ltocache::exec::Extra {
-                env: ltocache::precise::shim_environment(
+                env: ltocache::backend::precise::shim_environment(
                     shim,
                     std::os::fd::AsRawFd::as_raw_fd(&file),
                     None,
@@ -347,9 +347,9 @@ impl Project {
             let hash = ok(self.clang().args(&args).arg(&plain).arg("-###"));
             let text = String::from_utf8_lossy(&hash.stderr).into_owned();
             let cc1line = text.lines().find(|l| l.starts_with(" \"")).unwrap();
-            let cc1 = ltocache::precise::split_job_line(cc1line).unwrap()[1..].to_vec();
+            let cc1 = ltocache::backend::precise::split_job_line(cc1line).unwrap()[1..].to_vec();
             let hdump = self.dir.join(format!("{m}.helper.bc"));
-            let answer = ltocache::precise::dump_post_import(helper, &self.dir, &inv, &cc1, &hdump).unwrap();
+            let answer = ltocache::backend::precise::dump_post_import(helper, &self.dir, &inv, &cc1, &hdump).unwrap();
             let digest = |l: &str| l.split(' ').nth(1).map(str::to_string);
             assert!(answer.starts_with("ok "), "{m}: helper {answer}");
             assert_eq!(digest(&answer), digest(&line), "{m} {extra:?}: shim and helper digests differ");

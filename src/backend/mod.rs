@@ -8,7 +8,11 @@
 //! The order of the steps is the order of docs/ARCHITECTURE.md:
 //! [`prepare`] (compiler, output check, key) → [`serve_hit`] → the caller
 //! runs the compiler → [`finish_compile`] (count, store, cleanup) →
-//! [`record`] (journal).
+//! [`record`] (journal). After both tiers miss, [`precise`] tries the second
+//! key, a step of the same job (its own folder: the helper, the shim, cc1
+//! lines, the key over the post-import module).
+
+pub mod precise;
 
 use crate::config::Config;
 use crate::exec::Finished;
@@ -78,12 +82,12 @@ pub struct Keyed<'c> {
     output_before: Option<FileStamp>,
     /// The output's absolute path, as `explain` records it.
     pub output_name: String,
-    /// The second key, when precise mode computed one (crate::precise).
-    pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
+    /// The second key, when precise mode computed one (crate::backend::precise).
+    pub precise: std::cell::RefCell<Option<crate::backend::precise::Second>>,
     /// Whether the second key was already looked up (verification looks first).
     pub precise_looked: std::cell::Cell<bool>,
     /// Whether a cold compile runs with precise mode's shim.
-    pub precise_shim: std::cell::RefCell<crate::precise::ShimState<'c>>,
+    pub precise_shim: std::cell::RefCell<crate::backend::precise::ShimState<'c>>,
     /// The invocation as the driver sees it: configuration files' flags in
     /// front of argv (driver.rs), `base_dir` applied.
     pub inv: BackendInvocation,
@@ -277,8 +281,8 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
             batch.add("errors.lookup", 1);
         }
     }
-    // Then the remote tier; then, local only, the second key (crate::precise).
-    serve_remote(ctx, inv, job, batch).or_else(|| crate::precise::try_serve(ctx, inv, job, batch))
+    // Then the remote tier; then, local only, the second key (crate::backend::precise).
+    serve_remote(ctx, inv, job, batch).or_else(|| crate::backend::precise::try_serve(ctx, inv, job, batch))
 }
 
 /// The local lookup under the key, then (on a miss) under its path-keyed
@@ -383,7 +387,7 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
                 if let Some(tier) = remote_tier(ctx) {
                     tier.put(&entry, &inv.output, log, batch);
                 }
-                crate::precise::after_store(ctx, inv, job, &finished.stderr, batch);
+                crate::backend::precise::after_store(ctx, inv, job, &finished.stderr, batch);
             }
             Err(e) => {
                 log.log(&format!("storing {} failed: {e:#}", inv.output.display()));
