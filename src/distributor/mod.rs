@@ -177,7 +177,14 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     if let Some(why) = &refused {
         log.log(&format!("cache directory refused, running every job plainly: {why}"));
     }
-    let ctx = config.as_ref().filter(|_| refused.is_none()).map(|c| Ctx::new(c, &log));
+    let ctx = config.as_ref().filter(|_| refused.is_none()).map(|c| {
+        let mut ctx = Ctx::new(c, &log);
+        // lld reads the objects only after this process exits (and fails the
+        // link when it did not exit 0): a hit may write its object in place
+        // instead of through a temp file and a rename.
+        ctx.store = ctx.store.with_direct_outputs(true);
+        ctx
+    });
     // One link's jobs import the same modules: each file is stamped and
     // hashed (or memo-verified) once per run, not once per importer.
     let shared = SharedDigests::default();
