@@ -24,6 +24,12 @@ pub fn driver_memo(question: &str) -> String {
     format!("driver-{question}")
 }
 
+/// What the distributor last recorded for `explain` about the jobs of the
+/// link whose output has this hash (distributor/recorded.rs).
+pub fn dtlto_recorded(output_hash: &str) -> String {
+    format!("dtlto-{output_hash}")
+}
+
 /// The compiler memo of the compiler invoked as `compiler`.
 pub fn compiler_memo(compiler: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
@@ -100,6 +106,7 @@ pub fn every_path(
             .collect();
     state_files.extend(compilers.iter().map(|c| compiler_memo(c)));
     state_files.push(driver_memo("00000000000000000000000000000000"));
+    state_files.push(dtlto_recorded("0000000000000000"));
     // The compiler memo is replaced through a temp file beside it (a fresh name each time).
     state_files.push(crate::util::temp_name(""));
     out.extend(state_files.into_iter().map(|f| (State, PathBuf::from(f), File)));

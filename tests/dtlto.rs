@@ -702,3 +702,57 @@ fn distributor_with_base_dir_never_replays_another_checkouts_paths() {
     let (again_b, _) = link(&b);
     assert!(again_b.contains(&inc_b) && !again_b.contains(&inc_a), "{again_b}");
 }
+
+/// `explain` records each job under its object's name without the linker's
+/// PID, once per change: warm links add no rows to the database and only one
+/// small journal record, and `explain` compares a job with the same job of
+/// the link before.
+#[test]
+fn explain_records_each_job_once_per_change_under_a_pid_free_name() {
+    let d = Dt::new();
+    // Where the state is: `ltocache config` says.
+    let out = ok_out(d.cmd(ltocache_bin()).arg("config").output().unwrap(), "config");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("stats_db")).expect("config shows stats_db");
+    let db_path = PathBuf::from(line.split('=').nth(1).unwrap().trim().split("  ").next().unwrap().trim());
+    let journal = db_path.with_file_name("journal");
+    let journal_len = || std::fs::metadata(&journal).map_or(0, |m| m.len());
+    let rows = || -> Vec<(String, String)> {
+        d.stat("hits"); // folds the journal
+        let c = rusqlite::Connection::open(&db_path).unwrap();
+        let mut s = c.prepare("SELECT output, outcome FROM last_compile ORDER BY output").unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+    };
+    let n = MODULES.len();
+    d.link_through_distributor(&[]);
+    let cold = rows();
+    assert_eq!(cold.len(), n, "one row per job: {cold:?}");
+    assert!(cold.iter().all(|(o, outcome)| o.ends_with(".native.o") && outcome == "miss"), "{cold:?}");
+    // No `.<pid>.` left: `<module>.<task>.native.o`.
+    assert!(cold.iter().all(|(o, _)| Path::new(o).file_name().unwrap().to_str().unwrap().split('.').count() == 4));
+
+    d.link_through_distributor(&[]);
+    let first_hits = journal_len();
+    assert!(first_hits > 500 * n as u64, "the first hits record their fields ({first_hits} bytes)");
+    d.link_through_distributor(&[]);
+    let again = journal_len() - first_hits;
+    assert!(again < 400, "an unchanged warm link adds one small record, not {again} bytes");
+    let warm = rows();
+    assert_eq!(warm.len(), n, "the same rows, whatever the linker's PID: {warm:?}");
+    assert!(warm.iter().all(|(_, outcome)| outcome == "hit"), "{warm:?}");
+    assert_eq!((d.stat("hits"), d.stat("misses")), (2 * n as i64, n as i64), "every job still counted");
+
+    // A changed module: its own job misses, and explain names the change.
+    d.edit("util.c", "16777619u", "16777621u");
+    d.frontend("util", false);
+    d.link_through_distributor(&[]);
+    let util = rows().into_iter().find(|(o, _)| o.contains("/util.")).expect("util's job").0;
+    let explained = ok_out(d.cmd(ltocache_bin()).args(["explain", &util]).output().unwrap(), "explain");
+    let explained = String::from_utf8(explained.stdout).unwrap();
+    assert!(explained.contains(": miss") && explained.contains("(hit) in:"), "{explained}");
+    assert!(explained.contains("[input]"), "the input's digest changed: {explained}");
+    // The next warm link records its hit under the new key again.
+    d.link_through_distributor(&[]);
+    assert!(rows().iter().all(|(_, outcome)| outcome == "hit"));
+    assert!(d.run().starts_with("sum=1009"), "the program still runs");
+}

@@ -23,6 +23,8 @@ def capture(out, argv):
     job = argv[-1]
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
     shutil.copy(job, os.path.join(out, "job.json"))
+    with open(os.path.join(out, "name"), "w") as f:
+        f.write(os.path.basename(job))
     with open(os.path.join(out, "cwd"), "w") as f:
         f.write(os.getcwd())
     for j in json.load(open(job))["jobs"]:
@@ -41,7 +43,11 @@ def replay(cap, rounds, variants):
             if i.endswith(".thinlto.bc"):
                 os.makedirs(os.path.dirname(i) or ".", exist_ok=True)
                 shutil.copy2(os.path.join(cap, "shards", os.path.basename(i)), i)
-    jf = os.path.join(cap, "replay.dist-file.json")
+    # lld's name for it (`OUT.PID.dist-file.json`): the distributor takes
+    # the link's output and the linker's PID from it.
+    name_file = os.path.join(cap, "name")
+    name = open(name_file).read().strip() if os.path.exists(name_file) else "replay.1.dist-file.json"
+    jf = os.path.join(cap, name)
     shutil.copy(os.path.join(cap, "job.json"), jf)
     parsed = []
     for v in variants:

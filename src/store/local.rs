@@ -831,7 +831,10 @@ mod tests {
         let dest = outdir.join("c.3.77.native.o");
         assert_eq!(blobs.serve_output(&o, &dest, ServeMode::HardLink).unwrap(), Served::Written(data.len() as u64));
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(&dest).unwrap().ino(), std::fs::metadata(blobs.blob_path(&o.digest)).unwrap().ino());
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().ino(),
+            std::fs::metadata(blobs.blob_path(&o.digest)).unwrap().ino()
+        );
         // A directory it cannot create in: an error, and nothing left.
         let missing = outdir.join("no-such-dir").join("d.o");
         assert!(s.serve_output(&o, &missing, ServeMode::Copy).is_err());
