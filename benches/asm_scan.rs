@@ -17,7 +17,7 @@ fn main() {
             if p.is_dir() {
                 dirs.push(p);
             } else if let Ok(data) = std::fs::read(&p) {
-                if ltocache::bitcode::is_bitcode(&data) {
+                if ltocache::key::bitcode::is_bitcode(&data) {
                     files.push(data);
                 }
             }
@@ -26,7 +26,7 @@ fn main() {
     let total: usize = files.iter().map(Vec::len).sum();
     for _ in 0..3 {
         let t = std::time::Instant::now();
-        let refs: usize = files.iter().map(|f| ltocache::shard::asm_refs(f).map_or(0, |r| r.len())).sum();
+        let refs: usize = files.iter().map(|f| ltocache::key::shard::asm_refs(f).map_or(0, |r| r.len())).sum();
         let scan = t.elapsed();
         let t = std::time::Instant::now();
         for f in &files {

@@ -9,9 +9,9 @@
 //! Run: `cargo bench --bench micro` (figures in docs/benchmarks.md).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ltocache::args::analyze;
-use ltocache::digest::FileHasher;
-use ltocache::memo::MemoTable;
+use ltocache::key::args::analyze;
+use ltocache::key::digest::FileHasher;
+use ltocache::key::memo::MemoTable;
 use ltocache::store::ServeMode;
 use ltocache::store::{Entry, LocalStore, Store, Stored, StoredOutput};
 use std::path::{Path, PathBuf};
@@ -75,10 +75,10 @@ fn bench_shard(c: &mut Criterion, dir: &Path) {
     let mut g = c.benchmark_group("shard_parse");
     for &k in IMPORTS {
         let data = std::fs::read(dir.join(format!("main{k}.o.thinlto.bc"))).unwrap();
-        assert_eq!(ltocache::shard::read_shard(&data).unwrap().modules.len(), k + 1);
+        assert_eq!(ltocache::key::shard::read_shard(&data).unwrap().modules.len(), k + 1);
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_with_input(BenchmarkId::new("imports", k), &data, |b, d| {
-            b.iter(|| ltocache::shard::read_shard(d).unwrap())
+            b.iter(|| ltocache::key::shard::read_shard(d).unwrap())
         });
     }
     g.finish();
@@ -168,7 +168,7 @@ fn bench_store(c: &mut Criterion) {
 fn all(c: &mut Criterion) {
     let (_tmp, dir) = corpus();
     // Let the files settle past the racy window so their memos are trusted.
-    std::thread::sleep(std::time::Duration::from_nanos(ltocache::digest::RACY_NS as u64 + 100_000_000));
+    std::thread::sleep(std::time::Duration::from_nanos(ltocache::key::digest::RACY_NS as u64 + 100_000_000));
     bench_shard(c, &dir);
     bench_key(c, &dir);
     bench_store(c);

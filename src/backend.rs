@@ -10,14 +10,14 @@
 //! runs the compiler → [`finish_compile`] (count, store, cleanup) →
 //! [`record`] (journal).
 
-use crate::args::{BackendInvocation, NotCacheable};
 use crate::config::Config;
-use crate::digest::FileHasher;
 use crate::exec::Finished;
+use crate::key::args::{BackendInvocation, NotCacheable};
+use crate::key::digest::FileHasher;
+use crate::key::memo::MemoTable;
 use crate::key::{self, Key, KeyError};
-use crate::log::Logger;
-use crate::memo::MemoTable;
-use crate::stats::{Batch, Db};
+use crate::state::log::Logger;
+use crate::state::stats::{Batch, Db};
 use crate::store::remote::Tier;
 use crate::store::{Entry, LocalStore, Lookup, Store};
 use crate::util::{hex, FileStamp};
@@ -38,7 +38,7 @@ pub struct Ctx<'a> {
     /// A mutex: the distributor keys and serves jobs on several threads.
     identities: std::sync::Mutex<Vec<(PathBuf, [u8; 32])>>,
     /// The driver's configuration files, asked once per question and process.
-    driver_answers: crate::driver::Answers,
+    driver_answers: crate::key::driver::Answers,
 }
 
 impl<'a> Ctx<'a> {
@@ -117,7 +117,7 @@ pub fn prepare_with<'c>(
     mut hasher: FileHasher<'c>,
 ) -> Result<Keyed<'c>, Fallback> {
     let log = ctx.log;
-    let program = match crate::compiler::resolve(&inv.compiler) {
+    let program = match crate::key::compiler::resolve(&inv.compiler) {
         Ok(p) => p,
         Err(e) => {
             log.log(&format!("{e:#}"));
@@ -149,16 +149,15 @@ pub fn prepare_with<'c>(
     let cpu_before = if known.is_none() { crate::util::cpu_ns(libc::RUSAGE_THREAD) } else { 0 };
     let identity = match known {
         Some(k) => Ok(k),
-        None => crate::compiler::identity(&program, Some(&ctx.state_dir), &ctx.config.compiler_check.value).inspect(
-            |(id, _)| {
+        None => crate::key::compiler::identity(&program, Some(&ctx.state_dir), &ctx.config.compiler_check.value)
+            .inspect(|(id, _)| {
                 if let Ok(mut ids) = ctx.identities.lock() {
                     ids.push((program.clone(), *id));
                 }
-            },
-        ),
+            }),
     };
     let key = identity
-        .map_err(|e| match e.downcast_ref::<crate::compiler::ScriptCompiler>() {
+        .map_err(|e| match e.downcast_ref::<crate::key::compiler::ScriptCompiler>() {
             Some(s) => KeyError::NotCacheable(NotCacheable::UnsupportedOption(s.to_string())),
             None => KeyError::Internal(e),
         })
@@ -170,8 +169,8 @@ pub fn prepare_with<'c>(
             }
             // What the driver reads besides argv (driver.rs): its
             // configuration files' flags go through the same analysis.
-            let mut asked = crate::driver::Asked::default();
-            let configs = crate::driver::loaded_configs(
+            let mut asked = crate::key::driver::Asked::default();
+            let configs = crate::key::driver::loaded_configs(
                 &program,
                 &inv.compiler,
                 &id,
@@ -182,17 +181,17 @@ pub fn prepare_with<'c>(
                 Some(&ctx.driver_answers),
             );
             batch.add("driver_probes", asked.probes);
-            let mut eff = crate::driver::effective(inv, &configs.map_err(KeyError::NotCacheable)?)
+            let mut eff = crate::key::driver::effective(inv, &configs.map_err(KeyError::NotCacheable)?)
                 .map_err(KeyError::NotCacheable)?;
             if let (Some(base), Some(cwd)) = (&ctx.config.base_dir.value, crate::util::cwd()) {
-                crate::args::relocate_args(&mut eff.hashed_args, base, cwd);
+                crate::key::args::relocate_args(&mut eff.hashed_args, base, cwd);
             }
             let k = key::compute(&eff, &id, &mut hasher, &getenv).map(|mut k| {
                 // Every argument base_dir rewrote names this checkout by
                 // containing base_dir, and clang may print it otherwise than
                 // it was given (`-I/b/inc` as `'-I /b/inc'`): stderr naming
                 // base_dir at all names a path the key does not cover.
-                if let Some(base) = ctx.config.base_dir.value.as_deref().and_then(crate::args::base_prefix) {
+                if let Some(base) = ctx.config.base_dir.value.as_deref().and_then(crate::key::args::base_prefix) {
                     k.unkeyed_paths.push(base);
                 }
                 k
@@ -432,10 +431,10 @@ pub fn record_many(config: &Config, log: &Logger, jobs: &mut [(&mut Batch, i64)]
         batches.push(&sums);
     }
     let dir = config.state_dir();
-    match crate::journal::append_many(&dir, &batches) {
-        Ok(len) if len > crate::journal::FOLD_AT => {
+    match crate::state::journal::append_many(&dir, &batches) {
+        Ok(len) if len > crate::state::journal::FOLD_AT => {
             let folded =
-                Db::open(&config.stats_db_path()).and_then(|mut db| crate::journal::fold(&dir, &mut db, false));
+                Db::open(&config.stats_db_path()).and_then(|mut db| crate::state::journal::fold(&dir, &mut db, false));
             if let Err(e) = folded {
                 log.log(&format!("folding the journal failed: {e:#}"));
             }

@@ -2,7 +2,7 @@
 
 use crate::cli::Cmd;
 use crate::config::Config;
-use crate::stats::Db;
+use crate::state::stats::Db;
 use anyhow::{bail, Context, Result};
 use humansize::{format_size, BINARY};
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ pub fn run(cmd: Cmd) -> Result<()> {
         Cmd::Stats { json } => stats(&config, json),
         Cmd::ZeroStats => {
             with_db(&config, |db| db.zero())?;
-            crate::stats::zero_passthrough(&config.stats_db_path())?;
+            crate::state::stats::zero_passthrough(&config.stats_db_path())?;
             println!("Statistics zeroed");
             Ok(())
         }
@@ -125,10 +125,12 @@ fn print_sweep(r: &crate::store::cleanup::Report) {
 fn with_db<T>(config: &Config, mut f: impl FnMut(&mut Db) -> Result<T>) -> Result<T> {
     let path = config.stats_db_path();
     Db::with(&path, |db| {
-        crate::journal::fold(&config.state_dir(), db, true).context("folding the stats journal")?;
+        crate::state::journal::fold(&config.state_dir(), db, true).context("folding the stats journal")?;
         f(db)
     })
-    .with_context(|| format!("the stats database {}", config.state().real.join(crate::layout::STATS_DB).display()))
+    .with_context(|| {
+        format!("the stats database {}", config.state().real.join(crate::cachedir::layout::STATS_DB).display())
+    })
 }
 
 /// The numbers `stats` reports, computed once for both output forms.
@@ -157,7 +159,7 @@ impl Report {
 
 fn report(config: &Config) -> Result<Report> {
     let (mut counters, stored_here) = with_db(config, |db| Ok((db.counters()?, db.stored_usage()?)))?;
-    let front_end = crate::stats::passthrough_count(&config.stats_db_path());
+    let front_end = crate::state::stats::passthrough_count(&config.stats_db_path());
     if front_end > 0 {
         *counters.entry("uncacheable.not_backend".into()).or_insert(0) += front_end;
     }
@@ -243,7 +245,7 @@ fn stats(config: &Config, json: bool) -> Result<()> {
         let _ = writeln!(out, "{k:<28} {v}");
     };
     row(&mut out, "Cache directory", config.cache_dir.value.display().to_string());
-    row(&mut out, "Stats database", config.state().real.join(crate::layout::STATS_DB).display().to_string());
+    row(&mut out, "Stats database", config.state().real.join(crate::cachedir::layout::STATS_DB).display().to_string());
     row(&mut out, "State directory", config.state().why.clone());
     if let Some(why) = &config.refused {
         row(&mut out, "Cache directory refused", why.clone());

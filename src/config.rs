@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const CONFIG_FILE_NAME: &str = "ltocache.conf";
+pub use crate::cachedir::layout::CONFIG_FILE_NAME;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -60,7 +60,7 @@ pub struct Config {
     /// Fraction of hits recompiled and compared (`LTOCACHE_VERIFY`, 0..=1).
     pub verify: Setting<f64>,
     /// How the compiler's identity is decided (like ccache's `compiler_check`).
-    pub compiler_check: Setting<crate::compiler::CompilerCheck>,
+    pub compiler_check: Setting<crate::key::compiler::CompilerCheck>,
     /// Remote storage URLs (store/remote/mod.rs), parsed only after a local miss.
     pub remote_storage: Setting<String>,
     /// Use only the remotes: no local store.
@@ -68,26 +68,23 @@ pub struct Config {
     /// Also write local hits to the remotes.
     pub reshare: Setting<bool>,
     /// Why the cache directory is not used at all (compiles pass through),
-    /// or `None` (see [`crate::trust`]).
+    /// or `None` (see [`crate::cachedir::trust`]).
     pub refused: Option<String>,
     /// The cache directory as opened and checked at load (when it existed):
     /// the state directory and the store use this descriptor rather than
     /// opening the path again (each open walks the path; a process used to
     /// open it three times).
-    cache_opened: Option<std::sync::Arc<crate::beneath::Dir>>,
+    cache_opened: Option<std::sync::Arc<crate::cachedir::beneath::Dir>>,
     /// Warnings about `ltocache.conf`: keys ignored from a file others may
     /// have written, or the whole file ignored. For `config` and the log.
     pub warnings: Vec<String>,
     /// Values of the environment the state directory is chosen with.
-    env: crate::trust::Env,
+    env: crate::cachedir::trust::Env,
     /// [`Config::state_dir`], decided once per process.
-    state: std::sync::OnceLock<std::sync::Arc<crate::trust::State>>,
+    state: std::sync::OnceLock<std::sync::Arc<crate::cachedir::trust::State>>,
 }
 
-/// The zstd level used when `compression = zstd` names none, and by default
-/// (docs/benchmarks.md: level 1 keeps 37 % of the bytes, as level 3 does, at
-/// no measurable cost per hit; higher levels save a few percent more).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+pub use crate::store::codec::DEFAULT_ZSTD_LEVEL;
 
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
 pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -149,19 +146,13 @@ fn valid_value(key: &str, v: &str) -> bool {
         "compression" => parse_compression(v).is_ok(),
         "serve_mode" => parse_serve_mode(v).is_ok(),
         "verify" => crate::verify::parse_rate(v).is_ok(),
-        "compiler_check" => crate::compiler::CompilerCheck::parse(v).is_ok(),
+        "compiler_check" => crate::key::compiler::CompilerCheck::parse(v).is_ok(),
         "disable" | "readonly" | "recache" | "remote_only" | "reshare" => parse_bool(v).is_ok(),
         _ => true,
     }
 }
 
-pub fn parse_bool(s: &str) -> Result<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        other => bail!("expected a boolean (1/0, true/false, yes/no), got {other:?}"),
-    }
-}
+pub use crate::util::parse_bool;
 
 /// An octal mask such as `002`; empty means "inherit".
 fn parse_umask(v: &str) -> Result<Option<u32>> {
@@ -201,27 +192,7 @@ fn parse_serve_mode(s: &str) -> Result<ServeMode> {
     }
 }
 
-/// Parses `500M`, `20G`, `1.5GiB`, `4096` (K, M, G, T are powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => anyhow::bail!("invalid size {s:?}: use a number with K, M, G or T"),
-    };
-    let bytes = n * mult as f64;
-    // `as u64` would saturate silently.
-    if !(bytes < u64::MAX as f64) {
-        bail!("size {s:?} is too large");
-    }
-    Ok(bytes as u64)
-}
+pub use crate::util::parse_size;
 
 /// Parses `7d`, `12h`, `30m`, `45s` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
@@ -259,21 +230,21 @@ impl Config {
             }
         };
         let file_path = cache_dir.value.join(CONFIG_FILE_NAME);
-        let env = crate::trust::Env::from(getenv);
+        let env = crate::cachedir::trust::Env::from(getenv);
         // The cache directory, its trust, and what of its ltocache.conf may
-        // be honoured (crate::trust).
-        let checked = crate::trust::check_cache_dir(&cache_dir.value, &env);
+        // be honoured (crate::cachedir::trust).
+        let checked = crate::cachedir::trust::check_cache_dir(&cache_dir.value, &env);
         let mut warnings = Vec::new();
         let file_entries = match &checked.dir {
             None => Vec::new(),
-            Some(dir) => match crate::trust::read_conf(dir) {
+            Some(dir) => match crate::cachedir::trust::read_conf(dir) {
                 Ok(None) => Vec::new(),
                 Ok(Some((text, trusted))) => match parse_config_text(&file_path, &text) {
                     Ok(entries) if trusted.is_ok() => entries,
                     Ok(entries) => {
                         let why = trusted.unwrap_err();
                         let (kept, ignored): (Vec<_>, Vec<_>) =
-                            entries.into_iter().partition(|(k, v)| !crate::trust::needs_trusted_file(k, v));
+                            entries.into_iter().partition(|(k, v)| !crate::cachedir::trust::needs_trusted_file(k, v));
                         for (k, _) in &ignored {
                             warnings.push(format!("{k} in {} ignored: {why}", file_path.display()));
                         }
@@ -331,7 +302,7 @@ impl Config {
         };
         let mut serve_mode = parsed(lookup("serve_mode"), "serve_mode", ServeMode::Copy, parse_serve_mode)?;
         if serve_mode.value == ServeMode::HardLink {
-            if let Some(why) = crate::trust::hardlink_refusal(checked.dir.as_ref()) {
+            if let Some(why) = crate::cachedir::trust::hardlink_refusal(checked.dir.as_ref()) {
                 warnings.push(format!("serve_mode = hardlink refused ({why}): copying instead"));
                 serve_mode.value = ServeMode::Copy;
             }
@@ -354,8 +325,8 @@ impl Config {
         let compiler_check = parsed(
             lookup("compiler_check"),
             "compiler_check",
-            crate::compiler::CompilerCheck::Content,
-            crate::compiler::CompilerCheck::parse,
+            crate::key::compiler::CompilerCheck::Content,
+            crate::key::compiler::CompilerCheck::parse,
         )?;
         Ok(Config {
             verify,
@@ -420,11 +391,11 @@ impl Config {
     /// NFS, so the default is a per-host directory; `stats_dir` moves it to
     /// local disk when the cache directory itself is on NFS.
     pub fn stats_db_path(&self) -> PathBuf {
-        self.state_dir().join(crate::layout::STATS_DB)
+        self.state_dir().join(crate::cachedir::layout::STATS_DB)
     }
 
     /// This user's state directory on this host: the database, the journal,
-    /// the memos (crate::trust::choose_state says where and why). The path
+    /// the memos (crate::cachedir::trust::choose_state says where and why). The path
     /// returned names the directory through the descriptor it was checked on
     /// (`/proc/self/fd/N`), so nothing can swap it for another afterwards.
     pub fn state_dir(&self) -> PathBuf {
@@ -433,9 +404,9 @@ impl Config {
 
     /// Where the state directory is, why there, and a counter to bump per
     /// compile when it is a fallback.
-    pub fn state(&self) -> &crate::trust::State {
+    pub fn state(&self) -> &crate::cachedir::trust::State {
         self.state.get_or_init(|| {
-            std::sync::Arc::new(crate::trust::choose_state(
+            std::sync::Arc::new(crate::cachedir::trust::choose_state(
                 &self.cache_dir.value,
                 self.cache_opened.as_deref(),
                 self.stats_dir.value.as_deref(),
@@ -488,7 +459,7 @@ impl Config {
             ("state_dir".into(), self.state().real.display().to_string(), self.state().why.clone()),
             (
                 "stats_db".into(),
-                self.state().real.join(crate::layout::STATS_DB).display().to_string(),
+                self.state().real.join(crate::cachedir::layout::STATS_DB).display().to_string(),
                 "derived".into(),
             ),
             ("remote_only".into(), self.remote_only.value.to_string(), self.remote_only.origin.to_string()),

@@ -15,7 +15,7 @@ pub fn exec_compiler(compiler: &str, args: &[OsString]) -> ! {
     // Never exec the bare name: when PATH holds no compiler but ltocache
     // itself (a masquerade symlink `clang-77 -> ltocache` and no real
     // clang-77), `execvp` would find the symlink and loop forever.
-    let program = match crate::compiler::resolve(compiler) {
+    let program = match crate::key::compiler::resolve(compiler) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("ltocache: cannot run {compiler}: {e:#}");

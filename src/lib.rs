@@ -1,35 +1,33 @@
 //! ltocache: a cache for Clang's distributed ThinLTO backend compiles.
 //!
-//! One invocation flows through the modules in this order (docs/ARCHITECTURE.md):
-//! [`args`] → [`shard`]/[`bitcode`] → [`compiler`] + [`digest`] (memos in
-//! [`memo`]) → [`key`] → [`store`] → [`exec`] → [`journal`], orchestrated by
-//! [`wrapper`]. The subcommands (`stats`, `clear`, ...) live in [`commands`]
-//! and read [`stats`], the journal folded into SQLite; settings in [`config`].
-//! The binary allocates through [`arena`].
+//! The layers, bottom up (docs/ARCHITECTURE.md follows one invocation through
+//! them): [`util`]; [`cachedir`] — the shared cache directory's names, trust
+//! and descriptor-based opening; [`key`] — everything a backend reads and the
+//! key over it; [`state`] — journal, stats database, log; [`store`] — local
+//! and remote; [`config`]; [`exec`] and [`verify`]; then one backend job as
+//! steps in [`backend`] (with [`precise`]'s second key), driven by
+//! [`wrapper`] for a compiler command line and by [`distributor`] for lld's
+//! DTLTO job file. The subcommands live in [`commands`] ([`cli`] parses
+//! them). The binary allocates through [`arena`].
 
 pub mod arena;
-pub mod args;
 pub mod backend;
-pub mod beneath;
-pub mod bitcode;
+pub mod cachedir;
 pub mod cli;
 pub mod commands;
-pub mod compiler;
 pub mod config;
-pub mod digest;
 pub mod distributor;
-pub mod driver;
 pub mod exec;
-pub mod journal;
 pub mod key;
-pub mod layout;
-pub mod log;
-pub mod memo;
 pub mod precise;
-pub mod shard;
-pub mod stats;
+pub mod state;
 pub mod store;
-pub mod trust;
 pub mod util;
 pub mod verify;
 pub mod wrapper;
+
+// The modules' paths before they moved into key/, state/ and cachedir/, for
+// branches written against them; removed once those are merged.
+pub use cachedir::{beneath, layout, trust};
+pub use key::{args, bitcode, compiler, digest, driver, memo, shard};
+pub use state::{journal, log, stats};

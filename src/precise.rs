@@ -25,10 +25,10 @@
 //! `LTOCACHE_PRECISE_COLD=background` — after the compile in a detached
 //! child at idle priority, so the cold build's jobs do not wait for it.
 
-use crate::args::BackendInvocation;
 use crate::backend::{Ctx, Keyed};
-use crate::bitcode::{self, Record, Visit, Visitor};
-use crate::stats::Batch;
+use crate::key::args::BackendInvocation;
+use crate::key::bitcode::{self, Record, Visit, Visitor};
+use crate::state::stats::Batch;
 use crate::store::{Lookup, Store};
 use crate::util::{hex, unhex};
 use anyhow::{bail, Context, Result};
@@ -293,7 +293,7 @@ pub struct Second {
 // ---------------------------------------------------------------------------
 // The shard without module paths and module hashes.
 
-use crate::shard::{MODULE_STRTAB_BLOCK, MST_CODE_ENTRY, MST_CODE_HASH};
+use crate::key::shard::{MODULE_STRTAB_BLOCK, MST_CODE_ENTRY, MST_CODE_HASH};
 const GLOBALVAL_SUMMARY_BLOCK: u32 = 20;
 const FULL_LTO_GLOBALVAL_SUMMARY_BLOCK: u32 = 24;
 const FS_FLAGS: u32 = 20;
@@ -683,7 +683,7 @@ fn has_candidates(ctx: &Ctx, job: &Keyed) -> bool {
 /// a clang-19 job gets a helper built against libLLVM-19, a clang-23 job one
 /// built against LLVM 23's, and a job whose compiler maps none no helper.
 /// A helper's version line is memoised per (helper digest, path).
-fn helper_for(ctx: &Ctx, job: &Keyed, hasher: &mut crate::digest::FileHasher) -> Result<Helper, Refusal> {
+fn helper_for(ctx: &Ctx, job: &Keyed, hasher: &mut crate::key::digest::FileHasher) -> Result<Helper, Refusal> {
     let lib = compiler_libllvm(ctx, job);
     let candidates = helper_candidates(lib.as_deref().and_then(llvm_major));
     if candidates.is_empty() {
@@ -964,7 +964,7 @@ pub fn compute(
     inv: &BackendInvocation,
     job: &Keyed,
     helper: &Helper,
-    hasher: &mut crate::digest::FileHasher,
+    hasher: &mut crate::key::digest::FileHasher,
 ) -> Result<Second, Refusal> {
     let shard_bytes = match hasher.read_tracked(&inv.shard) {
         Ok(b) => b,
@@ -1064,7 +1064,7 @@ fn lookup(
         return None;
     }
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
-    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
+    let mut hasher = crate::key::digest::FileHasher::new(ctx.memo.as_ref());
     let second = helper_for(ctx, job, &mut hasher).and_then(|h| compute(ctx, inv, job, &h, &mut hasher));
     batch.add(
         "cpu_ns.precise",
@@ -1199,7 +1199,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
     // matching helper is counted and forks nothing.
     let parent_cpu = || crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
     let cpu0 = parent_cpu();
-    let mut hasher = crate::digest::FileHasher::new(ctx.memo.as_ref());
+    let mut hasher = crate::key::digest::FileHasher::new(ctx.memo.as_ref());
     let helper = match helper_for(ctx, job, &mut hasher) {
         Ok(h) => h,
         Err(r) => return count_refusal(ctx, inv, batch, &r),
@@ -1229,7 +1229,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
     }
     IN_BACKGROUND.store(true, std::sync::atomic::Ordering::Relaxed);
     let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
-    let mut own = crate::stats::Batch::default();
+    let mut own = crate::state::stats::Batch::default();
     match compute(ctx, inv, job, &helper, &mut hasher) {
         // The object was compiled from the files the first key hashed; the
         // second key describes them only if none changed since.
@@ -1250,7 +1250,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut 
         crate::util::cpu_ns(libc::RUSAGE_SELF) + crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - cpu0,
     );
     own.at_ns = crate::util::now_ns();
-    let _ = crate::journal::append_many(&ctx.config.state_dir(), &[&own]);
+    let _ = crate::state::journal::append_many(&ctx.config.state_dir(), &[&own]);
     crate::exec::exit_now(0);
 }
 

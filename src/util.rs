@@ -364,6 +364,38 @@ pub fn env(name: &str) -> Option<String> {
     env_os(name).and_then(|v| v.to_str()).map(str::to_string)
 }
 
+/// A boolean setting as ccache spells them (config files, `LTOCACHE_*`
+/// variables, remote attributes).
+pub fn parse_bool(s: &str) -> anyhow::Result<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => anyhow::bail!("expected a boolean (1/0, true/false, yes/no), got {other:?}"),
+    }
+}
+
+/// Parses `500M`, `20G`, `1.5GiB`, `4096` (K, M, G, T are powers of 1024).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => anyhow::bail!("invalid size {s:?}: use a number with K, M, G or T"),
+    };
+    let bytes = n * mult as f64;
+    // `as u64` would saturate silently.
+    if !(bytes < u64::MAX as f64) {
+        anyhow::bail!("size {s:?} is too large");
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@
 //! `<state dir>/verify-failures/` for a bug report. A team can leave 1 % on
 //! in CI and know whether the key misses something.
 
-use crate::args::BackendInvocation;
 use crate::exec::{self, Finished};
+use crate::key::args::BackendInvocation;
 use crate::store::{Entry, LocalStore, ServeMode, Served};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;

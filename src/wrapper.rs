@@ -1,24 +1,24 @@
 //! One wrapped compile, start to finish (the steps themselves are in
 //! [`crate::backend`], shared with any driver that runs many jobs):
 //!
-//! 1. [`crate::args`]: is this a cacheable backend? If not, count why and `exec` the compiler.
-//! 2. [`crate::compiler`] + [`crate::key`]: the key over everything the backend reads.
+//! 1. [`crate::key::args`]: is this a cacheable backend? If not, count why and `exec` the compiler.
+//! 2. [`crate::key::compiler`] + [`crate::key`]: the key over everything the backend reads.
 //! 3. [`crate::store`]: look the key up; on a hit, serve the object and replay stderr.
 //! 4. On a miss, run the compiler ([`crate::exec`]); store its outputs only if it
 //!    succeeded and no input changed while it ran.
-//! 5. [`crate::journal`]: one appended record with what was counted. No
-//!    database is opened on the way: memos are in [`crate::memo`].
+//! 5. [`crate::state::journal`]: one appended record with what was counted. No
+//!    database is opened on the way: memos are in [`crate::key::memo`].
 //!
 //! The rule throughout: the cache may make a compile faster, never different
 //! and never failed. Any internal problem is logged, counted, and answered by
 //! running the real compiler.
 
-use crate::args::{self, BackendInvocation, NotCacheable};
 use crate::backend::{self, Ctx};
 use crate::config::Config;
 use crate::exec;
-use crate::log::Logger;
-use crate::stats::Batch;
+use crate::key::args::{self, BackendInvocation, NotCacheable};
+use crate::state::log::Logger;
+use crate::state::stats::Batch;
 use std::ffi::OsString;
 use std::io::Write;
 
@@ -32,7 +32,7 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
     if !args::may_be_backend(&sargs) {
         if let Ok(config) = Config::load() {
             if !config.disable.value {
-                let _ = crate::stats::count_passthrough(&config.stats_db_path());
+                let _ = crate::state::stats::count_passthrough(&config.stats_db_path());
             }
             // Its descriptors are close-on-exec: closing them one by one
             // first would be two system calls for nothing.
@@ -49,7 +49,7 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
         exec::exec_compiler(&compiler, &args);
     }
     let log = Logger::new(config.logfile.value.clone());
-    // A cache directory someone else controls is not used (crate::trust).
+    // A cache directory someone else controls is not used (crate::cachedir::trust).
     if let Some(why) = &config.refused {
         log.log(&format!("cache directory refused, running the compiler: {why}"));
         let mut batch = Batch::default();
@@ -60,7 +60,7 @@ pub fn run(compiler: String, args: Vec<OsString>) -> ! {
     // The driver's environment first (driver.rs), then argv with its
     // response files, tracked for the after-compile check. `base_dir` is
     // applied by backend::prepare, after configuration files.
-    let analysed = crate::driver::refuse_env(&|v| crate::util::env(v))
+    let analysed = crate::key::driver::refuse_env(&|v| crate::util::env(v))
         .and_then(|()| args::expand_response_files_tracked(&sargs))
         .and_then(|(expanded, read)| {
             let mut inv = args::analyze(&compiler, &expanded)?;
@@ -112,7 +112,7 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
     };
     // What a terminal shows: clang colours when our stderr is one.
     let mut compile_args = args.to_vec();
-    match crate::driver::for_terminal(&job.inv, &mut job.key, &|v| crate::util::env(v)) {
+    match crate::key::driver::for_terminal(&job.inv, &mut job.key, &|v| crate::util::env(v)) {
         Ok(extra) => compile_args.extend(extra),
         Err(reason) => {
             batch.add(&format!("uncacheable.{}", reason.code()), 1);

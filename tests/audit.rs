@@ -6,8 +6,8 @@
 
 mod util;
 
-use ltocache::args;
-use ltocache::digest::FileHasher;
+use ltocache::key::args;
+use ltocache::key::digest::FileHasher;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,9 +70,9 @@ fn audit_command(dir: &Path, argv: &[String], input: &str, output: &Path, trace:
     key.unwrap_or_else(|_| panic!("the audited command must be cacheable"));
     let mut covered: BTreeSet<PathBuf> =
         hasher.seen.iter().map(|(p, _)| dir.join(p).canonicalize().unwrap_or(dir.join(p))).collect();
-    let program = ltocache::compiler::resolve(CLANG).unwrap();
+    let program = ltocache::key::compiler::resolve(CLANG).unwrap();
     let real = program.canonicalize().unwrap();
-    for p in ltocache::compiler::identity_files(&program, &real) {
+    for p in ltocache::key::compiler::identity_files(&program, &real) {
         covered.insert(p.canonicalize().unwrap_or(p));
     }
 
@@ -83,7 +83,7 @@ fn audit_command(dir: &Path, argv: &[String], input: &str, output: &Path, trace:
         let is_output = p.parent() == output.parent()
             && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&stem))
             && (p == output || text.ends_with(".tmp"));
-        let own = ltocache::compiler::COMPILERS_OWN_FILES.iter().any(|(prefix, _)| text.starts_with(prefix));
+        let own = ltocache::key::compiler::COMPILERS_OWN_FILES.iter().any(|(prefix, _)| text.starts_with(prefix));
         if !(covered.contains(p) || is_output || own) {
             unexplained.push(p.clone());
         }

@@ -162,7 +162,7 @@ impl Dt {
         let text = String::from_utf8(out.stdout).unwrap();
         let line = text.lines().find(|l| l.starts_with("stats_db")).expect("config shows stats_db");
         let path = line.split('=').nth(1).unwrap().trim().split("  ").next().unwrap().trim().to_string();
-        let db = ltocache::stats::Db::open(std::path::Path::new(&path)).unwrap();
+        let db = ltocache::state::stats::Db::open(std::path::Path::new(&path)).unwrap();
         db.counters().unwrap().get(name).copied().unwrap_or(0)
     }
 
@@ -406,7 +406,7 @@ fn refusals_failures_and_bad_job_files() {
         .iter()
         .copied()
         .filter(|m| {
-            let s = ltocache::shard::read_shard(&d.read(&format!("{m}.o.thinlto.bc"))).unwrap();
+            let s = ltocache::key::shard::read_shard(&d.read(&format!("{m}.o.thinlto.bc"))).unwrap();
             s.modules.len() > 1
         })
         .collect();
@@ -435,7 +435,7 @@ fn refusals_failures_and_bad_job_files() {
     assert_eq!(d.stat("misses"), 0);
 
     // The full list is cached.
-    let shard = ltocache::shard::read_shard(&d.read(&format!("{m}.o.thinlto.bc"))).unwrap();
+    let shard = ltocache::key::shard::read_shard(&d.read(&format!("{m}.o.thinlto.bc"))).unwrap();
     let mut full = vec![format!("{m}.o"), format!("{m}.o.thinlto.bc")];
     full.extend(
         shard.modules.iter().map(|x| String::from_utf8(x.path.clone()).unwrap()).filter(|p| *p != format!("{m}.o")),
@@ -473,7 +473,7 @@ fn refusals_failures_and_bad_job_files() {
     assert!(d.path("full.native.o").is_file());
 
     // A cache directory another user made and everyone may write
-    // (crate::trust refuses it): the jobs run plainly and nothing is written
+    // (crate::cachedir::trust refuses it): the jobs run plainly and nothing is written
     // there. Needs root to make the directory another user's (CI is root).
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -633,14 +633,16 @@ fn fast_shard_digest_sees_every_change_decoding_sees() {
     let (mut compared, mut differed, mut moved) = (0, 0, 0);
     for m in MODULES {
         let shard = d.read(&format!("{m}.o.thinlto.bc"));
-        let (fast, slow) =
-            (ltocache::shard::read_shard(&shard).unwrap(), ltocache::shard::read_shard_decoding_all(&shard).unwrap());
+        let (fast, slow) = (
+            ltocache::key::shard::read_shard(&shard).unwrap(),
+            ltocache::key::shard::read_shard_decoding_all(&shard).unwrap(),
+        );
         assert_eq!(fast.modules, slow.modules);
         for byte in 0..shard.len() {
             let mut changed = shard.clone();
             changed[byte] ^= 1 << (byte % 8);
             let (Ok(f), Ok(s)) =
-                (ltocache::shard::read_shard(&changed), ltocache::shard::read_shard_decoding_all(&changed))
+                (ltocache::key::shard::read_shard(&changed), ltocache::key::shard::read_shard_decoding_all(&changed))
             else {
                 continue;
             };

@@ -413,7 +413,7 @@ fn a_preloaded_library_reaches_the_identity() {
 #[test]
 fn every_loaded_library_is_part_of_the_identity() {
     let real = std::fs::canonicalize(util_which(CLANG)).unwrap();
-    let libs = ltocache::compiler::loaded_libraries(&real);
+    let libs = ltocache::key::compiler::loaded_libraries(&real);
     let names: Vec<String> = libs.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     for want in ["libLLVM", "libclang-cpp", "libstdc++", "libc.so"] {
         assert!(names.iter().any(|n| n.starts_with(want)), "{want} missing from {names:?}");
@@ -422,7 +422,7 @@ fn every_loaded_library_is_part_of_the_identity() {
     let llvm23 = Path::new("/work/llvm23/bin/clang");
     if let Ok(real) = std::fs::canonicalize(llvm23) {
         let names: Vec<String> =
-            ltocache::compiler::loaded_libraries(&real).iter().map(|p| p.display().to_string()).collect();
+            ltocache::key::compiler::loaded_libraries(&real).iter().map(|p| p.display().to_string()).collect();
         assert!(names.iter().any(|n| n.contains("libc++.so")), "{names:?}");
     }
 }

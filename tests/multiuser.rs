@@ -1,7 +1,7 @@
 //! A group-shared cache used by two real users (issue 12): the attacker, a
 //! member of the cache's group, plants a symlink, a FIFO, a huge sparse file
 //! or a hostile `ltocache.conf` line at every path ltocache uses — the list
-//! comes from the code (`ltocache::layout::every_path`) — and the victim
+//! comes from the code (`ltocache::store::every_path`) — and the victim
 //! builds the real clang-19 fixture, cleans, verifies and clears; then root
 //! runs cleanup, `verify --fix` and clear as a cron job would. Asserted: no
 //! file outside the cache changes (a decoy tree, hashed before and after),
@@ -12,7 +12,8 @@
 
 mod util;
 
-use ltocache::layout::{every_path, Base, Kind};
+use ltocache::cachedir::layout::{Base, Kind};
+use ltocache::store::every_path;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -265,7 +266,7 @@ impl World {
     /// The state directory the victim would use inside the cache, made by the
     /// attacker (open to all) so that files can be planted in it.
     fn attacker_state_dir(&self) -> PathBuf {
-        let rel = ltocache::layout::shared_state_rel(ltocache::util::hostname(), VICTIM);
+        let rel = ltocache::cachedir::layout::shared_state_rel(ltocache::util::hostname(), VICTIM);
         let d = self.cache.join(&rel);
         std::fs::create_dir_all(&d).unwrap();
         for a in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
@@ -551,7 +552,9 @@ fn every_path_lists_what_ltocache_really_opens() {
             .into_iter()
             .map(|(b, p, _)| match b {
                 Base::Cache => shape(&p.display().to_string()),
-                Base::State => shape(&ltocache::layout::shared_state_rel(host, uid).join(p).display().to_string()),
+                Base::State => {
+                    shape(&ltocache::cachedir::layout::shared_state_rel(host, uid).join(p).display().to_string())
+                }
             })
             .collect();
     known.insert("v1/tmp/TEMP".into());
@@ -562,7 +565,9 @@ fn every_path_lists_what_ltocache_really_opens() {
     let fd_path = regex_lite_fd();
     for line in text.lines() {
         for abs in fd_path(line) {
-            for (root, prefix) in [(&cache, PathBuf::new()), (&state, ltocache::layout::shared_state_rel(host, uid))] {
+            for (root, prefix) in
+                [(&cache, PathBuf::new()), (&state, ltocache::cachedir::layout::shared_state_rel(host, uid))]
+            {
                 if let Ok(rel) = Path::new(&abs).strip_prefix(root) {
                     seen.insert((shape(&prefix.join(rel).display().to_string()), line.to_string()));
                 }
@@ -575,7 +580,7 @@ fn every_path_lists_what_ltocache_really_opens() {
         .iter()
         .filter(|(s, _)| !known.contains(s.trim_end_matches('/')) && !s.starts_with("v1/tmp/TEMP/"))
         .collect();
-    assert!(unknown.is_empty(), "opened but not in layout::every_path: {unknown:#?}\nknown: {known:#?}");
+    assert!(unknown.is_empty(), "opened but not in store::every_path: {unknown:#?}\nknown: {known:#?}");
 }
 
 /// Paths in a strace `-y` line: each `N</path>` descriptor, and for `*at`

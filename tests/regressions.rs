@@ -197,7 +197,7 @@ fn incbin_in_a_function_body_is_hashed() {
 /// are wanted decode to the same values.
 #[test]
 fn stepping_over_records_finds_the_same_blocks_and_values() {
-    use ltocache::bitcode::{walk, Record, Visit, Visitor};
+    use ltocache::key::bitcode::{walk, Record, Visit, Visitor};
     type Rec = (Vec<u32>, u32, Vec<u64>, Option<Vec<u8>>);
     #[derive(Default)]
     struct Log {

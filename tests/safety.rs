@@ -223,7 +223,7 @@ fn ages_and_sizes_that_overflow_are_clear_errors() {
 fn files_deleted_during_a_walk_are_skipped_never_an_error() {
     // Another host deleting entries and blobs while this one verifies, scans
     // and cleans (ENOENT locally; ESTALE on NFS takes the same path,
-    // crate::beneath::is_gone).
+    // crate::cachedir::beneath::is_gone).
     use ltocache::store::{Entry, LocalStore, Store, Stored, StoredOutput};
     let d = tempfile::tempdir().unwrap();
     let store = LocalStore::new(d.path());
@@ -259,6 +259,6 @@ fn files_deleted_during_a_walk_are_skipped_never_an_error() {
         ltocache::store::cleanup::cleanup(&store, &limits).expect("cleanup while files vanish");
     }
     deleter.join().unwrap();
-    assert!(ltocache::beneath::is_gone(&std::io::Error::from_raw_os_error(libc::ESTALE)));
-    assert!(ltocache::beneath::is_gone(&std::io::Error::from_raw_os_error(libc::ENOENT)));
+    assert!(ltocache::cachedir::beneath::is_gone(&std::io::Error::from_raw_os_error(libc::ESTALE)));
+    assert!(ltocache::cachedir::beneath::is_gone(&std::io::Error::from_raw_os_error(libc::ENOENT)));
 }

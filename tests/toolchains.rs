@@ -145,7 +145,7 @@ impl Fixture {
         MODULES
             .iter()
             .filter(|m| {
-                let s = ltocache::shard::read_shard(&self.read(&format!("{m}.o.thinlto.bc"))).unwrap();
+                let s = ltocache::key::shard::read_shard(&self.read(&format!("{m}.o.thinlto.bc"))).unwrap();
                 s.modules.iter().any(|r| r.path == format!("{module}.o").as_bytes())
             })
             .map(|m| m.to_string())

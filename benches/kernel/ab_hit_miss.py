@@ -27,6 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import BACKEND_FLAGS, CC  # noqa: E402
 from verify_pass import backends  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "probes"))
+from abreport import print_table  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -87,21 +90,8 @@ def main():
                 subprocess.run([bins[t], "/bin/true", *fe], cwd=root, env=env(t))
                 wall[(t, "pass")].append(time.perf_counter() - t0)
     hit = {t: stats(t) for t in bins}
-
-    def pct(v, p):
-        v = sorted(v)
-        return v[min(len(v) - 1, int(len(v) * p))] * 1e3
-
     print(f"kernel tinyconfig, {len(items)} backends; misses: each once per binary; hits: {a.rounds} rounds.")
-    print("| binary | hit p50 ms | hit p90 ms | own CPU per hit ms | own CPU per miss ms | "
-          "pass-through p50 ms | hits | misses |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for t in bins:
-        h, m = hit[t], miss[t]
-        print(f"| {t} | {pct(wall[(t, 'hit')], .5):.2f} | {pct(wall[(t, 'hit')], .9):.2f} | "
-              f"{h['own_cpu_seconds_on_hits'] * 1e3 / max(1, h['hits']):.3f} | "
-              f"{m['own_cpu_seconds_on_misses'] * 1e3 / max(1, m['misses']):.3f} | "
-              f"{pct(wall[(t, 'pass')], .5):.2f} | {h['hits']} | {m['misses']} |")
+    print_table(bins, wall, hit, miss)
 
 
 if __name__ == "__main__":

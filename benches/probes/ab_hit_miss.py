@@ -11,6 +11,9 @@ directory, so drift on a shared machine lands on both.
 Uses /tmp/ltocache-abhm (rebuilt when missing)."""
 import glob, json, os, shutil, subprocess, sys, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from abreport import print_table  # noqa: E402
+
 bins = {"old": sys.argv[1], "new": sys.argv[2]}
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 W = "/tmp/ltocache-abhm"
@@ -83,21 +86,5 @@ for r in range(rounds):
             subprocess.run([bins[t], "/bin/true"] + fe, cwd=B, env=env(t))
             wall[(t, "pass")].append(time.perf_counter() - t0)
 hit = {t: stats(t) for t in bins}
-
-
-def pct(v, p):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(len(v) * p))] * 1e3
-
-
 print(f"Lua 5.4, {len(mods)} modules; misses: each module once per binary; hits: {rounds} rounds.")
-print("| binary | hit p50 ms | hit p90 ms | own CPU per hit ms | own CPU per miss ms | miss own CPU / compiler CPU | "
-      "pass-through p50 ms | hits | misses |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for t in bins:
-    h, m = hit[t], miss[t]
-    print(f"| {t} | {pct(wall[(t, 'hit')], .5):.2f} | {pct(wall[(t, 'hit')], .9):.2f} | "
-          f"{h['own_cpu_seconds_on_hits'] * 1e3 / max(1, h['hits']):.3f} | "
-          f"{m['own_cpu_seconds_on_misses'] * 1e3 / max(1, m['misses']):.3f} | "
-          f"{100 * m['own_cpu_seconds_on_misses'] / max(1e-9, m['compiler_cpu_seconds_on_misses']):.2f} % | "
-          f"{pct(wall[(t, 'pass')], .5):.2f} | {h['hits']} | {m['misses']} |")
+print_table(bins, wall, hit, miss, compiler_share=True)

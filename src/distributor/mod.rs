@@ -17,13 +17,13 @@ pub mod json;
 mod pool;
 mod recorded;
 
-use crate::args::{self, BackendInvocation};
 use crate::backend::{self, Ctx, Keyed};
 use crate::config::Config;
-use crate::digest::{FileHasher, SharedDigests};
 use crate::exec::Finished;
-use crate::log::Logger;
-use crate::stats::Batch;
+use crate::key::args::{self, BackendInvocation};
+use crate::key::digest::{FileHasher, SharedDigests};
+use crate::state::log::Logger;
+use crate::state::stats::Batch;
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::OsString;
 use std::io::Write;
@@ -127,7 +127,7 @@ fn is_ltocache(name: &str) -> bool {
         return true;
     }
     let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
-    let it = crate::compiler::resolve(name).ok().and_then(|p| p.canonicalize().ok());
+    let it = crate::key::compiler::resolve(name).ok().and_then(|p| p.canonicalize().ok());
     me.is_some() && me == it
 }
 
@@ -169,12 +169,12 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     let text = std::fs::read_to_string(&opts.file).with_context(|| format!("reading {}", opts.file.display()))?;
     let file = parse_job_file(&text).with_context(|| format!("{}", opts.file.display()))?;
     let (compiler, common) = split_compiler(&file.common_args)?;
-    let program = crate::compiler::resolve(&compiler).unwrap_or_else(|_| PathBuf::from(&compiler));
+    let program = crate::key::compiler::resolve(&compiler).unwrap_or_else(|_| PathBuf::from(&compiler));
 
     // Settings: an unusable configuration runs every job plainly.
     let config = Config::load().ok().filter(|c| !c.disable.value);
     let log = Logger::new(config.as_ref().and_then(|c| c.logfile.value.clone()));
-    // A cache directory someone else controls is not used (crate::trust):
+    // A cache directory someone else controls is not used (crate::cachedir::trust):
     // every job runs plainly, counted as the wrapper counts it.
     let refused = config.as_ref().and_then(|c| c.refused.clone());
     if let Some(why) = &refused {
@@ -210,7 +210,7 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         refused: refused.is_some(),
         // The driver's environment is every job's (driver.rs refuses what
         // makes it write or edit): checked once for the link.
-        env: crate::driver::refuse_env(&|v| crate::util::env(v)),
+        env: crate::key::driver::refuse_env(&|v| crate::util::env(v)),
         recorded: recorded.as_ref(),
         pid: link.as_ref().map(|(_, pid)| pid.as_str()),
     };
@@ -283,7 +283,7 @@ struct Planner<'c> {
     compiler: &'c str,
     common: &'c [String],
     file: &'c JobFile,
-    /// The cache directory was refused (crate::trust): counted per job.
+    /// The cache directory was refused (crate::cachedir::trust): counted per job.
     refused: bool,
     /// The environment's verdict, the same for every job.
     env: Result<(), args::NotCacheable>,
@@ -429,7 +429,7 @@ pub fn cross_check(
     }
     let listed: BTreeSet<&[u8]> = spec.inputs.iter().map(|s| s.as_bytes()).filter(|s| *s != shard_path).collect();
     let bytes = hasher.read_tracked(&inv.shard)?;
-    let shard = crate::shard::read_shard(&bytes).map_err(|e| anyhow!("{}: {e:#}", inv.shard.display()))?;
+    let shard = crate::key::shard::read_shard(&bytes).map_err(|e| anyhow!("{}: {e:#}", inv.shard.display()))?;
     let table: BTreeSet<&[u8]> = shard.modules.iter().map(|m| m.path.as_slice()).collect();
     if listed != table {
         let show = |s: &BTreeSet<&[u8]>| s.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>();

@@ -78,8 +78,9 @@ impl Recorded {
     /// Reads the file for the link whose output is `output` (absolute).
     pub fn load(state_dir: &Path, output: &Path) -> Recorded {
         use std::os::unix::ffi::OsStrExt;
-        let file = crate::layout::dtlto_recorded(&hex(&blake3::hash(output.as_os_str().as_bytes()).as_bytes()[..8]));
-        let data = crate::beneath::open_in_stat(state_dir, &file, libc::O_RDONLY, 0, CAP)
+        let file =
+            crate::cachedir::layout::dtlto_recorded(&hex(&blake3::hash(output.as_os_str().as_bytes()).as_bytes()[..8]));
+        let data = crate::cachedir::beneath::open_in_stat(state_dir, &file, libc::O_RDONLY, 0, CAP)
             .and_then(|(f, st)| crate::util::read_sized(&f, st.st_size as u64))
             .ok();
         let hits = data.as_deref().and_then(decode).unwrap_or_default();

@@ -9,7 +9,7 @@
 //! reader sees a file or a miss, and a concurrent writer at worst loses an
 //! entry it had just written (a future miss, never a wrong object).
 
-use crate::beneath::{is_gone, is_refused, Dir, READ_CAP};
+use crate::cachedir::beneath::{is_gone, is_refused, Dir, READ_CAP};
 use crate::store::{Entry, LocalStore, Stored, JUNK_DEPTH, LAYOUT_DIR};
 use crate::util::{hex, unhex};
 use anyhow::{Context, Result};
@@ -108,14 +108,19 @@ pub mod ledger {
         files: u64,
     ) -> Result<Record> {
         use std::os::unix::fs::FileExt;
-        let lock_path = state_dir.join(crate::layout::LEDGER_LOCK);
+        let lock_path = state_dir.join(crate::cachedir::layout::LEDGER_LOCK);
         // Write access: on NFS an exclusive lock needs it.
-        let lock =
-            crate::beneath::open_in(state_dir, crate::layout::LEDGER_LOCK, libc::O_WRONLY | libc::O_CREAT, 0o600, 4096)
-                .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = crate::cachedir::beneath::open_in(
+            state_dir,
+            crate::cachedir::layout::LEDGER_LOCK,
+            libc::O_WRONLY | libc::O_CREAT,
+            0o600,
+            4096,
+        )
+        .with_context(|| format!("opening {}", lock_path.display()))?;
         // Bounded: a stopped process of this host holding the lock costs an
         // underestimate of this store, not a hung compile.
-        crate::beneath::lock_within(&lock, true, Duration::from_secs(2))
+        crate::cachedir::beneath::lock_within(&lock, true, Duration::from_secs(2))
             .with_context(|| format!("locking {}", lock_path.display()))?;
         let rel = host_rel(host);
         let cache = store.dir_creating()?;
@@ -208,10 +213,10 @@ struct Inventory {
 /// An entry file read for cleanup or verify: its stat and bytes, `Err` with
 /// why it is not an entry file at all (a symlink, FIFO, directory or giant
 /// planted at an entry's name), `None` when it vanished meanwhile.
-fn read_entry(dir: &Dir, rel: &Path) -> Option<std::result::Result<(crate::beneath::Stat, Vec<u8>), String>> {
+fn read_entry(dir: &Dir, rel: &Path) -> Option<std::result::Result<(crate::cachedir::beneath::Stat, Vec<u8>), String>> {
     match dir.open_regular(rel, libc::O_RDONLY, 0, READ_CAP) {
         Ok((f, st)) => match crate::util::read_sized(&f, st.st_size as u64) {
-            Ok(d) => Some(Ok((crate::beneath::Stat::of_raw(&st), d))),
+            Ok(d) => Some(Ok((crate::cachedir::beneath::Stat::of_raw(&st), d))),
             Err(e) if is_gone(&e) => None,
             Err(e) => Some(Err(e.to_string())),
         },
@@ -347,8 +352,8 @@ fn try_lock(store: &LocalStore) -> Result<Option<(File, bool)>> {
             return Err(e).with_context(|| format!("locking {}", dir.join(&rel).display()))
         }
     }
-    let stamp = crate::beneath::Stat::of_raw(&crate::beneath::fstat_file(&f)?);
-    let now = crate::beneath::fs_now_ns(dir, &LocalStore::tmp_rel()).unwrap_or_else(crate::util::now_ns);
+    let stamp = crate::cachedir::beneath::Stat::of_raw(&crate::cachedir::beneath::fstat_file(&f)?);
+    let now = crate::cachedir::beneath::fs_now_ns(dir, &LocalStore::tmp_rel()).unwrap_or_else(crate::util::now_ns);
     if now - stamp.mtime_ns < LOCK_STALE.as_nanos() as i64 {
         return Ok(None);
     }
@@ -544,7 +549,7 @@ pub fn verify(store: &LocalStore, fix: bool) -> Result<VerifyReport> {
     let mut good_blobs: HashMap<[u8; 32], u64> = HashMap::new();
     let mut bad_rel = Vec::new();
     for path in store.files("blobs") {
-        let data = match dir.open_regular(&path, libc::O_RDONLY, 0, crate::beneath::BLOB_CAP) {
+        let data = match dir.open_regular(&path, libc::O_RDONLY, 0, crate::cachedir::beneath::BLOB_CAP) {
             Ok((f, st)) => match crate::util::map_file(&f, st.st_size as u64) {
                 Ok(m) => {
                     if path.to_string_lossy().ends_with(crate::store::ZSTD_SUFFIX) {

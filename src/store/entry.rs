@@ -3,8 +3,7 @@
 
 use anyhow::{bail, ensure, Result};
 
-/// The on-disk layout version; a new layout gets a new directory.
-pub const LAYOUT_DIR: &str = "v1";
+pub use crate::cachedir::layout::LAYOUT_DIR;
 pub const ENTRY_MAGIC: &[u8; 8] = b"LTOCENTR";
 /// The entry grammar written; bumped whenever it changes. Readers treat
 /// formats they do not know as misses (and leave those files alone).

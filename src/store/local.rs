@@ -2,7 +2,7 @@
 //! mapped and verified serving (copy, reflink, hard link).
 
 use super::{Digest, Entry, Lookup, ServeMode, Store, Stored, StoredOutput, ENTRY_FORMAT, LAYOUT_DIR, RAW_MAX};
-use crate::beneath::{is_gone, is_refused, Dir, BLOB_CAP, READ_CAP};
+use crate::cachedir::beneath::{is_gone, is_refused, Dir, BLOB_CAP, READ_CAP};
 use crate::util::{self, hex, map_file};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The store in a local (or NFS-mounted) directory. Every file in it is
-/// opened through [`crate::beneath`]: by descriptor under the cache
+/// opened through [`crate::cachedir::beneath`]: by descriptor under the cache
 /// directory, never through a symlink, only regular files of sane size.
 pub struct LocalStore {
     /// The cache directory (the store is its `v1/`), opened once, when first needed.
@@ -397,7 +397,7 @@ impl LocalStore {
             Err(e) if is_refused(&e) => return Ok((Lookup::Corrupt(format!("refused: {e}")), None)),
             Err(e) => return Err(e).with_context(|| format!("opening {}", dir.join(&rel).display())),
         };
-        let last_use = Some(crate::beneath::Stat::of_raw(&st).modified());
+        let last_use = Some(crate::cachedir::beneath::Stat::of_raw(&st).modified());
         // Entries are renamed into place whole, never rewritten: its size is final.
         let data = match util::read_sized(&file, st.st_size as u64) {
             Ok(d) => d,

@@ -33,10 +33,12 @@ pub mod cleanup;
 pub mod codec;
 mod entry;
 mod local;
+mod paths;
 pub mod remote;
 
 pub use entry::*;
 pub use local::*;
+pub use paths::every_path;
 
 use anyhow::Result;
 

@@ -230,7 +230,7 @@ impl Fixture {
 
     /// Which modules list `module.o` in their shard's module table.
     pub fn importers_of(&self, module: &str) -> Vec<String> {
-        let shard_lib = ltocache::shard::read_shard;
+        let shard_lib = ltocache::key::shard::read_shard;
         MODULES
             .iter()
             .filter(|m| {

@@ -241,7 +241,7 @@ impl Project {
                 .find_map(|n| std::fs::read(self.dir.join(n)).ok())
                 .unwrap_or_else(|| panic!("no .3.import.bc for {m}"));
             // Ours, from the cc1 line of the same command, as ltocache does.
-            let inv = ltocache::args::analyze(self.clang.to_str().unwrap(), &args).unwrap();
+            let inv = ltocache::key::args::analyze(self.clang.to_str().unwrap(), &args).unwrap();
             let hash = ok(self.clang().args(&args).arg("-###"));
             let text = String::from_utf8_lossy(&hash.stderr).into_owned();
             let line = text.lines().find(|l| l.starts_with(" \"")).unwrap();

@@ -31,8 +31,8 @@ pub mod http;
 pub mod redis;
 
 use super::{Digest, Entry, LocalStore, Lookup, ServeMode, Store, Stored};
-use crate::log::Logger;
-use crate::stats::Batch;
+use crate::state::log::Logger;
+use crate::state::stats::Batch;
 use crate::util::hex;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -123,7 +123,7 @@ impl Remote {
             match k {
                 "read-only" => {
                     read_only =
-                        crate::config::parse_bool(if v.is_empty() { "true" } else { v }).map_err(|e| format!("{e}"))?
+                        crate::util::parse_bool(if v.is_empty() { "true" } else { v }).map_err(|e| format!("{e}"))?
                 }
                 "connect-timeout" => timeouts.connect = ms(v)?,
                 "operation-timeout" => timeouts.operation = ms(v)?,
@@ -140,7 +140,7 @@ impl Remote {
                     name = Some(v.to_string())
                 }
                 "name" => return Err(format!("name must be letters, digits, - and _, not {v:?}")),
-                "max-value-size" => max_value = crate::config::parse_size(v).map_err(|e| format!("{e}"))?,
+                "max-value-size" => max_value = crate::util::parse_size(v).map_err(|e| format!("{e}"))?,
                 _ => return Err(format!("unknown attribute {k:?}")),
             }
         }
@@ -330,7 +330,7 @@ impl Tier {
             state_dir,
             fill_local: true,
             readonly: false,
-            compression: Some(crate::config::DEFAULT_ZSTD_LEVEL),
+            compression: Some(super::codec::DEFAULT_ZSTD_LEVEL),
             reported: AtomicBool::new(false),
         }
     }

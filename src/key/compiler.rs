@@ -203,7 +203,7 @@ pub fn identity(compiler: &Path, memo_dir: Option<&Path>, check: &CompilerCheck)
     memo_name.extend_from_slice(&loader_env());
     let memo_key = PathBuf::from(std::ffi::OsStr::from_bytes(&memo_name));
     if let Some(dir) = memo_dir {
-        if let Some((stamps, id)) = crate::memo::lookup_compiler(dir, &memo_key) {
+        if let Some((stamps, id)) = crate::key::memo::lookup_compiler(dir, &memo_key) {
             if let Some(paths) = decode_paths(&stamps) {
                 if encode_stamps(&paths).ok().as_deref() == Some(&stamps[..]) {
                     return Ok((id, false));
@@ -285,7 +285,7 @@ pub fn identity(compiler: &Path, memo_dir: Option<&Path>, check: &CompilerCheck)
     if let (Some(dir), Some(files)) = (memo_dir, files) {
         if let Ok(stamps) = encode_stamps(&files) {
             // Best effort: without the memo the next compile recomputes.
-            let _ = crate::memo::store_compiler(dir, &memo_key, &stamps, &id);
+            let _ = crate::key::memo::store_compiler(dir, &memo_key, &stamps, &id);
         }
     }
     Ok((id, true))
@@ -373,7 +373,7 @@ fn default_config_files(invoked: &Path, real: &Path) -> Vec<PathBuf> {
             .unwrap_or_default();
         cfgs.sort();
         for cfg in cfgs {
-            for f in crate::args::config_closure(&cfg) {
+            for f in crate::key::args::config_closure(&cfg) {
                 if !out.contains(&f) {
                     out.push(f);
                 }

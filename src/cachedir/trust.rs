@@ -21,7 +21,7 @@
 //!   and `flock`'s NFS behaviour are best avoided; anything that fails the
 //!   check falls back to that private directory too, counted.
 
-use crate::beneath::{private_to_me, Dir, Stat};
+use crate::cachedir::beneath::{private_to_me, Dir, Stat};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -119,9 +119,9 @@ const CONF_CAP: u64 = 64 << 10;
 /// (`Err(why not)`). An error when something other than a regular file of
 /// sane size is there.
 pub fn read_conf(dir: &Dir) -> std::io::Result<Option<(String, Result<(), String>)>> {
-    let (f, st) = match dir.open_regular(crate::config::CONFIG_FILE_NAME, libc::O_RDONLY, 0, CONF_CAP) {
+    let (f, st) = match dir.open_regular(crate::cachedir::layout::CONFIG_FILE_NAME, libc::O_RDONLY, 0, CONF_CAP) {
         Ok(x) => x,
-        Err(e) if crate::beneath::is_gone(&e) => return Ok(None),
+        Err(e) if crate::cachedir::beneath::is_gone(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
     let data = crate::util::read_sized(&f, st.st_size as u64)?;
@@ -155,7 +155,7 @@ pub fn needs_trusted_file(key: &str, value: &str) -> bool {
 /// output already linked to it.
 pub fn hardlink_refusal(dir: Option<&Dir>) -> Option<String> {
     let dir = dir?;
-    for st in [dir.stat_self().ok(), dir.stat(crate::store::LAYOUT_DIR).ok()].into_iter().flatten() {
+    for st in [dir.stat_self().ok(), dir.stat(crate::cachedir::layout::LAYOUT_DIR).ok()].into_iter().flatten() {
         if st.mode & 0o022 != 0 {
             return Some(format!("the cache is writable by group or others (mode {:o})", st.mode & 0o7777));
         }
@@ -235,7 +235,7 @@ pub fn choose_state(
                 if fs_type(&cdir, env).is_some_and(|t| NETWORK_FS.contains(&t)) {
                     return private(cache, env, "the cache is on a network filesystem: state on local disk", None);
                 }
-                let rel = crate::layout::shared_state_rel(crate::util::hostname(), euid());
+                let rel = crate::cachedir::layout::shared_state_rel(crate::util::hostname(), euid());
                 match shared_user_dir(&cdir, &rel).and_then(writable) {
                     Ok(dir) => return State::at(dir, "per user, in the cache directory".into(), None),
                     // Read-only cache: expected, not counted.

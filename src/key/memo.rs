@@ -12,7 +12,7 @@
 //! concurrent writers or a crash fails its check and reads as empty (the file
 //! is hashed again). A slot is trusted only when the file's stamp — size,
 //! mtime, ctime — matches and the file was last changed comfortably before
-//! it was hashed (see [`crate::digest`]).
+//! it was hashed (see [`crate::key::digest`]).
 //!
 //! **Compiler identities** vary in length (the stamps of the binary, its
 //! libraries and config files), so each lives in its own small file,
@@ -59,7 +59,9 @@ impl MemoTable {
     /// directory is not writable: lookups still work, inserts fail quietly.
     pub fn open(dir: &Path) -> std::io::Result<MemoTable> {
         // Not followed, not blocking, a regular file no larger than the table.
-        let open = |flags| crate::beneath::open_in_stat(dir, crate::layout::MEMO, flags, 0o600, TABLE_SIZE);
+        let open = |flags| {
+            crate::cachedir::beneath::open_in_stat(dir, crate::cachedir::layout::MEMO, flags, 0o600, TABLE_SIZE)
+        };
         let (file, st) = match open(libc::O_RDWR | libc::O_CREAT) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(libc::O_RDONLY)?,
@@ -211,14 +213,14 @@ fn decode_slot(s: &[u8]) -> Option<FileMemo> {
 const COMPILER_MAGIC: &[u8; 8] = b"LTOCCMP1";
 
 fn compiler_memo_path(dir: &Path, compiler: &Path) -> PathBuf {
-    dir.join(crate::layout::compiler_memo(compiler))
+    dir.join(crate::cachedir::layout::compiler_memo(compiler))
 }
 
 /// The memoised identity of the compiler at `compiler`: (stamps, identity).
 pub fn lookup_compiler(dir: &Path, compiler: &Path) -> Option<(Vec<u8>, [u8; 32])> {
     let path = compiler_memo_path(dir, compiler);
     let name = path.file_name()?.to_str()?;
-    let (f, st) = crate::beneath::open_in_stat(dir, name, libc::O_RDONLY, 0, 1 << 20).ok()?;
+    let (f, st) = crate::cachedir::beneath::open_in_stat(dir, name, libc::O_RDONLY, 0, 1 << 20).ok()?;
     let data = crate::util::read_sized(&f, st.st_size as u64).ok()?;
     let rest = data.strip_prefix(COMPILER_MAGIC)?;
     let id: [u8; 32] = rest.get(..32)?.try_into().ok()?;

@@ -5,10 +5,25 @@
 //! together into the same bytes. The same fields are kept as text so that a
 //! miss can be explained (`ltocache explain`) by comparing two field lists.
 
-use crate::args::{profile_path, BackendInvocation, NotCacheable};
-use crate::digest::FileHasher;
-use crate::shard::{self, AsmRef};
+//!
+//! The submodules are what the key reads: the command line ([`args`]), what
+//! the clang driver adds to it ([`driver`]), the compiler's identity
+//! ([`compiler`]), the shard and the bitcode it names ([`shard`],
+//! [`bitcode`]), and file digests ([`digest`]) remembered between processes
+//! ([`memo`]).
+
+pub mod args;
+pub mod bitcode;
+pub mod compiler;
+pub mod digest;
+pub mod driver;
+pub mod memo;
+pub mod shard;
+
+use crate::key::args::{profile_path, BackendInvocation, NotCacheable};
+use crate::key::digest::FileHasher;
 use crate::util::hex;
+use shard::AsmRef;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -17,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub const KEY_VERSION: u32 = 3;
 
 /// Environment variables that change what the clang driver does and are not
-/// refused ([`crate::driver::REFUSED_ENV`]): `CLANG_NO_DEFAULT_CONFIG` also
+/// refused ([`crate::key::driver::REFUSED_ENV`]): `CLANG_NO_DEFAULT_CONFIG` also
 /// decides the configuration files (whose contents are hashed); Darwin's
 /// `RC_DEBUG_OPTIONS` records the command line in debug info.
 const HASHED_ENV: &[&str] = &["CLANG_NO_DEFAULT_CONFIG", "RC_DEBUG_OPTIONS"];
@@ -221,7 +236,7 @@ pub fn compute(
         // A plugin's own shared libraries run in the compiler too (one `ldd`
         // per compile that names a plugin: plugins are rare).
         if PLUGIN_FLAGS.contains(&f.flag.as_str()) {
-            for (i, lib) in crate::compiler::loaded_libraries(&path).iter().enumerate() {
+            for (i, lib) in crate::key::compiler::loaded_libraries(&path).iter().enumerate() {
                 let h = hasher.hash(lib, false).map_err(|e| unreadable(lib, e))?;
                 k.labelled_digest_field(&format!("file:{}#lib{i}", f.flag), &h.digest, &lib.to_string_lossy());
             }

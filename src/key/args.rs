@@ -635,7 +635,8 @@ fn object_named_bitcode(input: &Path) -> bool {
         return false;
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(input).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && crate::bitcode::is_bitcode(&magic)
+    std::fs::File::open(input).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && crate::key::bitcode::is_bitcode(&magic)
 }
 
 /// Flags we refuse outright: they do not compile, write other outputs, or

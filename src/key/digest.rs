@@ -1,7 +1,7 @@
 //! File digests with a memo, so a warm build hashes each file once rather
 //! than once per importer.
 //!
-//! The memo ([`crate::memo`]) for a file is keyed by (device, inode) and
+//! The memo ([`crate::key::memo`]) for a file is keyed by (device, inode) and
 //! trusted only when size, mtime and ctime all match *and* the file was last
 //! changed more than a margin before it was hashed. Without that margin, a
 //! file rewritten within the same timestamp tick as our hash (same size, same
@@ -35,8 +35,8 @@
 //! fresh file too early nor a settled one never. Where no file can be
 //! created there, nothing on that device is memoised.
 
-use crate::memo::{FileMemo, MemoTable};
-use crate::shard::{self, AsmRef};
+use crate::key::memo::{FileMemo, MemoTable};
+use crate::key::shard::{self, AsmRef};
 use crate::util::FileStamp;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -363,8 +363,8 @@ impl<'a> FileHasher<'a> {
             return Some(local_clock_ns());
         }
         let offset = *self.server_offsets.entry(dev).or_insert_with(|| {
-            let dir = crate::beneath::Dir::open_root(&crate::util::parent_dir(path)).ok()?;
-            let server = crate::beneath::fs_now_ns(&dir, Path::new(""))?;
+            let dir = crate::cachedir::beneath::Dir::open_root(&crate::util::parent_dir(path)).ok()?;
+            let server = crate::cachedir::beneath::fs_now_ns(&dir, Path::new(""))?;
             // Read after the file was stamped: the offset errs low, so the
             // hashing time does too (a later `h` could trust a racy file).
             Some(server - local_clock_ns())

@@ -15,7 +15,7 @@
 //! environment variables that make the driver write or edit.
 //! See docs/key.md, "Configuration files".
 
-use crate::args::{self, NotCacheable, ReadFile};
+use crate::key::args::{self, NotCacheable, ReadFile};
 use crate::util::FileStamp;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -209,7 +209,7 @@ fn ask_driver(program: &Path, invoked: &str, flags: &[String]) -> Result<(Answer
     }
     // clang searches its real directory; a script's own directory is not
     // what the clang it runs searches (that one is reported, then stamped).
-    if !crate::compiler::is_script(&canonical(program)) {
+    if !crate::key::compiler::is_script(&canonical(program)) {
         known.push(canonical(program).parent().map(Path::to_path_buf).unwrap_or_default());
     }
     if flags.iter().any(|f| f == "-no-canonical-prefixes") {
@@ -309,9 +309,9 @@ pub fn loaded_configs(
     };
     // One flat file per question in the (private, checked) state directory,
     // opened there without following a symlink or blocking on a FIFO.
-    let memo = state_dir.map(|d| (d, crate::layout::driver_memo(&name)));
+    let memo = state_dir.map(|d| (d, crate::cachedir::layout::driver_memo(&name)));
     if let Some((dir, file)) = &memo {
-        let read = crate::beneath::open_in_stat(dir, file, libc::O_RDONLY, 0, 1 << 20)
+        let read = crate::cachedir::beneath::open_in_stat(dir, file, libc::O_RDONLY, 0, 1 << 20)
             .and_then(|(f, st)| crate::util::read_sized(&f, st.st_size as u64));
         if let Some(a) = read.ok().and_then(|d| Answer::decode(&d)) {
             if a.still_valid() {
@@ -328,7 +328,7 @@ pub fn loaded_configs(
     let settled = answer
         .dirs
         .iter()
-        .all(|(_, s)| s.is_none_or(|s| now - s.mtime_ns.max(s.ctime_ns) > crate::digest::local_margin_ns()));
+        .all(|(_, s)| s.is_none_or(|s| now - s.mtime_ns.max(s.ctime_ns) > crate::key::digest::local_margin_ns()));
     if let (Some((dir, file)), true) = (&memo, settled && complete) {
         let _ = crate::util::write_atomic(dir, &dir.join(file), &answer.encode());
         remember(&answer.configs);

@@ -18,7 +18,7 @@
 //!   it. A folder that dies leaves `journal.folding`: the next one applies it
 //!   unless the database says it already did, and unlinks it either way.
 //!
-//! Locks are taken with bounded waits ([`crate::beneath::lock_within`]): a
+//! Locks are taken with bounded waits ([`crate::cachedir::beneath::lock_within`]): a
 //! stopped process of this host holding one costs seconds, not a hang. A
 //! lock that cannot be taken at all (a filesystem without locks) is an
 //! error: the record is not written (the wrapper logs it) rather than
@@ -29,9 +29,9 @@
 //! its check; the reader resynchronises on the next `LTJ1` and counts the
 //! bytes it skipped.
 
-use crate::beneath::{lock_within, open_in, open_in_stat};
-use crate::layout::{JOURNAL, JOURNAL_FOLDING, JOURNAL_LOCK};
-use crate::stats::{Batch, Db};
+use crate::cachedir::beneath::{lock_within, open_in, open_in_stat};
+use crate::cachedir::layout::{JOURNAL, JOURNAL_FOLDING, JOURNAL_LOCK};
+use crate::state::stats::{Batch, Db};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -64,7 +64,7 @@ pub fn append_many(dir: &Path, batches: &[&Batch]) -> std::io::Result<u64> {
         // A fold holds the exclusive lock only while it waits for writers
         // already in, so this wait is short; a failure is the caller's to log.
         lock_within(&f, false, Duration::from_secs(2))?;
-        match crate::beneath::stat_in(dir, JOURNAL) {
+        match crate::cachedir::beneath::stat_in(dir, JOURNAL) {
             Ok(m) if m.ino == mine.st_ino && m.dev == mine.st_dev => {}
             // A fold renamed it between our open and our lock: use the new one.
             _ => continue,

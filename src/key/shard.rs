@@ -8,7 +8,7 @@
 //! it is the list the key hashes — never an `.imports` file, never the stored
 //! hashes alone (bitcode made without `-module-hash` stores zeros).
 
-use crate::bitcode::{self, Record, Visit, Visitor};
+use crate::key::bitcode::{self, Record, Visit, Visitor};
 use anyhow::{Context, Result};
 
 const MODULE_BLOCK: u32 = 8;

@@ -2,7 +2,7 @@
 //! last compile of each output (for `explain`).
 //!
 //! Wrapped compiles do not open it: they append to the journal
-//! ([`crate::journal`]) and keep their memos in [`crate::memo`]. The
+//! ([`crate::state::journal`]) and keep their memos in [`crate::key::memo`]. The
 //! subcommands fold the journal in and read from here.
 //!
 //! SQLite's locking is not safe on NFS, so the database lives per host (see
@@ -267,15 +267,15 @@ fn apply_one(tx: &rusqlite::Transaction, batch: &Batch) -> Result<()> {
 /// transaction costs about that much, so they append one byte to a per-host
 /// file instead (O_APPEND on local disk is atomic); `stats` reads its size.
 pub fn passthrough_counter_path(db_path: &Path) -> PathBuf {
-    db_path.with_file_name(crate::layout::PASSTHROUGH)
+    db_path.with_file_name(crate::cachedir::layout::PASSTHROUGH)
 }
 
 pub fn count_passthrough(db_path: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let dir = db_path.parent().unwrap_or(Path::new("."));
-    let mut f = crate::beneath::open_in(
+    let mut f = crate::cachedir::beneath::open_in(
         dir,
-        crate::layout::PASSTHROUGH,
+        crate::cachedir::layout::PASSTHROUGH,
         libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
         0o600,
         u64::MAX,
