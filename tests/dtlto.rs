@@ -758,3 +758,88 @@ fn explain_records_each_job_once_per_change_under_a_pid_free_name() {
     assert!(rows().iter().all(|(_, outcome)| outcome == "hit"));
     assert!(d.run().starts_with("sum=1009"), "the program still runs");
 }
+
+/// The entries a distributor stores hold their objects raw (no zstd to
+/// decode on every warm link) unless `compression` is set; compressed
+/// entries (a wrapper's) are still served; a damaged raw entry is a miss,
+/// removed and counted; the store's size counts the raw bytes.
+#[test]
+fn distributor_stores_raw_serves_compressed_and_refuses_damaged_entries() {
+    use ltocache::store::{Entry, Stored};
+    let entries = |d: &Dt| -> Vec<(PathBuf, Entry)> {
+        let mut v = Vec::new();
+        for shard in std::fs::read_dir(d.cache.join("v1/entries")).unwrap() {
+            for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                let p = e.unwrap().path();
+                let entry = Entry::decode(&std::fs::read(&p).unwrap()).unwrap();
+                v.push((p, entry));
+            }
+        }
+        v
+    };
+    let stored = |e: &Entry| match &e.outputs[0].stored {
+        Stored::Inline(_) => "raw",
+        Stored::InlineZstd(_) => "zstd",
+        Stored::Blob => "blob",
+    };
+    // The fixture's objects are under 4 KiB, which are stored raw anyway
+    // (store::RAW_MAX): one more module, kept whole by `used`, makes an
+    // object of ~16 KiB that compresses well.
+    let with_big_module = || {
+        let mut d = Dt::new();
+        let table: Vec<String> = (0..16384).map(|i| ((i * 7) % 256).to_string()).collect();
+        let text = format!("__attribute__((used)) const unsigned char big_table[] = {{{}}};\n", table.join(","));
+        std::fs::write(d.path("big.c"), text).unwrap();
+        d.frontend("big", false);
+        d.inputs.push("big.o".into());
+        d
+    };
+    let n = MODULES.len() + 1;
+
+    // `compression` set: the distributor compresses; without it again, those
+    // entries are still served (as are older entries, all compressed).
+    let d = with_big_module();
+    let plain = d.plain_dtlto_program();
+    std::fs::create_dir_all(&d.cache).unwrap();
+    std::fs::write(d.cache.join("ltocache.conf"), "compression = zstd\n").unwrap();
+    d.link_through_distributor(&[]);
+    let compressed = entries(&d);
+    assert_eq!(compressed.len(), n);
+    assert!(compressed.iter().any(|(_, e)| stored(e) == "zstd"), "the big module's object is compressed");
+    std::fs::remove_file(d.cache.join("ltocache.conf")).unwrap();
+    d.link_through_distributor(&[]);
+    assert_eq!((d.stat("hits"), d.stat("misses")), (n as i64, n as i64), "compressed entries served");
+    assert_eq!(d.read("prog"), plain);
+
+    // A distributor's own misses: raw, the size counted as stored.
+    let d = with_big_module();
+    d.link_through_distributor(&[]);
+    let raw = entries(&d);
+    assert_eq!(raw.len(), n);
+    assert!(
+        raw.iter().all(|(_, e)| stored(e) == "raw"),
+        "{:?}",
+        raw.iter().map(|(_, e)| stored(e)).collect::<Vec<_>>()
+    );
+    let on_disk: u64 = raw.iter().map(|(p, _)| std::fs::metadata(p).unwrap().len()).sum();
+    let objects: u64 = raw.iter().map(|(_, e)| e.outputs[0].size).sum();
+    assert!(on_disk > objects, "raw entries hold every byte ({on_disk} for {objects})");
+    let stats = ok_out(d.cmd(ltocache_bin()).args(["stats", "--json"]).output().unwrap(), "stats");
+    assert_eq!(stat_of(&String::from_utf8(stats.stdout).unwrap(), "cache_size_bytes"), on_disk as i64);
+    d.link_through_distributor(&[]);
+    assert_eq!(d.stat("hits"), n as i64);
+    assert_eq!(d.read("prog"), d.plain_dtlto_program());
+
+    // One byte of one raw object flipped: that job misses, compiles, and
+    // stores a good entry again; the program is right.
+    let (victim, entry) = raw.iter().max_by_key(|(_, e)| e.outputs[0].size).unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = bytes.len() - 32 - 4 - entry.stderr.len() - entry.outputs[0].size as usize / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(victim, &bytes).unwrap();
+    d.link_through_distributor(&[]);
+    assert_eq!(d.counter("errors.corrupt_entry"), 1, "{}", d.log());
+    assert_eq!((d.stat("hits"), d.stat("misses")), (2 * n as i64 - 1, n as i64 + 1));
+    assert_eq!(d.read("prog"), d.plain_dtlto_program(), "the damaged object was never served");
+    assert_eq!(Entry::decode(&std::fs::read(victim).unwrap()).unwrap().outputs, entry.outputs, "stored again");
+}
