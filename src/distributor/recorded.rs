@@ -19,7 +19,10 @@
 //!
 //! The file is written only after the journal took the link's records, so
 //! it never claims a record the journal lost; a file that is missing, torn
-//! or not ours only costs recording everything once more.
+//! or not ours only costs recording everything once more. Should the
+//! database lose its rows while the file stays (a corrupt database is set
+//! aside and rebuilt), `explain` has nothing on the unchanged jobs until
+//! their key changes: it can lack a record, never show a wrong one.
 
 use crate::util::hex;
 use std::collections::HashSet;
