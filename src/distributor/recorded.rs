@@ -22,7 +22,10 @@
 //! or not ours only costs recording everything once more. Should the
 //! database lose its rows while the file stays (a corrupt database is set
 //! aside and rebuilt), `explain` has nothing on the unchanged jobs until
-//! their key changes: it can lack a record, never show a wrong one.
+//! their key changes. lld names a job's object after its module and task in
+//! the output's directory, so two programs linked in one directory from the
+//! same modules share those names: `explain` then shows whichever link last
+//! recorded a change there. Only `explain` is affected, never an object.
 
 use crate::util::hex;
 use std::collections::HashSet;
