@@ -23,6 +23,8 @@
 // An answer is one line: `ok <64 hex digits> <bitcode bytes> <CPU ns spent>`
 // or `refuse <reason>`.
 
+#include "precise-common.h"
+
 #include "llvm/ADT/SmallVector.h"
 #include "llvm/Bitcode/BitcodeReader.h"
 #include "llvm/Bitcode/BitcodeWriter.h"
@@ -106,16 +108,6 @@ struct Recorder : DiagnosticHandler {
   }
 };
 
-std::string hexOf(ArrayRef<uint8_t> Bytes) {
-  static const char *Digits = "0123456789abcdef";
-  std::string S;
-  for (uint8_t B : Bytes) {
-    S.push_back(Digits[B >> 4]);
-    S.push_back(Digits[B & 15]);
-  }
-  return S;
-}
-
 bool parseReloc(const std::string &S, Reloc::Model &M) {
   if (S == "static") M = Reloc::Static;
   else if (S == "pic") M = Reloc::PIC_;
@@ -137,38 +129,6 @@ bool parseCodeModel(const std::string &S, std::optional<CodeModel::Model> &M) {
   else if (S == "large") M = CodeModel::Large;
   else return false;
   return true;
-}
-
-// Index features whose use after the post-import hook (devirtualisation and
-// CFI resolutions read by WholeProgramDevirt and LowerTypeTests, MemProf
-// context disambiguation, stack-safety parameter accesses) is not vetted.
-std::string unvettedIndexFeature(const ModuleSummaryIndex &Index) {
-  if (!Index.typeIds().empty()) return "index has type-id resolutions (WPD/CFI)";
-  if (!Index.typeIdCompatibleVtableMap().empty()) return "index has vtable type-id info";
-  if (!Index.cfiFunctionDefs().empty() || !Index.cfiFunctionDecls().empty())
-    return "index has CFI functions";
-  if (!Index.stackIds().empty()) return "index has MemProf stack ids";
-  for (const auto &Entry : Index) {
-#if LLVM_VERSION_MAJOR >= 23
-    for (const auto &S : Entry.second.getSummaryList()) {
-#else
-    for (const auto &S : Entry.second.SummaryList) {
-#endif
-      if (auto *FS = dyn_cast<FunctionSummary>(S.get())) {
-        if (!FS->type_tests().empty() || !FS->type_test_assume_vcalls().empty() ||
-            !FS->type_checked_load_vcalls().empty() ||
-            !FS->type_test_assume_const_vcalls().empty() ||
-            !FS->type_checked_load_const_vcalls().empty())
-          return "index has type tests";
-        if (!FS->paramAccesses().empty()) return "index has parameter accesses";
-        if (!FS->callsites().empty() || !FS->allocs().empty())
-          return "index has MemProf records";
-      } else if (auto *VS = dyn_cast<GlobalVarSummary>(S.get())) {
-        if (!VS->vTableFuncs().empty()) return "index has vtable functions";
-      }
-    }
-  }
-  return "";
 }
 
 bool vettedOption(const std::string &Opt) {
@@ -225,7 +185,7 @@ std::string answer(const Request &R) {
   std::unique_ptr<ModuleSummaryIndex> Index = std::move(*IndexOrErr);
   if (!Index) throw Refusal{"empty index"};
   if (Index->skipModuleByDistributedBackend()) throw Refusal{"index skips the module"};
-  std::string Feature = unvettedIndexFeature(*Index);
+  std::string Feature = ltocache_precise::unvettedIndexFeature(*Index);
   if (!Feature.empty()) throw Refusal{Feature};
 
   LLVMContext Ctx;
@@ -269,23 +229,10 @@ std::string answer(const Request &R) {
   std::string DumpError;
   Conf.PostImportModuleHook = [&](unsigned, const Module &Mod) {
     Reached = true;
-    SmallVector<char, 0> Bitcode;
-    {
-      raw_svector_ostream OS(Bitcode);
-      WriteBitcodeToFile(Mod, OS, /*ShouldPreserveUseListOrder=*/true);
-    }
-    BLAKE3 H;
-    H.update(ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(Bitcode.data()), Bitcode.size()));
-    auto Result = H.final();
-    Digest = hexOf(Result);
-    Size = Bitcode.size();
-    if (!R.dump.empty()) {
-      // As lto::Config::addSaveTemps writes X.3.import.bc.
-      std::error_code EC;
-      raw_fd_ostream Out(R.dump, EC, sys::fs::OF_None);
-      if (EC) DumpError = EC.message();
-      else WriteBitcodeToFile(Mod, Out, /*ShouldPreserveUseListOrder=*/false);
-    }
+    ltocache_precise::ModuleDigest D = ltocache_precise::digestModule(Mod);
+    Digest = D.Hex;
+    Size = D.Bytes;
+    if (!R.dump.empty()) DumpError = ltocache_precise::dumpModule(Mod, R.dump);
     return false; // stop: optimisation and code generation are clang's
   };
   auto AddStream = [&](size_t, const Twine &) -> Expected<std::unique_ptr<CachedFileStream>> {
@@ -336,20 +283,13 @@ bool parseRequest(const std::string &Text, Request &R) {
   return false;
 }
 
-long long cpuNs() {
-  rusage U{};
-  getrusage(RUSAGE_SELF, &U);
-  return (U.ru_utime.tv_sec + U.ru_stime.tv_sec) * 1000000000LL +
-         (U.ru_utime.tv_usec + U.ru_stime.tv_usec) * 1000LL;
-}
-
 std::string handleText(const std::string &Text) {
   Request R;
   if (!parseRequest(Text, R)) return "refuse malformed request";
-  long long Cpu0 = cpuNs();
+  long long Cpu0 = ltocache_precise::cpuNs();
   try {
     std::string A = answer(R);
-    return A + " " + std::to_string(cpuNs() - Cpu0);
+    return A + " " + std::to_string(ltocache_precise::cpuNs() - Cpu0);
   } catch (const Refusal &Ref) {
     std::string W = Ref.why;
     for (char &C : W)
@@ -370,15 +310,7 @@ bool readRequest(int Fd, std::string &Text) {
   return true;
 }
 
-void writeAll(int Fd, const std::string &S) {
-  size_t Off = 0;
-  while (Off < S.size()) {
-    ssize_t N = write(Fd, S.data() + Off, S.size() - Off);
-    if (N < 0 && errno == EINTR) continue;
-    if (N <= 0) return;
-    Off += N;
-  }
-}
+using ltocache_precise::writeAll;
 
 int serve(const char *SockPath, int IdleSeconds) {
   // One server per socket: the lock is held for the server's whole life.

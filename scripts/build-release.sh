@@ -24,9 +24,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Precise invalidation's helpers (helper/, docs/precise-invalidation.md) go
 # beside the binary, one per LLVM whose development files are installed,
-# named ltocache-precise-<major>: ltocache picks the one mapping the same
-# libLLVM as the job's compiler (a clang-19 job the 19 helper, a clang-23 job
-# the 23 one). LLVM_CONFIG names one LLVM; by default Debian's llvm-config-19
+# named ltocache-precise-<major>, each with its shim ltocache-precise-<major>.so
+# (preloaded into cold compiles to record second keys as a by-product):
+# ltocache picks the one mapping the same libLLVM as the job's compiler (a
+# clang-19 job the 19 helper, a clang-23 job the 23 one). LLVM_CONFIG names one LLVM; by default Debian's llvm-config-19
 # and the PyPI LLVM 23 of scripts/install-llvm23.sh ($LTOCACHE_LLVM23_DIR,
 # default ~/.cache/ltocache-llvm23), each when present. Without any, ltocache
 # runs with the first key only.
@@ -39,7 +40,7 @@ finish() {
         configs=(llvm-config-19 "${LTOCACHE_LLVM23_DIR:-$HOME/.cache/ltocache-llvm23}/bin/llvm-config")
     fi
     # An unversioned helper an older build left would be tried too.
-    rm -f "$dir/ltocache-precise"
+    rm -f "$dir/ltocache-precise" "$dir/ltocache-precise.so"
     for config in "${configs[@]}"; do
         command -v "$config" >/dev/null 2>&1 || continue
         major="$("$config" --version | cut -d. -f1)"

@@ -82,6 +82,8 @@ pub struct Keyed<'c> {
     pub precise: std::cell::RefCell<Option<crate::precise::Second>>,
     /// Whether the second key was already looked up (verification looks first).
     pub precise_looked: std::cell::Cell<bool>,
+    /// Whether a cold compile runs with precise mode's shim.
+    pub precise_shim: std::cell::RefCell<crate::precise::ShimState<'c>>,
     /// The invocation as the driver sees it: configuration files' flags in
     /// front of argv (driver.rs), `base_dir` applied.
     pub inv: BackendInvocation,
@@ -223,6 +225,7 @@ pub fn prepare_with<'c>(
         output_name,
         precise: Default::default(),
         precise_looked: Default::default(),
+        precise_shim: Default::default(),
         inv,
         recorded_hit: None,
     })
@@ -387,7 +390,7 @@ pub fn finish_compile(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, finished:
                 if let Some(tier) = remote_tier(ctx) {
                     tier.put(&entry, &inv.output, log, batch);
                 }
-                crate::precise::after_store(ctx, inv, job, batch);
+                crate::precise::after_store(ctx, inv, job, &finished.stderr, batch);
             }
             Err(e) => {
                 log.log(&format!("storing {} failed: {e:#}", inv.output.display()));

@@ -36,13 +36,67 @@ pub struct Finished {
     pub cpu_ns: i64,
 }
 
+/// What a compile gets besides its arguments (precise mode's shim,
+/// crate::precise::shim): environment variables, and one descriptor of ours
+/// it inherits (every other one is close-on-exec).
+#[derive(Default)]
+pub struct Extra {
+    pub env: Vec<(OsString, OsString)>,
+    pub inherit_fd: Option<std::os::fd::RawFd>,
+}
+
+impl Extra {
+    /// Applies itself to a command about to be spawned.
+    pub fn apply(&self, cmd: &mut Command) {
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(fd) = self.inherit_fd {
+            // SAFETY: fcntl is async-signal-safe; the descriptor is ours and
+            // open until the spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+}
+
 /// Runs the compiler with stdin inherited and stdout and stderr captured
 /// (both are printed by the caller; stdout output makes the result uncacheable).
 pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Finished> {
+    run_captured_with(program, arg0, args, None, None)
+}
+
+/// One question a running compile may ask on a socket of ours (precise
+/// mode's shim): a line, answered with one byte by `answer`, which is given
+/// the line and the compile's stderr so far (everything it wrote before
+/// asking: read before `answer` is called).
+pub struct Dialog<'a> {
+    pub fd: std::os::fd::RawFd,
+    pub answer: &'a mut dyn FnMut(&str, &[u8]) -> u8,
+}
+
+/// [`run_captured`] with what [`Extra`] adds, and a [`Dialog`].
+pub fn run_captured_with(
+    program: &Path,
+    arg0: &str,
+    args: &[OsString],
+    extra: Option<&Extra>,
+    dialog: Option<&mut Dialog>,
+) -> Result<Finished> {
     let start = Instant::now();
     keep_spawn_memory_mapped();
     let children_before = crate::util::cpu_ns(libc::RUSAGE_CHILDREN);
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    if let Some(extra) = extra {
+        extra.apply(&mut cmd);
+    }
+    let mut child = cmd
         .arg0(arg0)
         .args(args)
         .stdin(Stdio::inherit())
@@ -52,7 +106,8 @@ pub fn run_captured(program: &Path, arg0: &str, args: &[OsString]) -> Result<Fin
         .with_context(|| format!("starting {}", program.display()))?;
     // Drain both pipes from this thread with poll(), so neither can fill up
     // and stall clang (a reader thread cost ~70 µs of CPU per miss).
-    let (stdout, stderr) = drain(child.stdout.take(), child.stderr.take()).context("reading the compiler's output")?;
+    let (stdout, stderr) =
+        drain(child.stdout.take(), child.stderr.take(), dialog).context("reading the compiler's output")?;
     let status = child.wait().context("waiting for the compiler")?;
     let cpu_ns = crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - children_before;
     Ok(Finished { status, stdout, stderr, duration: start.elapsed(), cpu_ns })
@@ -77,15 +132,25 @@ fn keep_spawn_memory_mapped() {
     }
 }
 
-/// Reads both pipes to their ends, whichever has data first.
-fn drain(out: Option<ChildStdout>, err: Option<ChildStderr>) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+/// Reads both pipes to their ends, whichever has data first, and answers the
+/// dialog's one question when it comes.
+fn drain(
+    out: Option<ChildStdout>,
+    err: Option<ChildStderr>,
+    mut dialog: Option<&mut Dialog>,
+) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     use std::os::fd::AsRawFd;
     let mut bufs = (Vec::new(), Vec::new());
     // (fd, open) per pipe; the ChildStdout/ChildStderr values keep them open
-    // until this function returns.
-    let mut fds = [out.as_ref().map_or(-1, |p| p.as_raw_fd()), err.as_ref().map_or(-1, |p| p.as_raw_fd())];
+    // until this function returns. The third is the dialog's socket.
+    let mut fds = [
+        out.as_ref().map_or(-1, |p| p.as_raw_fd()),
+        err.as_ref().map_or(-1, |p| p.as_raw_fd()),
+        dialog.as_ref().map_or(-1, |d| d.fd),
+    ];
+    let mut question = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
-    while fds.iter().any(|&fd| fd >= 0) {
+    while fds[..2].iter().any(|&fd| fd >= 0) {
         let mut pfds: Vec<libc::pollfd> =
             fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
         // SAFETY: pfds is a valid array of pollfd of the given length; a
@@ -107,13 +172,33 @@ fn drain(out: Option<ChildStdout>, err: Option<ChildStderr>) -> std::io::Result<
             let got = unsafe { libc::read(fds[i], chunk.as_mut_ptr() as *mut libc::c_void, chunk.len()) };
             match got {
                 0 => fds[i] = -1,
+                n if n > 0 && i == 2 => {
+                    question.extend_from_slice(&chunk[..n as usize]);
+                    if let Some(end) = question.iter().position(|&b| b == b'\n') {
+                        // Everything the compile wrote before asking is in
+                        // its pipe by now: read it first.
+                        read_available(fds[1], &mut bufs.1, &mut chunk);
+                        let line = String::from_utf8_lossy(&question[..end]).into_owned();
+                        if let Some(d) = dialog.as_mut() {
+                            let byte = (d.answer)(&line, &bufs.1);
+                            // SAFETY: one byte from our stack to a socket we hold open
+                            // (MSG_NOSIGNAL: a peer gone is an error, not SIGPIPE).
+                            unsafe {
+                                libc::send(fds[2], &byte as *const u8 as *const libc::c_void, 1, libc::MSG_NOSIGNAL)
+                            };
+                        }
+                        fds[2] = -1;
+                    }
+                }
                 n if n > 0 => {
                     let buf = if i == 0 { &mut bufs.0 } else { &mut bufs.1 };
                     buf.extend_from_slice(&chunk[..n as usize]);
                 }
                 _ => {
                     let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
+                    if i == 2 {
+                        fds[2] = -1;
+                    } else if e.kind() != std::io::ErrorKind::Interrupted {
                         return Err(e);
                     }
                 }
@@ -122,6 +207,26 @@ fn drain(out: Option<ChildStdout>, err: Option<ChildStderr>) -> std::io::Result<
     }
     drop((out, err));
     Ok(bufs)
+}
+
+/// Reads what a pipe holds now, without waiting.
+pub(crate) fn read_available(fd: i32, buf: &mut Vec<u8>, chunk: &mut [u8]) {
+    if fd < 0 {
+        return;
+    }
+    loop {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd of ours; zero timeout.
+        if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents & libc::POLLIN == 0 {
+            return;
+        }
+        // SAFETY: reading into our buffer from a pipe we hold open.
+        let got = unsafe { libc::read(fd, chunk.as_mut_ptr() as *mut libc::c_void, chunk.len()) };
+        if got <= 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..got as usize]);
+    }
 }
 
 /// Ends a wrapped compile with `code`: stdout flushed, then `_exit`.

@@ -135,7 +135,20 @@ fn cached_compile(config: &Config, log: &Logger, inv: &BackendInvocation, args: 
         record(config, log, &mut batch);
         exec::exit_now(0);
     }
-    let finished = match exec::run_captured(&job.program, &inv.compiler, args) {
+    // A cold compile may run with precise mode's shim (crate::precise).
+    crate::precise::arm_shim(&ctx, inv, &job, &mut batch, true);
+    let run = |extra: Option<&exec::Extra>, dialog: Option<&mut exec::Dialog>| {
+        exec::run_captured_with(&job.program, &inv.compiler, args, extra, dialog)
+    };
+    let finished = crate::precise::compile_with_shim(&ctx, inv, &job, &mut batch, run);
+    // The shim asked and the second key hit: the object is served, the
+    // compile stopped.
+    if let Some(stderr) = crate::precise::served_by_shim(&job) {
+        let _ = std::io::stderr().write_all(&stderr);
+        record(config, log, &mut batch);
+        exec::exit_now(0);
+    }
+    let finished = match finished {
         Ok(f) => f,
         Err(e) => {
             log.log(&format!("could not run the compiler: {e:#}"));

@@ -8,7 +8,7 @@ mod util;
 
 use std::process::Command;
 use util::precise::{helper19 as helper, Project, NAMING, PROJECT};
-use util::{ok, stat_of, Fixture, CLANG, MODULES};
+use util::{ok, stat_of, Fixture, CLANG};
 
 /// Builds, applies one edit, rebuilds; every object must equal a fresh
 /// backend's. Returns the precise hits of the rebuild per module.
@@ -39,21 +39,9 @@ fn served(v: &[(String, bool)], m: &str) -> bool {
 
 #[test]
 fn helper_post_import_module_equals_clangs_save_temps_for_every_module() {
-    let f = Project::with(CLANG.into(), false, &[], &[]);
-    let p = Project::new(&[], &[]);
-    let pg = Project::new(&["-g"], &[]);
-    let cases: Vec<(&Project, &[&str])> = vec![
-        (&f, &[]),
-        (&f, NAMING),
-        (&f, &["-fno-PIE", "-ffunction-sections"]),
-        (&p, &[]),
-        (&p, NAMING),
-        // -fPIC: the driver adds -fhalf-no-semantic-interposition to cc1.
-        (&p, &["-fPIC"]),
-        (&pg, &["-g"]),
-    ];
-    let compared: usize = cases.into_iter().map(|(b, extra)| b.compare_with_save_temps(&helper(), extra)).sum();
-    assert_eq!(compared, 3 * MODULES.len() + 4 * PROJECT.len());
+    let cases = util::precise::Cases::new();
+    let compared: usize = cases.list().into_iter().map(|(b, extra)| b.compare_with_save_temps(&helper(), extra)).sum();
+    assert_eq!(compared, util::precise::Cases::modules());
 }
 
 #[test]

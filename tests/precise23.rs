@@ -130,3 +130,93 @@ fn helpers_beside_the_binary_are_chosen_by_the_compilers_llvm() {
     assert!(unimported_edit(&b).is_empty(), "{}", b.stats_json());
     assert_eq!(b.stat("precise_hits"), 0);
 }
+
+#[test]
+fn llvm23_shim_leaves_objects_unchanged_and_matches_the_helper_and_clang23() {
+    let shim = util::precise::shim_of(&helper23());
+    let fixture = Project::with(clang23(), false, &[], &[]);
+    let project = Project::with(clang23(), true, &[], &[]);
+    let compared = fixture.compare_shim(&shim, &helper23(), &[])
+        + project.compare_shim(&shim, &helper23(), NAMING)
+        + project.compare_shim(&shim, &helper23(), &[]);
+    assert_eq!(compared, MODULES.len() + 2 * PROJECT.len());
+}
+
+#[test]
+fn a_clang19_job_offered_the_llvm23_shim_does_not_use_it() {
+    let mut b = Project::with(clang19(), true, &[], &[]);
+    b.helpers = Some(helper19().display().to_string());
+    let shim23 = util::precise::shim_of(&helper23());
+    for m in PROJECT {
+        let out = b
+            .ltocache()
+            .env_remove("LTOCACHE_PRECISE_COLD")
+            .env("LTOCACHE_PRECISE_SHIM", &shim23)
+            .arg(&b.clang)
+            .args(b.backend_args(m, &format!("{m}.native.o")))
+            .output()
+            .unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "{m}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(b.stat("shim_armed"), 0, "{}", b.stats_json());
+    assert_eq!(b.stat("shim_unusable"), 3, "{}", b.stats_json());
+    let log = std::fs::read_to_string(b.log()).unwrap();
+    assert!(log.contains("binds to") && log.contains("libLLVM.so.23"), "{log}");
+    b.assert_fresh("clang-19 with the 23 shim offered");
+}
+
+#[test]
+fn the_dtlto_distributor_records_and_serves_second_keys_with_the_shim() {
+    // lld's DTLTO with ltocache as the distributor: every job's output is
+    // new (named after the linker's PID), so every job is cold; the jobs run
+    // on the distributor's threads, where nothing may fork, and the shim
+    // records their second keys. After an edit nobody imports, the next
+    // link's jobs are served when their shims ask (or, with
+    // `LTOCACHE_PRECISE_COLD=sync`, by the helper before compiling).
+    let mut b = Project::with(clang23(), true, &[], &[]);
+    b.helpers = Some(helper23().display().to_string());
+    let objs: Vec<String> = PROJECT.iter().map(|m| format!("{m}.o")).collect();
+    let link = |extra: &[(&str, &str)]| {
+        let mut c = b.ltocache();
+        c.env_remove("LTOCACHE_PRECISE_COLD");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        // ltocache's Command, with clang as the program: the environment is ltocache's.
+        let mut cmd = Command::new(clang23());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let d = format!("-fthinlto-distributor={}", ltocache_bin().display());
+        ok(cmd.current_dir(&b.dir).args(["-O2", "-flto=thin", "-fuse-ld=lld", &d, "-o", "prog"]).args(&objs));
+        String::from_utf8(ok(&mut Command::new(b.dir.join("prog"))).stdout).unwrap()
+    };
+    let before = link(&[]);
+    assert_eq!(b.stat("shim_computed"), 3, "{}", b.stats_json());
+    assert_eq!(b.stat("background_skipped_threads"), 0);
+    // The distributor answers its jobs' shims: a cold job whose second key
+    // is known is served and its backend stopped.
+    b.edit("lib", "return x * 7;", "return x * 9;");
+    let after = link(&[]);
+    assert!(b.stat("precise_hits") >= 1, "{}", b.stats_json());
+    assert_eq!(b.stat("shim_stopped"), b.stat("precise_hits"), "{}", b.stats_json());
+    assert_eq!(b.stat("computed"), 0, "no helper request: {}", b.stats_json());
+    assert_eq!(before, after, "lib_unused is not called");
+    // Looked up by the helper before compiling (`sync`), the same.
+    let hits = b.stat("precise_hits");
+    b.edit("lib", "return x * 9;", "return x * 11;");
+    let again = link(&[("LTOCACHE_PRECISE_COLD", "sync")]);
+    assert!(b.stat("precise_hits") > hits, "{}", b.stats_json());
+    assert_eq!(before, again);
+    // The program equals lld's in-process ThinLTO of the same objects.
+    let mut cmd = Command::new(clang23());
+    ok(cmd.current_dir(&b.dir).args(["-O2", "-flto=thin", "-fuse-ld=lld", "-o", "prog.ref"]).args(&objs));
+    assert_eq!(
+        std::fs::read(b.dir.join("prog")).unwrap(),
+        std::fs::read(b.dir.join("prog.ref")).unwrap(),
+        "the DTLTO program differs from the in-process link's"
+    );
+}

@@ -21,6 +21,10 @@ Per corpus and naming mode (default naming, and the backends given
   thin link, precise pass, plain clang pass, every object compared, LTOCACHE_VERIFY=1 pass on a copy
   of the cache taken before; then the module is restored.
 - debug: the same with `-g` on front ends and backends (a tree of its own), edits that move lines.
+- --rebuild-shim: every edited run also rebuilds a copy of the cache and outputs (taken before the
+  edit) with LTOCACHE_PRECISE_REBUILD=shim: no helper request before the compiles, the shim asks with
+  its digest in the backend and a second-key hit stops it; compiled, hits, CPU and stale objects
+  beside the helper's pass.
 
 Prints a table per part and writes everything to WORK/results-precise.json. Exit status 1 on any
 stale object or any stale_detected."""
@@ -38,6 +42,7 @@ sys.path.insert(0, HERE)
 import bench  # noqa: E402
 
 NAMING = ["-mllvm", "-use-source-filename-for-promoted-locals"]
+REBUILD_SHIM = False
 CRATE_DIRS = {"lua-src": "lua-src-547.1.0", "libgit2-sys": "libgit2-sys-0.17.0+1.8.1",
               "zstd-sys": "zstd-sys-2.0.13+zstd.1.5.6"}
 
@@ -234,6 +239,15 @@ def edited_run(t, mode, extra, cache, env, what, apply, revert, today=None):
     every object compared; LTOCACHE_VERIFY=1 on a copy taken before the edit."""
     vcache = cache + "-verify"
     t.copy_cache(cache, vcache)
+    senv = None
+    if REBUILD_SHIM:
+        scache = cache + "-shimr"
+        t.copy_cache(cache, scache)
+        # The outputs as the helper's pass has them: the jobs are rebuilds.
+        shutil.rmtree(t.b.p("out", "p-shimr"), ignore_errors=True)
+        shutil.copytree(t.b.p("out", "p-cache"), t.b.p("out", "p-shimr"))
+        senv = dict(env, LTOCACHE_DIR=scache, LTOCACHE_STATS_DIR=os.path.join(scache, "stats"),
+                    LTOCACHE_LOGFILE=scache + ".log", LTOCACHE_PRECISE_REBUILD="shim")
     venv = dict(env, LTOCACHE_DIR=vcache, LTOCACHE_STATS_DIR=os.path.join(vcache, "stats"),
                 LTOCACHE_LOGFILE=vcache + ".log", LTOCACHE_VERIFY="1")
     tenv = None
@@ -257,11 +271,21 @@ def edited_run(t, mode, extra, cache, env, what, apply, revert, today=None):
         plain = t.run_pass("p-today", tenv, extra, f"{mode} {what}: first key alone")
         t1 = t.stats(tenv)
         row.update(today_compiled=delta(t1, t0, "misses"), today_cpu_s=plain["cpu"], today_wall_s=plain["wall"])
+    if senv:
+        r0 = t.stats(senv)
+        shimr = t.run_pass("p-shimr", senv, extra, f"{mode} {what}: precise, rebuild by the shim")
+        r1 = t.stats(senv)
+        row.update(shim_compiled=delta(r1, r0, "misses"), shim_precise_hits=delta(r1, r0, "precise_hits"),
+                   shim_stopped=pdelta(r1, r0, "shim_stopped"), shim_cpu_s=shimr["cpu"],
+                   shim_wall_s=shimr["wall"], shim_helper_requests=pdelta(r1, r0, "computed"))
     ref = t.run_pass("p-ref", None, extra, f"{mode} {what}: plain clang")
     row["plain_cpu_s"], row["plain_wall_s"] = ref["cpu"], ref["wall"]
     row["stale"] = t.differ("p-cache", "p-ref")
     if tenv:
         row["today_stale"] = t.differ("p-today", "p-ref")
+    if senv:
+        row["shim_stale"] = t.differ("p-shimr", "p-ref")
+        shutil.rmtree(scache, ignore_errors=True)
     row["objects_changed"] = len(t.differ("p-ref", "p-ref0"))
     v0 = t.stats(venv)
     t.run_pass("p-verify", venv, extra, f"{mode} {what}: LTOCACHE_VERIFY=1")
@@ -323,7 +347,7 @@ def stale_count(results):
     n = 0
     for part in ("figures", "mutations"):
         for r in results[part]:
-            n += len(r["stale"]) + len(r.get("today_stale", [])) + len(r["verify_stale"]) + r["stale_detected"]
+            n += len(r["stale"]) + len(r.get("today_stale", [])) + len(r.get("shim_stale", [])) + len(r["verify_stale"]) + r["stale_detected"]
     n += sum(len(r["stale"]) for r in results["cold"])
     return n
 
@@ -352,6 +376,17 @@ def print_tables(results):
               f"{len(r['stale']) + len(r['today_stale'])} | {r['verified_hits']} ({r['precise_verified']}) / "
               f"{r['stale_detected']} |")
         w("")
+    shim_rows = [r for part in ("figures", "mutations") for r in results[part] if "shim_cpu_s" in r]
+    if shim_rows:
+        w("| corpus | edit | naming | compiled, helper / shim | precise hits, helper / shim (stopped) | "
+          "backend CPU s, helper / shim | stale (shim) |")
+        w("|---|---|---|---|---|---|---:|")
+        for r in shim_rows:
+            ratio = r["shim_cpu_s"] / r["precise_cpu_s"] * 100 if r["precise_cpu_s"] else float("nan")
+            w(f"| {r['corpus']} | {r['edit']} | {r['mode']} | {r['compiled']} / {r['shim_compiled']} | "
+              f"{r['precise_hits']} / {r['shim_precise_hits']} ({r['shim_stopped']}) | "
+              f"{r['precise_cpu_s']:.2f} / **{r['shim_cpu_s']:.2f} ({ratio:.0f} %)** | {len(r['shim_stale'])} |")
+        w("")
     if results["mutations"]:
         w("| corpus | edit | naming | first-key misses | compiled | precise hits | objects changed | "
           "stale (of all objects) | VERIFY=1: verified (second-key) / stale_detected |")
@@ -374,7 +409,11 @@ def main():
     ap.add_argument("--modes", default="default,naming")
     ap.add_argument("--parts", default="savetemps,figures,mutations,debug")
     ap.add_argument("--out", help="results file (default WORK/results-precise.json)")
+    ap.add_argument("--rebuild-shim", action="store_true", help="also rebuild with LTOCACHE_PRECISE_REBUILD=shim")
+    ap.add_argument("--mutation", action="append", help="run only the mutations whose name contains this")
     a = ap.parse_args()
+    global REBUILD_SHIM
+    REBUILD_SHIM = a.rebuild_shim
     ltocache = os.path.abspath(a.ltocache)
     helper = os.path.abspath(a.helper or os.path.join(os.path.dirname(ltocache), "ltocache-precise"))
     crates = json.loads(a.crates) if a.crates else crate_dirs()
@@ -396,7 +435,8 @@ def main():
         main_parts = [p for p in parts if p != "debug"]
         if main_parts:
             t = Tree(corpus, work, ltocache, helper)
-            corpus_run(t, modes, main_parts, MUTATIONS[name], results)
+            muts = [m for m in MUTATIONS[name] if not a.mutation or any(x in m[0] for x in a.mutation)]
+            corpus_run(t, modes, main_parts, muts, results)
         if "debug" in parts and DEBUG_MUTATIONS[name]:
             g = cls(crates[cls.crate])
             g.name = name + "-g"

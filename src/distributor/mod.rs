@@ -417,6 +417,8 @@ fn plan_job<'c>(
         };
         return Plan::Served;
     }
+    // A cold compile may run with precise mode's shim (crate::precise).
+    crate::precise::arm_shim(ctx, &inv, &keyed, batch, true);
     Plan::Cached(Box::new((inv, keyed)))
 }
 
@@ -480,7 +482,17 @@ fn run_jobs(
                 Plan::Cached(c) => c.1.program.clone(),
                 _ => program.to_path_buf(),
             };
-            if let Err(e) = pool.spawn(i, &prog, compiler, &job.args) {
+            let shim = match &job.plan {
+                Plan::Cached(c) => crate::precise::shim_spawn(&c.1),
+                _ => None,
+            };
+            let ask = match &job.plan {
+                Plan::Cached(c) => crate::precise::shim_question_fd(&c.1),
+                _ => None,
+            };
+            let spawned = pool.spawn_with(i, &prog, compiler, &job.args, shim.as_ref().map(|s| &s.extra), ask);
+            drop(shim);
+            if let Err(e) = spawned {
                 log.log(&format!("could not run {}: {e}", prog.display()));
                 if matches!(job.plan, Plan::Cached(_)) {
                     job.batch.add("errors.spawn", 1);
@@ -496,8 +508,23 @@ fn run_jobs(
         }
         // Wait for a child, or for a jobserver token when a job is waiting.
         let token_fd = if queue.is_empty() { None } else { limit.poll_fd() };
-        for (i, finished) in pool.wait_some(token_fd) {
+        // A cold job's shim asks with its post-import digest (crate::precise).
+        let mut answer = |tag: usize, line: &str, stderr: &[u8]| -> u8 {
+            match (&jobs[tag].plan, ctx) {
+                (Plan::Cached(c), Some(ctx)) => {
+                    crate::precise::shim_answer(ctx, &c.0, &c.1, &mut jobs[tag].batch, line, stderr)
+                }
+                _ => b'g',
+            }
+        };
+        for (i, finished) in pool.wait_some(token_fd, &mut answer) {
             limit.finished(pool.len());
+            // A compile that failed with the shim runs again without it.
+            let Job { plan, batch, .. } = &mut jobs[i];
+            if matches!(plan, Plan::Cached(c) if crate::precise::shim_must_rerun(&c.1, &finished, batch)) {
+                queue.push_front(i);
+                continue;
+            }
             finish_job(&mut jobs[i], &finished, ctx);
         }
     }
@@ -507,6 +534,14 @@ fn finish_job(job: &mut Job, finished: &Finished, ctx: Option<&Ctx>) {
     let _ = std::io::stdout().write_all(&finished.stdout);
     let _ = std::io::stderr().write_all(&finished.stderr);
     job.ok = finished.status.success();
+    if let Plan::Cached(c) = &job.plan {
+        // Served when its shim asked: the backend stopped.
+        if let Some(stderr) = crate::precise::served_by_shim(&c.1) {
+            let _ = std::io::stderr().write_all(&stderr);
+            job.ok = true;
+            return;
+        }
+    }
     if let (Plan::Cached(c), Some(ctx)) = (&job.plan, ctx) {
         let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF);
         backend::finish_compile(ctx, &c.0, &c.1, finished, &mut job.batch);

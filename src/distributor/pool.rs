@@ -18,6 +18,10 @@ struct Running {
     pipes: [Option<OwnedFd>; 2],
     out: [Vec<u8>; 2],
     start: Instant,
+    /// The socket a child may ask one question on (precise mode's shim),
+    /// until it is answered, and what came of the question so far.
+    ask: Option<std::os::fd::RawFd>,
+    question: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -36,14 +40,28 @@ impl Pool {
 
     /// Starts `program` (called `arg0`) with stdin from /dev/null: parallel
     /// jobs cannot share a terminal's input, and a backend reads none.
+    #[cfg(test)]
     pub fn spawn(&mut self, tag: usize, program: &Path, arg0: &str, args: &[OsString]) -> std::io::Result<()> {
-        let mut child = Command::new(program)
-            .arg0(arg0)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        self.spawn_with(tag, program, arg0, args, None, None)
+    }
+
+    /// [`Pool::spawn`] with what `extra` adds (precise mode's shim), and a
+    /// socket the child may ask one question on ([`Pool::wait_some`]).
+    pub fn spawn_with(
+        &mut self,
+        tag: usize,
+        program: &Path,
+        arg0: &str,
+        args: &[OsString],
+        extra: Option<&crate::exec::Extra>,
+        ask: Option<std::os::fd::RawFd>,
+    ) -> std::io::Result<()> {
+        let mut cmd = Command::new(program);
+        if let Some(extra) = extra {
+            extra.apply(&mut cmd);
+        }
+        let mut child =
+            cmd.arg0(arg0).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let out: Option<OwnedFd> = child.stdout.take().map(OwnedFd::from);
         let err: Option<OwnedFd> = child.stderr.take().map(OwnedFd::from);
         // The child is reaped by wait4 below, not by std (dropping a Child
@@ -54,14 +72,22 @@ impl Pool {
             pipes: [out, err],
             out: [Vec::new(), Vec::new()],
             start: Instant::now(),
+            ask,
+            question: Vec::new(),
         });
         Ok(())
     }
 
     /// Waits until at least one child has finished, or `extra_fd` (make's
     /// jobserver) is readable, and returns the finished ones with their tags.
-    /// Returns at once with nothing when no child runs.
-    pub fn wait_some(&mut self, extra_fd: Option<i32>) -> Vec<(usize, Finished)> {
+    /// Returns at once with nothing when no child runs. A child's question
+    /// is answered meanwhile with the byte `answer` gives for its tag, the
+    /// line and its stderr so far (read before: written before it asked).
+    pub fn wait_some(
+        &mut self,
+        extra_fd: Option<i32>,
+        answer: &mut dyn FnMut(usize, &str, &[u8]) -> u8,
+    ) -> Vec<(usize, Finished)> {
         let mut done = Vec::new();
         if self.running.is_empty() {
             return done;
@@ -76,6 +102,10 @@ impl Pool {
                         pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
                         owners.push((ri, pi));
                     }
+                }
+                if let Some(fd) = r.ask {
+                    pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+                    owners.push((ri, 2));
                 }
             }
             // A child that closed both pipes has ended (or will in a moment).
@@ -104,6 +134,26 @@ impl Pool {
                     continue;
                 }
                 let r = &mut self.running[ri];
+                if pi == 2 {
+                    let Some(fd) = r.ask else { continue };
+                    // SAFETY: reading into our buffer from a socket the caller holds open.
+                    let got = unsafe { libc::read(fd, chunk.as_mut_ptr() as *mut libc::c_void, chunk.len()) };
+                    if got <= 0 {
+                        r.ask = None;
+                        continue;
+                    }
+                    r.question.extend_from_slice(&chunk[..got as usize]);
+                    if let Some(end) = r.question.iter().position(|&b| b == b'\n') {
+                        let err = r.pipes[1].as_ref().map_or(-1, |p| p.as_raw_fd());
+                        crate::exec::read_available(err, &mut r.out[1], &mut chunk);
+                        let line = String::from_utf8_lossy(&r.question[..end]).into_owned();
+                        let byte = answer(r.tag, &line, &r.out[1]);
+                        // SAFETY: one byte from our stack (MSG_NOSIGNAL: a peer gone is an error).
+                        unsafe { libc::send(fd, &byte as *const u8 as *const libc::c_void, 1, libc::MSG_NOSIGNAL) };
+                        r.ask = None;
+                    }
+                    continue;
+                }
                 let fd = r.pipes[pi].as_ref().unwrap().as_raw_fd();
                 // SAFETY: reading into our buffer from a pipe we hold open.
                 let got = unsafe { libc::read(fd, chunk.as_mut_ptr() as *mut libc::c_void, chunk.len()) };
@@ -162,7 +212,7 @@ mod tests {
         }
         let mut got = Vec::new();
         while !pool.is_empty() {
-            got.extend(pool.wait_some(None));
+            got.extend(pool.wait_some(None, &mut |_, _, _| b'g'));
         }
         got.sort_by_key(|g| g.0);
         assert_eq!(got[0].0, 7);
@@ -182,7 +232,7 @@ mod tests {
         pool.spawn(2, sh, "sh", &["-c".into(), "sleep 0.2".into()]).unwrap();
         let mut got = Vec::new();
         while !pool.is_empty() {
-            got.extend(pool.wait_some(None));
+            got.extend(pool.wait_some(None, &mut |_, _, _| b'g'));
         }
         got.sort_by_key(|g| g.0);
         assert!(got[0].1.cpu_ns > 4 * got[1].1.cpu_ns, "{} vs {}", got[0].1.cpu_ns, got[1].1.cpu_ns);

@@ -36,6 +36,13 @@ pub fn helper19() -> PathBuf {
     build_helper(&H, "ltocache-precise-19", PathBuf::from("llvm-config-19"))
 }
 
+/// The shim helper/build.sh builds beside a helper.
+pub fn shim_of(helper: &Path) -> PathBuf {
+    let mut p = helper.as_os_str().to_owned();
+    p.push(".so");
+    PathBuf::from(p)
+}
+
 /// The helper against the PyPI wheel's libLLVM 23.
 pub fn helper23() -> PathBuf {
     static H: OnceLock<PathBuf> = OnceLock::new();
@@ -59,6 +66,45 @@ const MAIN_C: &str = "#include <stdio.h>\nint use_table(int); int use_step(int);
                       int main(void) { printf(\"%d %d\\n\", use_table(2), use_step(5)); return 0; }\n";
 pub const PROJECT: &[&str] = &["lib", "table", "step", "main"];
 pub const NAMING: &[&str] = &["-mllvm", "-use-source-filename-for-promoted-locals"];
+
+/// The clang-19 builds and backend flags whose post-import modules are held
+/// equal to clang's own (tests/precise.rs for the helper,
+/// tests/precise_shim.rs for the shim): the shared fixture (default, naming
+/// option, `-fno-PIE -ffunction-sections`) and the project (default, naming
+/// option, `-fPIC` — the driver adds -fhalf-no-semantic-interposition to
+/// cc1 — and `-g`).
+pub struct Cases {
+    fixture: Project,
+    project: Project,
+    debug: Project,
+}
+
+impl Cases {
+    pub fn new() -> Cases {
+        Cases {
+            fixture: Project::with(CLANG.into(), false, &[], &[]),
+            project: Project::new(&[], &[]),
+            debug: Project::new(&["-g"], &[]),
+        }
+    }
+
+    pub fn list(&self) -> Vec<(&Project, &'static [&'static str])> {
+        vec![
+            (&self.fixture, &[]),
+            (&self.fixture, NAMING),
+            (&self.fixture, &["-fno-PIE", "-ffunction-sections"]),
+            (&self.project, &[]),
+            (&self.project, NAMING),
+            (&self.project, &["-fPIC"]),
+            (&self.debug, &["-g"]),
+        ]
+    }
+
+    /// How many modules [`Cases::list`] holds.
+    pub fn modules() -> usize {
+        3 * MODULES.len() + 4 * PROJECT.len()
+    }
+}
 
 /// A thin-linked build with one compiler whose backends run through ltocache.
 pub struct Project {
@@ -220,6 +266,21 @@ impl Project {
             .collect()
     }
 
+    /// The compiler's own `X.3.import.bc` for the backend `args` of `m`
+    /// (which write `m.st.o`): -save-temps=obj names the temps after the
+    /// output (clang 19 and 23 strip its extension).
+    fn save_temps_import(&self, m: &str, args: &[String]) -> Vec<u8> {
+        let names = [format!("{m}.st.o.3.import.bc"), format!("{m}.st.3.import.bc"), format!("{m}.s.3.import.bc")];
+        for n in &names {
+            let _ = std::fs::remove_file(self.dir.join(n));
+        }
+        ok(self.clang().args(args).arg("-save-temps=obj"));
+        names
+            .iter()
+            .find_map(|n| std::fs::read(self.dir.join(n)).ok())
+            .unwrap_or_else(|| panic!("no .3.import.bc for {m}"))
+    }
+
     /// For every module, with `extra` backend flags: the helper's
     /// post-import module, written as `-save-temps` writes it, must be
     /// byte-identical to the compiler's own `X.3.import.bc`. Returns how many
@@ -229,17 +290,7 @@ impl Project {
             let mut args: Vec<String> = vec!["-O2".into(), "-c".into(), format!("-fthinlto-index={m}.o.thinlto.bc")];
             args.extend(extra.iter().map(|s| s.to_string()));
             args.extend(["-x".into(), "ir".into(), format!("{m}.o"), "-o".into(), format!("{m}.st.o")]);
-            // The compiler's own: -save-temps=obj names the temps after the
-            // output (clang 19 and 23 strip its extension).
-            let names = [format!("{m}.st.o.3.import.bc"), format!("{m}.st.3.import.bc"), format!("{m}.s.3.import.bc")];
-            for n in &names {
-                let _ = std::fs::remove_file(self.dir.join(n));
-            }
-            ok(self.clang().args(&args).arg("-save-temps=obj"));
-            let theirs = names
-                .iter()
-                .find_map(|n| std::fs::read(self.dir.join(n)).ok())
-                .unwrap_or_else(|| panic!("no .3.import.bc for {m}"));
+            let theirs = self.save_temps_import(m, &args);
             // Ours, from the cc1 line of the same command, as ltocache does.
             let inv = ltocache::key::args::analyze(self.clang.to_str().unwrap(), &args).unwrap();
             let hash = ok(self.clang().args(&args).arg("-###"));
@@ -251,6 +302,57 @@ impl Project {
                 .unwrap_or_else(|e| panic!("{m} {extra:?}: {e:#}"));
             assert!(answer.starts_with("ok "), "{m} {extra:?}: {answer}");
             assert!(std::fs::read(&dump).unwrap() == theirs, "{m} {extra:?}: post-import module differs from clang's");
+        }
+        self.modules.len()
+    }
+
+    /// For every module, with `extra` backend flags, the compiler run with
+    /// `shim` preloaded (as ltocache runs it): its object must be
+    /// byte-identical to the compiler's alone, its dump to the compiler's own
+    /// `X.3.import.bc`, and its digest must be the helper's for the same
+    /// job. Returns how many modules were compared.
+    pub fn compare_shim(&self, shim: &Path, helper: &Path, extra: &[&str]) -> usize {
+        for m in &self.modules {
+            let mut args: Vec<String> = vec!["-O2".into(), "-c".into(), format!("-fthinlto-index={m}.o.thinlto.bc")];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(["-x".into(), "ir".into(), format!("{m}.o"), "-o".into()]);
+            let plain = format!("{m}.plain.o");
+            ok(self.clang().args(&args).arg(&plain));
+            let theirs = self.save_temps_import(m, &[&args[..], &[format!("{m}.st.o")]].concat());
+            let (report, dump) = (self.dir.join(format!("{m}.report")), self.dir.join(format!("{m}.shim.bc")));
+            let file = std::fs::File::create(&report).unwrap();
+            let extra_env = ltocache::exec::Extra {
+                env: ltocache::precise::shim_environment(
+                    shim,
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    None,
+                    Some(&dump),
+                ),
+                inherit_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&file)),
+            };
+            let shimmed = format!("{m}.shim.o");
+            let mut cmd = self.clang();
+            extra_env.apply(&mut cmd);
+            let out = ok(cmd.args(&args).arg(&shimmed));
+            drop(file);
+            assert!(out.stderr.is_empty(), "{m}: {}", String::from_utf8_lossy(&out.stderr));
+            let line = std::fs::read_to_string(&report).unwrap();
+            assert!(line.starts_with("ok "), "{m} {extra:?}: shim reported {line:?}");
+            let read = |n: &str| std::fs::read(self.dir.join(n)).unwrap();
+            assert!(read(&shimmed) == read(&plain), "{m} {extra:?}: the object with the shim differs");
+            assert!(std::fs::read(&dump).unwrap() == theirs, "{m} {extra:?}: the shim's module differs from clang's");
+            // The helper's digest of the same job.
+            let with_output = [&args[..], std::slice::from_ref(&plain)].concat();
+            let inv = ltocache::args::analyze(self.clang.to_str().unwrap(), &with_output).unwrap();
+            let hash = ok(self.clang().args(&args).arg(&plain).arg("-###"));
+            let text = String::from_utf8_lossy(&hash.stderr).into_owned();
+            let cc1line = text.lines().find(|l| l.starts_with(" \"")).unwrap();
+            let cc1 = ltocache::precise::split_job_line(cc1line).unwrap()[1..].to_vec();
+            let hdump = self.dir.join(format!("{m}.helper.bc"));
+            let answer = ltocache::precise::dump_post_import(helper, &self.dir, &inv, &cc1, &hdump).unwrap();
+            let digest = |l: &str| l.split(' ').nth(1).map(str::to_string);
+            assert!(answer.starts_with("ok "), "{m}: helper {answer}");
+            assert_eq!(digest(&answer), digest(&line), "{m} {extra:?}: shim and helper digests differ");
         }
         self.modules.len()
     }
