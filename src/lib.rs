@@ -25,9 +25,3 @@ pub mod util;
 pub mod verify;
 pub mod wrapper;
 
-// The modules' paths before they moved into key/, state/ and cachedir/, for
-// branches written against them; removed once those are merged.
-pub use backend::precise;
-pub use cachedir::{beneath, layout, trust};
-pub use key::{args, bitcode, compiler, digest, driver, memo, shard};
-pub use state::{journal, log, stats};

@@ -704,3 +704,142 @@ fn distributor_with_base_dir_never_replays_another_checkouts_paths() {
     let (again_b, _) = link(&b);
     assert!(again_b.contains(&inc_b) && !again_b.contains(&inc_a), "{again_b}");
 }
+
+/// `explain` records each job under its object's name without the linker's
+/// PID, once per change: warm links add no rows to the database and only one
+/// small journal record, and `explain` compares a job with the same job of
+/// the link before.
+#[test]
+fn explain_records_each_job_once_per_change_under_a_pid_free_name() {
+    let d = Dt::new();
+    // Where the state is: `ltocache config` says.
+    let out = ok_out(d.cmd(ltocache_bin()).arg("config").output().unwrap(), "config");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("stats_db")).expect("config shows stats_db");
+    let db_path = PathBuf::from(line.split('=').nth(1).unwrap().trim().split("  ").next().unwrap().trim());
+    let journal = db_path.with_file_name("journal");
+    let journal_len = || std::fs::metadata(&journal).map_or(0, |m| m.len());
+    let rows = || -> Vec<(String, String)> {
+        d.stat("hits"); // folds the journal
+        let c = rusqlite::Connection::open(&db_path).unwrap();
+        let mut s = c.prepare("SELECT output, outcome FROM last_compile ORDER BY output").unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+    };
+    let n = MODULES.len();
+    d.link_through_distributor(&[]);
+    let cold = rows();
+    assert_eq!(cold.len(), n, "one row per job: {cold:?}");
+    assert!(cold.iter().all(|(o, outcome)| o.ends_with(".native.o") && outcome == "miss"), "{cold:?}");
+    // No `.<pid>.` left: `<module>.<task>.native.o`.
+    assert!(cold.iter().all(|(o, _)| Path::new(o).file_name().unwrap().to_str().unwrap().split('.').count() == 4));
+
+    d.link_through_distributor(&[]);
+    let first_hits = journal_len();
+    assert!(first_hits > 500 * n as u64, "the first hits record their fields ({first_hits} bytes)");
+    d.link_through_distributor(&[]);
+    let again = journal_len() - first_hits;
+    assert!(again < 400, "an unchanged warm link adds one small record, not {again} bytes");
+    let warm = rows();
+    assert_eq!(warm.len(), n, "the same rows, whatever the linker's PID: {warm:?}");
+    assert!(warm.iter().all(|(_, outcome)| outcome == "hit"), "{warm:?}");
+    assert_eq!((d.stat("hits"), d.stat("misses")), (2 * n as i64, n as i64), "every job still counted");
+
+    // A changed module: its own job misses, and explain names the change.
+    d.edit("util.c", "16777619u", "16777621u");
+    d.frontend("util", false);
+    d.link_through_distributor(&[]);
+    let util = rows().into_iter().find(|(o, _)| o.contains("/util.")).expect("util's job").0;
+    let explained = ok_out(d.cmd(ltocache_bin()).args(["explain", &util]).output().unwrap(), "explain");
+    let explained = String::from_utf8(explained.stdout).unwrap();
+    assert!(explained.contains(": miss") && explained.contains("(hit) in:"), "{explained}");
+    assert!(explained.contains("[input]"), "the input's digest changed: {explained}");
+    // The next warm link records its hit under the new key again.
+    d.link_through_distributor(&[]);
+    assert!(rows().iter().all(|(_, outcome)| outcome == "hit"));
+    assert!(d.run().starts_with("sum=1009"), "the program still runs");
+}
+
+/// The entries a distributor stores hold their objects raw (no zstd to
+/// decode on every warm link) unless `compression` is set; compressed
+/// entries (a wrapper's) are still served; a damaged raw entry is a miss,
+/// removed and counted; the store's size counts the raw bytes.
+#[test]
+fn distributor_stores_raw_serves_compressed_and_refuses_damaged_entries() {
+    use ltocache::store::{Entry, Stored};
+    let entries = |d: &Dt| -> Vec<(PathBuf, Entry)> {
+        let mut v = Vec::new();
+        for shard in std::fs::read_dir(d.cache.join("v1/entries")).unwrap() {
+            for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                let p = e.unwrap().path();
+                let entry = Entry::decode(&std::fs::read(&p).unwrap()).unwrap();
+                v.push((p, entry));
+            }
+        }
+        v
+    };
+    let stored = |e: &Entry| match &e.outputs[0].stored {
+        Stored::Inline(_) => "raw",
+        Stored::InlineZstd(_) => "zstd",
+        Stored::Blob => "blob",
+    };
+    // The fixture's objects are under 4 KiB, which are stored raw anyway
+    // (store::RAW_MAX): one more module, kept whole by `used`, makes an
+    // object of ~16 KiB that compresses well.
+    let with_big_module = || {
+        let mut d = Dt::new();
+        let table: Vec<String> = (0..16384).map(|i| ((i * 7) % 256).to_string()).collect();
+        let text = format!("__attribute__((used)) const unsigned char big_table[] = {{{}}};\n", table.join(","));
+        std::fs::write(d.path("big.c"), text).unwrap();
+        d.frontend("big", false);
+        d.inputs.push("big.o".into());
+        d
+    };
+    let n = MODULES.len() + 1;
+
+    // `compression` set: the distributor compresses; without it again, those
+    // entries are still served (as are older entries, all compressed).
+    let d = with_big_module();
+    let plain = d.plain_dtlto_program();
+    std::fs::create_dir_all(&d.cache).unwrap();
+    std::fs::write(d.cache.join("ltocache.conf"), "compression = zstd\n").unwrap();
+    d.link_through_distributor(&[]);
+    let compressed = entries(&d);
+    assert_eq!(compressed.len(), n);
+    assert!(compressed.iter().any(|(_, e)| stored(e) == "zstd"), "the big module's object is compressed");
+    std::fs::remove_file(d.cache.join("ltocache.conf")).unwrap();
+    d.link_through_distributor(&[]);
+    assert_eq!((d.stat("hits"), d.stat("misses")), (n as i64, n as i64), "compressed entries served");
+    assert_eq!(d.read("prog"), plain);
+
+    // A distributor's own misses: raw, the size counted as stored.
+    let d = with_big_module();
+    d.link_through_distributor(&[]);
+    let raw = entries(&d);
+    assert_eq!(raw.len(), n);
+    assert!(
+        raw.iter().all(|(_, e)| stored(e) == "raw"),
+        "{:?}",
+        raw.iter().map(|(_, e)| stored(e)).collect::<Vec<_>>()
+    );
+    let on_disk: u64 = raw.iter().map(|(p, _)| std::fs::metadata(p).unwrap().len()).sum();
+    let objects: u64 = raw.iter().map(|(_, e)| e.outputs[0].size).sum();
+    assert!(on_disk > objects, "raw entries hold every byte ({on_disk} for {objects})");
+    let stats = ok_out(d.cmd(ltocache_bin()).args(["stats", "--json"]).output().unwrap(), "stats");
+    assert_eq!(stat_of(&String::from_utf8(stats.stdout).unwrap(), "cache_size_bytes"), on_disk as i64);
+    d.link_through_distributor(&[]);
+    assert_eq!(d.stat("hits"), n as i64);
+    assert_eq!(d.read("prog"), d.plain_dtlto_program());
+
+    // One byte of one raw object flipped: that job misses, compiles, and
+    // stores a good entry again; the program is right.
+    let (victim, entry) = raw.iter().max_by_key(|(_, e)| e.outputs[0].size).unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = bytes.len() - 32 - 4 - entry.stderr.len() - entry.outputs[0].size as usize / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(victim, &bytes).unwrap();
+    d.link_through_distributor(&[]);
+    assert_eq!(d.counter("errors.corrupt_entry"), 1, "{}", d.log());
+    assert_eq!((d.stat("hits"), d.stat("misses")), (2 * n as i64 - 1, n as i64 + 1));
+    assert_eq!(d.read("prog"), d.plain_dtlto_program(), "the damaged object was never served");
+    assert_eq!(Entry::decode(&std::fs::read(victim).unwrap()).unwrap().outputs, entry.outputs, "stored again");
+}

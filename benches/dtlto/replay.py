@@ -11,6 +11,7 @@ side (docs/benchmarks.md, "DTLTO warm path").
     replay.py replay DIR N old=/c/old:/tmp/old/ltocache new=/c/new:./ltocache new1=/c/new:./ltocache:--jobs=1
 
 A replay puts the captured shards back (lld deletes them after the link),
+removes the jobs' outputs before each run (as lld does after each link),
 runs each binary on the job file from the link's directory, and prints the
 median wall and CPU time (user, system) of the distributor process from
 wait4. Warm the caches first (one replay each, or links).
@@ -22,6 +23,8 @@ def capture(out, argv):
     job = argv[-1]
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
     shutil.copy(job, os.path.join(out, "job.json"))
+    with open(os.path.join(out, "name"), "w") as f:
+        f.write(os.path.basename(job))
     with open(os.path.join(out, "cwd"), "w") as f:
         f.write(os.getcwd())
     for j in json.load(open(job))["jobs"]:
@@ -40,7 +43,11 @@ def replay(cap, rounds, variants):
             if i.endswith(".thinlto.bc"):
                 os.makedirs(os.path.dirname(i) or ".", exist_ok=True)
                 shutil.copy2(os.path.join(cap, "shards", os.path.basename(i)), i)
-    jf = os.path.join(cap, "replay.dist-file.json")
+    # lld's name for it (`OUT.PID.dist-file.json`): the distributor takes
+    # the link's output and the linker's PID from it.
+    name_file = os.path.join(cap, "name")
+    name = open(name_file).read().strip() if os.path.exists(name_file) else "replay.1.dist-file.json"
+    jf = os.path.join(cap, name)
     shutil.copy(os.path.join(cap, "job.json"), jf)
     parsed = []
     for v in variants:
@@ -49,8 +56,14 @@ def replay(cap, rounds, variants):
         parsed.append((name, cache, binary, opts))
     res = {p[0]: [] for p in parsed}
     out = [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
+    outputs = [o for j in jobs for o in j["outputs"]]
     for _ in range(rounds):
         for name, cache, binary, opts in parsed:
+            # lld deletes the objects after each link: a distributor never
+            # finds last link's (keep them and every serve pays an unlink).
+            for o in outputs:
+                if os.path.exists(o):
+                    os.unlink(o)
             env = dict(os.environ, LTOCACHE_DIR=cache)
             t0 = time.perf_counter()
             pid = os.posix_spawn(binary, [binary, *opts, jf], env, file_actions=out)

@@ -91,6 +91,10 @@ pub struct Keyed<'c> {
     /// The invocation as the driver sees it: configuration files' flags in
     /// front of argv (driver.rs), `base_dir` applied.
     pub inv: BackendInvocation,
+    /// The key this output's last `explain` record is a hit under, when the
+    /// caller knows it (crate::distributor): a hit under it again records
+    /// nothing new.
+    pub recorded_hit: Option<[u8; 32]>,
 }
 
 impl Keyed<'_> {
@@ -227,6 +231,7 @@ pub fn prepare_with<'c>(
         precise_looked: Default::default(),
         precise_shim: Default::default(),
         inv,
+        recorded_hit: None,
     })
 }
 
@@ -259,7 +264,9 @@ pub fn serve_hit(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, batch: &mut Ba
                         tier.put(&entry, &inv.output, log, batch);
                     }
                 }
-                batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
+                if job.recorded_hit != Some(*digest) {
+                    batch.last_compile = Some((job.output_name.clone(), *digest, "hit".into(), job.fields_text()));
+                }
                 return Some(entry.stderr);
             }
             Ok(None) => {
@@ -407,12 +414,29 @@ pub fn record(config: &Config, log: &Logger, batch: &mut Batch, own_cpu_ns: i64)
     record_many(config, log, &mut [(batch, own_cpu_ns)]);
 }
 
-/// [`record`] for many jobs of one process, in one journal write.
-pub fn record_many(config: &Config, log: &Logger, jobs: &mut [(&mut Batch, i64)]) {
+/// [`record`] for many jobs of one process, in one journal write. Jobs that
+/// only add to counters (a hit with nothing new for `explain`) go in as one
+/// record: the fold then runs one UPSERT per counter, not one per counter
+/// and job. Returns whether the journal took the records.
+pub fn record_many(config: &Config, log: &Logger, jobs: &mut [(&mut Batch, i64)]) -> bool {
     for (batch, own_cpu_ns) in jobs.iter_mut() {
         close_batch(config, batch, *own_cpu_ns);
     }
-    let batches: Vec<&Batch> = jobs.iter().map(|(b, _)| &**b).collect();
+    let mut sums = Batch::default();
+    let mut batches: Vec<&Batch> = Vec::new();
+    for (b, _) in jobs.iter() {
+        if b.stored_entry.is_none() && b.stored_blobs.is_empty() && b.last_compile.is_none() {
+            sums.at_ns = sums.at_ns.max(b.at_ns);
+            for (name, n) in &b.counters {
+                sums.add(name, *n);
+            }
+        } else {
+            batches.push(b);
+        }
+    }
+    if !sums.counters.is_empty() {
+        batches.push(&sums);
+    }
     let dir = config.state_dir();
     match crate::state::journal::append_many(&dir, &batches) {
         Ok(len) if len > crate::state::journal::FOLD_AT => {
@@ -421,9 +445,13 @@ pub fn record_many(config: &Config, log: &Logger, jobs: &mut [(&mut Batch, i64)]
             if let Err(e) = folded {
                 log.log(&format!("folding the journal failed: {e:#}"));
             }
+            true
         }
-        Ok(_) => {}
-        Err(e) => log.log(&format!("stats journal not written: {e:#}")),
+        Ok(_) => true,
+        Err(e) => {
+            log.log(&format!("stats journal not written: {e:#}"));
+            false
+        }
     }
 }
 

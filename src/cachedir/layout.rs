@@ -30,6 +30,12 @@ pub fn driver_memo(question: &str) -> String {
     format!("driver-{question}")
 }
 
+/// What the distributor last recorded for `explain` about the jobs of the
+/// link whose output has this hash (distributor/recorded.rs).
+pub fn dtlto_recorded(output_hash: &str) -> String {
+    format!("dtlto-{output_hash}")
+}
+
 /// The compiler memo of the compiler invoked as `compiler`.
 pub fn compiler_memo(compiler: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;

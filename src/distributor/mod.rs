@@ -15,6 +15,7 @@
 mod jobserver;
 pub mod json;
 mod pool;
+mod recorded;
 
 use crate::backend::{self, Ctx, Keyed};
 use crate::config::Config;
@@ -159,6 +160,8 @@ struct Job<'c> {
     /// CPU time this process spent on this job's own steps.
     own_cpu_ns: i64,
     ok: bool,
+    /// Served, and `explain`'s record of it is this hit (recorded.rs).
+    recorded: Option<recorded::Pair>,
 }
 
 fn run_inner(args: &[OsString]) -> Result<bool> {
@@ -177,10 +180,30 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
     if let Some(why) = &refused {
         log.log(&format!("cache directory refused, running every job plainly: {why}"));
     }
-    let ctx = config.as_ref().filter(|_| refused.is_none()).map(|c| Ctx::new(c, &log));
+    let ctx = config.as_ref().filter(|_| refused.is_none()).map(|c| {
+        let mut ctx = Ctx::new(c, &log);
+        // lld reads the objects only after this process exits (and fails the
+        // link when it did not exit 0): a hit may write its object in place
+        // instead of through a temp file and a rename.
+        ctx.store = ctx.store.with_direct_outputs(true);
+        // A warm link serves every object in this one process, and decoding
+        // zstd was a third of its instructions (44 M of 135 M for libgit2's
+        // 210 objects, ~3 ms of CPU per link): what it stores is kept raw
+        // (2.8x the bytes for libgit2) unless `compression` is set. zstd
+        // decodes in time proportional to the object's size, so no size
+        // threshold keeps most of the space for little of the time.
+        if matches!(c.compression.origin, crate::config::Origin::Default) {
+            ctx.store = ctx.store.with_compression(None);
+        }
+        ctx
+    });
     // One link's jobs import the same modules: each file is stamped and
     // hashed (or memo-verified) once per run, not once per importer.
     let shared = SharedDigests::default();
+    // What `explain` already holds about this link's jobs (recorded.rs).
+    let link = crate::util::cwd().and_then(|cwd| recorded::link_of(&cwd.join(&opts.file)));
+    let recorded =
+        ctx.as_ref().zip(link.as_ref()).map(|(c, (output, _))| recorded::Recorded::load(&c.state_dir, output));
 
     // Keying and serving run on as many threads as the job limit allows
     // (a hit is hashing and writing one object; with make's jobserver each
@@ -197,6 +220,8 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
         // The driver's environment is every job's (driver.rs refuses what
         // makes it write or edit): checked once for the link.
         env: crate::key::driver::refuse_env(&|v| crate::util::env(v)),
+        recorded: recorded.as_ref(),
+        pid: link.as_ref().map(|(_, pid)| pid.as_str()),
     };
     let mut jobs = planner.plan_all(threads);
     limit.finished(0);
@@ -224,7 +249,10 @@ fn run_inner(args: &[OsString]) -> Result<bool> {
                 (&mut j.batch, j.own_cpu_ns + shared)
             })
             .collect();
-        backend::record_many(config, &log, &mut records);
+        let journaled = backend::record_many(config, &log, &mut records);
+        if let (true, Some(r)) = (journaled, &recorded) {
+            r.save(jobs.iter().filter_map(|j| j.recorded).collect());
+        }
     }
 
     // lld needs every output; a job that failed has already printed why.
@@ -268,6 +296,10 @@ struct Planner<'c> {
     refused: bool,
     /// The environment's verdict, the same for every job.
     env: Result<(), args::NotCacheable>,
+    /// The hits `explain` holds from this link's last run, and the linker's
+    /// PID (from the job file's name), taken out of the names it records.
+    recorded: Option<&'c recorded::Recorded>,
+    pid: Option<&'c str>,
 }
 
 impl<'c> Planner<'c> {
@@ -277,8 +309,9 @@ impl<'c> Planner<'c> {
         // This thread's CPU time: the jobs are planned on several threads.
         let cpu0 = crate::util::cpu_ns(libc::RUSAGE_THREAD);
         let mut batch = Batch::default();
+        let mut recorded = None;
         let plan = match self.ctx {
-            Some(ctx) => plan_job(ctx, self, &all, spec, &mut batch),
+            Some(ctx) => plan_job(ctx, self, &all, spec, &mut batch, &mut recorded),
             None => {
                 if self.refused {
                     batch.add("uncacheable.cache_dir_refused", 1);
@@ -288,7 +321,7 @@ impl<'c> Planner<'c> {
         };
         let own_cpu_ns = crate::util::cpu_ns(libc::RUSAGE_THREAD) - cpu0;
         let ok = matches!(plan, Plan::Served);
-        Job { args: all.into_iter().map(OsString::from).collect(), plan, batch, own_cpu_ns, ok }
+        Job { args: all.into_iter().map(OsString::from).collect(), plan, batch, own_cpu_ns, ok, recorded }
     }
 
     /// Plans every job, on `threads` threads taking the next job as each
@@ -326,8 +359,16 @@ impl<'c> Planner<'c> {
     }
 }
 
-/// Analyses, cross-checks and keys one job, and serves it when it is a hit.
-fn plan_job<'c>(ctx: &'c Ctx, run: &Planner<'c>, args: &[String], spec: &JobSpec, batch: &mut Batch) -> Plan<'c> {
+/// Analyses, cross-checks and keys one job, and serves it when it is a hit
+/// (then `recorded` is what `explain` holds of it).
+fn plan_job<'c>(
+    ctx: &'c Ctx,
+    run: &Planner<'c>,
+    args: &[String],
+    spec: &JobSpec,
+    batch: &mut Batch,
+    recorded: &mut Option<recorded::Pair>,
+) -> Plan<'c> {
     let analysed = run
         .env
         .clone()
@@ -361,9 +402,19 @@ fn plan_job<'c>(ctx: &'c Ctx, run: &Planner<'c>, args: &[String], spec: &JobSpec
         batch.add("uncacheable.dtlto_inputs_disagree", 1);
         return Plan::Plain;
     }
-    let Ok(keyed) = backend::prepare_with(ctx, &inv, batch, hasher) else { return Plan::Plain };
+    let Ok(mut keyed) = backend::prepare_with(ctx, &inv, batch, hasher) else { return Plan::Plain };
+    // Recorded for `explain` under the name every link of this program gives
+    // the job, and not again when nothing changed (recorded.rs).
+    keyed.output_name = recorded::stable_name(&keyed.output_name, run.pid);
+    let name = recorded::name_hash(&keyed.output_name);
+    keyed.recorded_hit = run.recorded.filter(|r| r.hits.contains(&(name, keyed.key.digest))).map(|_| keyed.key.digest);
     if let Some(stderr) = backend::serve_hit(ctx, &inv, &keyed, batch) {
         let _ = std::io::stderr().write_all(&stderr);
+        *recorded = match &batch.last_compile {
+            Some((_, digest, outcome, _)) if outcome == "hit" => Some((name, *digest)),
+            Some(_) => None,
+            None => keyed.recorded_hit.map(|d| (name, d)),
+        };
         return Plan::Served;
     }
     // A cold compile may run with precise mode's shim (crate::backend::precise).

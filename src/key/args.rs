@@ -635,7 +635,10 @@ fn object_named_bitcode(input: &Path) -> bool {
         return false;
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(input).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+    // `open_raw`: one `openat` (musl's `open` adds an `fcntl` for O_CLOEXEC).
+    crate::util::open_raw(input, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
         && crate::key::bitcode::is_bitcode(&magic)
 }
 

@@ -193,10 +193,12 @@ pub fn compute(
 
     // The shard: its canonical digest (everything but module paths) and, in
     // table order, each module's role and fingerprint.
-    regular_file(&inv.shard)?;
     let shard = match hasher.take_shard(&inv.shard) {
+        // Read by the caller through `read_tracked`, whose `fstat` admits
+        // only a regular file: no second `stat` (one per distributor job).
         Some(parsed) => parsed,
         None => {
+            regular_file(&inv.shard)?;
             let shard_bytes = hasher.read_tracked(&inv.shard).map_err(|e| unreadable(&inv.shard, e))?;
             shard::read_shard(&shard_bytes).map_err(|_| KeyError::NotCacheable(NotCacheable::BadShard))?
         }

@@ -22,6 +22,10 @@ pub struct LocalStore {
     compression: Option<i32>,
     /// Outputs stored in at most this many bytes go inside their entry (0: never).
     inline_max: usize,
+    /// Serve a hit by creating the output itself (`O_EXCL`) when it is
+    /// absent, instead of a temp file renamed over it (see
+    /// [`LocalStore::with_direct_outputs`]).
+    direct_outputs: bool,
 }
 
 /// A precise map file: this magic, the first key, then blake3 over the
@@ -63,6 +67,7 @@ impl LocalStore {
             root: cache_dir.join(LAYOUT_DIR),
             compression: None,
             inline_max: 0,
+            direct_outputs: false,
         }
     }
 
@@ -95,6 +100,20 @@ impl LocalStore {
     /// Keep outputs stored in at most `max` bytes inside their entry.
     pub fn with_inline_max(mut self, max: usize) -> LocalStore {
         self.inline_max = max;
+        self
+    }
+
+    /// Write a served output straight to its path when nothing is there yet
+    /// (created with `O_EXCL`; removed again if writing it fails), instead
+    /// of to a temp file renamed into place: one file created and no rename
+    /// per hit (on a journaled ext4, 210 objects of 17 KiB cost 4.0 ms of CPU
+    /// that way against 6.8 ms with temp and rename). Only for a caller
+    /// whose reader waits for it to exit — lld reads a distributor's objects
+    /// after the distributor has exited, and fails the link if it was killed
+    /// half-way — so nobody can see a half-written object. An output that
+    /// exists is still replaced through a temp file.
+    pub fn with_direct_outputs(mut self, direct: bool) -> LocalStore {
+        self.direct_outputs = direct;
         self
     }
 
@@ -277,29 +296,18 @@ impl LocalStore {
     /// reflinks and hard links.
     fn write_output(&self, bytes: &[u8], source: Option<&File>, dest: &Path, mode: ServeMode) -> Result<Served> {
         let len = bytes.len() as u64;
+        if self.direct_outputs {
+            match self.place_output(bytes, source, dest, mode, len) {
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) => {}
+                done => return done.map(|()| Served::Written(len)),
+            }
+        }
         let dir = util::parent_dir(dest);
         let name = dest.file_name().context("output has no file name")?.to_string_lossy().into_owned();
         let tmp = dir.join(util::temp_name(&format!(".{name}.ltocache.")));
-        let result = (|| -> Result<()> {
-            match (mode, source) {
-                (ServeMode::HardLink, Some(file)) if hard_link_read_only(file, &tmp) => {}
-                _ => {
-                    // Copy (also the fallback when a hard link is impossible:
-                    // another filesystem, or no permission).
-                    let mut out = util::open_raw(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)
-                        .with_context(|| format!("creating {}", tmp.display()))?;
-                    let cloned = match (mode, source) {
-                        (ServeMode::Reflink, Some(file)) => reflink(file, &out),
-                        // The kernel copies page to page (and on btrfs/xfs may
-                        // share extents); we already read the bytes to verify them.
-                        (ServeMode::Copy, Some(file)) => copy_range(file, &out, len),
-                        _ => false,
-                    };
-                    if !cloned {
-                        out.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-                    }
-                }
-            }
+        let result = self.place_output(bytes, source, &tmp, mode, len).and_then(|()| {
             // Remove the old output first: renaming over an existing file makes
             // ext4 (auto_da_alloc) flush the new file's data, about 0.6 ms per hit
             // here. The build expects the output to be absent or being rewritten
@@ -311,11 +319,47 @@ impl LocalStore {
                 _ => {}
             }
             std::fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))
-        })();
+        });
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         result.map(|()| Served::Written(len))
+    }
+
+    /// Creates `path` (which must not exist: `O_EXCL`, an `AlreadyExists`
+    /// error otherwise, with nothing touched) holding `bytes`: a hard link to
+    /// `source`, a reflink of it, or a copy. Whatever it created is removed
+    /// again when it fails after that.
+    fn place_output(&self, bytes: &[u8], source: Option<&File>, path: &Path, mode: ServeMode, len: u64) -> Result<()> {
+        if let (ServeMode::HardLink, Some(file)) = (mode, source) {
+            if hard_link_read_only(file, path) {
+                return Ok(());
+            }
+        }
+        // Copy (also the fallback when a hard link is impossible: another
+        // filesystem, no permission, or `path` exists).
+        let mut out = util::open_raw(path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666).map_err(|e| {
+            match e.kind() {
+                // Nothing was created: the caller may take another way.
+                std::io::ErrorKind::AlreadyExists => anyhow::Error::new(e),
+                _ => anyhow::Error::new(e).context(format!("creating {}", path.display())),
+            }
+        })?;
+        let cloned = match (mode, source) {
+            (ServeMode::Reflink, Some(file)) => reflink(file, &out),
+            // The kernel copies page to page (and on btrfs/xfs may share
+            // extents); we already read the bytes to verify them.
+            (ServeMode::Copy, Some(file)) => copy_range(file, &out, len),
+            _ => false,
+        };
+        if !cloned {
+            if let Err(e) = out.write_all(bytes) {
+                drop(out);
+                let _ = std::fs::remove_file(path);
+                return Err(e).with_context(|| format!("writing {}", path.display()));
+            }
+        }
+        Ok(())
     }
 
     /// Records a use of an entry for LRU eviction by setting its mtime to "now"
@@ -745,6 +789,56 @@ mod tests {
         std::fs::write(s.zst_path(&digest), packed).unwrap();
         assert!(matches!(s.serve_blob(&digest, 9000, &out, ServeMode::Copy).unwrap(), Served::Unavailable(_)));
         assert!(!s.has_blob(&digest));
+    }
+
+    #[test]
+    fn direct_outputs_are_created_in_place_and_existing_ones_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(d.path()).with_compression(Some(1)).with_inline_max(1 << 20).with_direct_outputs(true);
+        let data = b"ltocache direct ".repeat(1000);
+        let (o, _) = s.put_output(0, &data).unwrap();
+        let outdir = d.path().join("out");
+        std::fs::create_dir(&outdir).unwrap();
+        let listing = || {
+            let mut v: Vec<String> =
+                std::fs::read_dir(&outdir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            v.sort();
+            v
+        };
+        // Absent: created as the output itself, nothing else left beside it.
+        let dest = outdir.join("a.1.77.native.o");
+        assert_eq!(s.serve_output(&o, &dest, ServeMode::Copy).unwrap(), Served::Written(data.len() as u64));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        assert_eq!(listing(), ["a.1.77.native.o"]);
+        // Present (a stale object, or a symlink to elsewhere): replaced whole
+        // through a temp file, the symlink's target untouched.
+        std::fs::write(&dest, b"old").unwrap();
+        assert_eq!(s.serve_output(&o, &dest, ServeMode::Copy).unwrap(), Served::Written(data.len() as u64));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"not ours").unwrap();
+        let link = outdir.join("b.2.77.native.o");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert_eq!(s.serve_output(&o, &link, ServeMode::Copy).unwrap(), Served::Written(data.len() as u64));
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(std::fs::read(&link).unwrap(), data);
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not ours");
+        assert_eq!(listing(), ["a.1.77.native.o", "b.2.77.native.o"]);
+        // A raw blob, hard-linked in place when asked to.
+        let blobs = LocalStore::new(d.path()).with_direct_outputs(true);
+        let (o, _) = blobs.put_output(0, &data).unwrap();
+        assert_eq!(o.stored, Stored::Blob);
+        let dest = outdir.join("c.3.77.native.o");
+        assert_eq!(blobs.serve_output(&o, &dest, ServeMode::HardLink).unwrap(), Served::Written(data.len() as u64));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().ino(),
+            std::fs::metadata(blobs.blob_path(&o.digest)).unwrap().ino()
+        );
+        // A directory it cannot create in: an error, and nothing left.
+        let missing = outdir.join("no-such-dir").join("d.o");
+        assert!(s.serve_output(&o, &missing, ServeMode::Copy).is_err());
+        assert_eq!(listing(), ["a.1.77.native.o", "b.2.77.native.o", "c.3.77.native.o"]);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub fn every_path(
             .collect();
     state_files.extend(compilers.iter().map(|c| compiler_memo(c)));
     state_files.push(driver_memo("00000000000000000000000000000000"));
+    state_files.push(dtlto_recorded("0000000000000000"));
     // The compiler memo is replaced through a temp file beside it (a fresh name each time).
     state_files.push(crate::util::temp_name(""));
     out.extend(state_files.into_iter().map(|f| (State, PathBuf::from(f), File)));

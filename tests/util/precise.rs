@@ -343,7 +343,7 @@ impl Project {
             assert!(std::fs::read(&dump).unwrap() == theirs, "{m} {extra:?}: the shim's module differs from clang's");
             // The helper's digest of the same job.
             let with_output = [&args[..], std::slice::from_ref(&plain)].concat();
-            let inv = ltocache::args::analyze(self.clang.to_str().unwrap(), &with_output).unwrap();
+            let inv = ltocache::key::args::analyze(self.clang.to_str().unwrap(), &with_output).unwrap();
             let hash = ok(self.clang().args(&args).arg(&plain).arg("-###"));
             let text = String::from_utf8_lossy(&hash.stderr).into_owned();
             let cc1line = text.lines().find(|l| l.starts_with(" \"")).unwrap();
