@@ -42,6 +42,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -77,9 +78,18 @@ void report(std::string Line, bool Asking = false) {
   if (Asking) {
     pollfd P{Fd, POLLIN, 0};
     char Answer = 0;
+    // One deadline for the whole wait: a signal restarts poll() with what
+    // is left of the 60 s, not with 60 s again.
+    timespec Start{};
+    clock_gettime(CLOCK_MONOTONIC, &Start);
     int N;
-    do N = poll(&P, 1, 60000);
-    while (N < 0 && errno == EINTR);
+    for (;;) {
+      timespec Now{};
+      clock_gettime(CLOCK_MONOTONIC, &Now);
+      long Spent = (Now.tv_sec - Start.tv_sec) * 1000 + (Now.tv_nsec - Start.tv_nsec) / 1000000;
+      N = poll(&P, 1, Spent >= 60000 ? 0 : int(60000 - Spent));
+      if (!(N < 0 && errno == EINTR)) break;
+    }
     ssize_t Got = 0;
     if (N > 0) {
       do Got = read(Fd, &Answer, 1);

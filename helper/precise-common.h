@@ -9,6 +9,7 @@
 #ifndef LTOCACHE_PRECISE_COMMON_H
 #define LTOCACHE_PRECISE_COMMON_H
 
+#include <sys/socket.h>
 #include "llvm/ADT/ArrayRef.h"
 #include "llvm/ADT/SmallVector.h"
 #include "llvm/Bitcode/BitcodeWriter.h"
@@ -108,7 +109,10 @@ inline long long cpuNs() {
 inline void writeAll(int Fd, const std::string &S) {
   size_t Off = 0;
   while (Off < S.size()) {
-    ssize_t N = write(Fd, S.data() + Off, S.size() - Off);
+    // send() with MSG_NOSIGNAL on a socket: if ltocache's end is gone the
+    // compile must go on, not die of SIGPIPE; write() for anything else.
+    ssize_t N = send(Fd, S.data() + Off, S.size() - Off, MSG_NOSIGNAL);
+    if (N < 0 && errno == ENOTSOCK) N = write(Fd, S.data() + Off, S.size() - Off);
     if (N < 0 && errno == EINTR) continue;
     if (N <= 0) return;
     Off += N;

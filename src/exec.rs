@@ -106,8 +106,16 @@ pub fn run_captured_with(
         .with_context(|| format!("starting {}", program.display()))?;
     // Drain both pipes from this thread with poll(), so neither can fill up
     // and stall clang (a reader thread cost ~70 µs of CPU per miss).
-    let (stdout, stderr) =
-        drain(child.stdout.take(), child.stderr.take(), dialog).context("reading the compiler's output")?;
+    let (stdout, stderr) = match drain(child.stdout.take(), child.stderr.take(), dialog) {
+        Ok(out) => out,
+        Err(e) => {
+            // The caller runs the compile again: this one must not go on
+            // beside it (or stay blocked on its shim's question).
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e).context("reading the compiler's output");
+        }
+    };
     let status = child.wait().context("waiting for the compiler")?;
     let cpu_ns = crate::util::cpu_ns(libc::RUSAGE_CHILDREN) - children_before;
     Ok(Finished { status, stdout, stderr, duration: start.elapsed(), cpu_ns })

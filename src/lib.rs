@@ -24,4 +24,3 @@ pub mod store;
 pub mod util;
 pub mod verify;
 pub mod wrapper;
-

@@ -539,6 +539,7 @@ fn finish_job(job: &mut Job, finished: &Finished, ctx: Option<&Ctx>) {
         if let Some(stderr) = crate::backend::precise::served_by_shim(&c.1) {
             let _ = std::io::stderr().write_all(&stderr);
             job.ok = true;
+            crate::backend::precise::release_shim(&c.1);
             return;
         }
     }
@@ -548,6 +549,10 @@ fn finish_job(job: &mut Job, finished: &Finished, ctx: Option<&Ctx>) {
         job.own_cpu_ns += crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu0;
     } else if !job.ok {
         job.batch.add("compile_failed", 1);
+    }
+    // The jobs live until the link ends; their shims' sockets must not.
+    if let Plan::Cached(c) = &job.plan {
+        crate::backend::precise::release_shim(&c.1);
     }
 }
 

@@ -34,8 +34,8 @@ pub use helper::*;
 pub use key::*;
 pub use shim::{
     answer as shim_answer, compile as compile_with_shim, must_rerun as shim_must_rerun,
-    question_fd as shim_question_fd, served as served_by_shim, shim_environment, spawn as shim_spawn, ShimState,
-    Spawn as ShimSpawn,
+    question_fd as shim_question_fd, release as release_shim, served as served_by_shim, shim_environment,
+    spawn as shim_spawn, ShimState, Spawn as ShimSpawn,
 };
 use shim::{shim_for, Shim};
 
@@ -507,6 +507,19 @@ pub fn arm_shim<'c>(ctx: &'c Ctx, inv: &BackendInvocation, job: &Keyed<'c>, batc
 /// computes it now, in a detached child at idle priority (the job does not
 /// wait for it).
 pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[u8], batch: &mut Batch) {
+    // A compile that printed anything records no second key, whichever way
+    // it was computed: its diagnostics may depend on what the post-import
+    // module does not hold (module paths), and a precise hit would replay
+    // them for another command. Its entry may also live under the path-keyed
+    // key (backend::finish_compile), which the mapping would not name.
+    if !stderr.is_empty()
+        && (job.precise.borrow().is_some() || matches!(*job.precise_shim.borrow(), ShimState::Armed(_)))
+    {
+        batch.add("precise.refused.stderr", 1);
+        *job.precise.borrow_mut() = None;
+        release_shim(job);
+        return;
+    }
     if let Some(second) = job.precise.borrow().as_ref() {
         match write_map(ctx, &second.digest, &job.key.digest) {
             Ok(()) => batch.add("precise.stored", 1),

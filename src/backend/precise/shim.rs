@@ -378,13 +378,32 @@ pub fn must_rerun(job: &Keyed, finished: &Finished, batch: &mut Batch) -> bool {
     if a.report.is_none() {
         return false;
     }
-    let loader = finished.stderr.windows(28).any(|w| w == b"cannot be preloaded (cannot");
+    let loader = loader_refused(&finished.stderr);
     if finished.status.success() && !loader {
         return false;
     }
     batch.add("precise.shim_rerun", 1);
     *state = ShimState::Refused;
     true
+}
+
+/// Whether ld.so said it could not preload a library (it then goes on
+/// without it, and its line would be stored as the compile's stderr).
+fn loader_refused(stderr: &[u8]) -> bool {
+    const SAID: &[u8] = b"cannot be preloaded (cannot";
+    stderr.windows(SAID.len()).any(|w| w == SAID)
+}
+
+/// Drops what a finished job still holds of its shim — our end of the
+/// socket and the hasher. The distributor keeps its jobs until the link
+/// ends: one descriptor per cold job would run out (EMFILE) on a large link.
+pub fn release(job: &Keyed) {
+    let mut state = job.precise_shim.borrow_mut();
+    match &mut *state {
+        ShimState::Armed(_) => *state = ShimState::Refused,
+        ShimState::Served(_, socket) => *socket = None,
+        _ => {}
+    }
 }
 
 /// Runs a wrapped job's compile, with the shim when it is armed (and again
@@ -542,4 +561,16 @@ pub(super) fn record(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[
     }
     batch.add("cpu_ns.precise", a.cpu_ns + crate::util::cpu_ns(libc::RUSAGE_THREAD) - cpu0);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_loaders_refusal_is_recognised() {
+        let said = b"ERROR: ld.so: object '/x/ltocache-precise-19.so' from LD_PRELOAD cannot be preloaded \
+                     (cannot open shared object file): ignored.\n";
+        assert!(super::loader_refused(said));
+        assert!(!super::loader_refused(b"warning: something else\n"));
+        assert!(!super::loader_refused(b""));
+    }
 }
