@@ -220,3 +220,52 @@ fn the_dtlto_distributor_records_and_serves_second_keys_with_the_shim() {
         "the DTLTO program differs from the in-process link's"
     );
 }
+
+#[test]
+fn a_cold_dtlto_link_of_many_modules_keeps_no_descriptor_per_job() {
+    // Each job's shim reports over a socket, and the distributor keeps its
+    // jobs until the link ends: a socket kept per finished job ran out of
+    // descriptors on a large link (the link then failed). 70 modules that
+    // all import `common`, under a limit of 48 descriptors.
+    let mut b = Project::with(clang23(), true, &[], &[]);
+    b.helpers = Some(helper23().display().to_string());
+    const N: usize = 70;
+    std::fs::write(b.dir.join("common.c"), "int common(int x) { return x * 3 + 1; }\n").unwrap();
+    let mut main = String::from("#include <stdio.h>\n");
+    let mut sum = String::from("0");
+    for i in 0..N {
+        std::fs::write(
+            b.dir.join(format!("m{i}.c")),
+            format!("int common(int);\nint f{i}(int x) {{ return common(x) + {i}; }}\n"),
+        )
+        .unwrap();
+        main.push_str(&format!("int f{i}(int);\n"));
+        sum.push_str(&format!(" + f{i}(argc)"));
+    }
+    main.push_str(&format!("int main(int argc, char **argv) {{ printf(\"%d\\n\", {sum}); return 0; }}\n"));
+    std::fs::write(b.dir.join("many_main.c"), main).unwrap();
+    let mut objs = vec!["common.o".to_string(), "many_main.o".to_string()];
+    objs.extend((0..N).map(|i| format!("m{i}.o")));
+    for o in &objs {
+        let src = o.replace(".o", ".c");
+        ok(b.clang().args(["-O2", "-flto=thin", "-c", &src, "-o", o]));
+    }
+    let limited = b.dir.join("limited-distributor");
+    std::fs::write(&limited, format!("#!/bin/sh\nulimit -n 48\nexec '{}' \"$@\"\n", ltocache_bin().display())).unwrap();
+    std::fs::set_permissions(&limited, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut c = b.ltocache();
+    c.env_remove("LTOCACHE_PRECISE_COLD");
+    let mut cmd = Command::new(clang23());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let d = format!("-fthinlto-distributor={}", limited.display());
+    ok(cmd.current_dir(&b.dir).args(["-O2", "-flto=thin", "-fuse-ld=lld", &d, "-o", "many"]).args(&objs));
+    let out = String::from_utf8(ok(&mut Command::new(b.dir.join("many"))).stdout).unwrap();
+    // argc = 1: common(1) = 4 for each, plus 0 + 1 + … + 69.
+    assert_eq!(out.trim(), (4 * N + N * (N - 1) / 2).to_string());
+    assert!(b.stat("shim_computed") >= N as i64, "every importer ran with the shim: {}", b.stats_json());
+}
