@@ -325,19 +325,7 @@ fn verify_compiles_second_key_hits_too_and_catches_a_wrong_mapping() {
     let second = served_second_key(&p, "table");
     let store = ltocache::store::LocalStore::new(&p.cache);
     let right = store.get_precise_map(&second).unwrap();
-    let maps = util::files_under(&p.cache.join("v1/precise"));
-    let wrong = maps
-        .iter()
-        .filter_map(|f| {
-            let name = f.file_name()?.to_str()?;
-            let mut d = [0u8; 32];
-            for (i, b) in d.iter_mut().enumerate() {
-                *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
-            store.get_precise_map(&d)
-        })
-        .find(|k| *k != right)
-        .expect("another mapped entry");
+    let wrong = util::precise::another_mapping(&p.cache, &store, &right);
     store.put_precise_map(&second, &wrong).unwrap();
     p.edit("lib", "return x * 11;", "return x * 13;");
     run("table", "1");

@@ -404,18 +404,7 @@ fn a_stopped_backend_really_stops_the_served_object_is_what_the_build_keeps() {
     ok(Command::new("cp").arg("-a").arg(&saved).arg(&p.cache));
     let store = ltocache::store::LocalStore::new(&p.cache);
     let right = store.get_precise_map(&second).expect("the shim recorded table's second key in the cold build");
-    let wrong = util::files_under(&p.cache.join("v1/precise"))
-        .iter()
-        .filter_map(|f| {
-            let name = f.file_name()?.to_str()?;
-            let mut d = [0u8; 32];
-            for (i, b) in d.iter_mut().enumerate() {
-                *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
-            store.get_precise_map(&d)
-        })
-        .find(|k| *k != right)
-        .expect("another mapped entry");
+    let wrong = util::precise::another_mapping(&p.cache, &store, &right);
     store.put_precise_map(&second, &wrong).unwrap();
     backend(&p, "table", &rebuild);
     let served = p.object("table");

@@ -357,3 +357,20 @@ impl Project {
         self.modules.len()
     }
 }
+
+/// The first key another second key of the cache maps to (not `right`): a
+/// wrong mapping the tests plant to see what a precise hit serves.
+pub fn another_mapping(cache: &Path, store: &ltocache::store::LocalStore, right: &[u8; 32]) -> [u8; 32] {
+    super::files_under(&cache.join("v1/precise"))
+        .iter()
+        .filter_map(|f| {
+            let name = f.file_name()?.to_str()?;
+            let mut d = [0u8; 32];
+            for (i, b) in d.iter_mut().enumerate() {
+                *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            store.get_precise_map(&d)
+        })
+        .find(|k| k != right)
+        .expect("another mapped entry")
+}
