@@ -416,3 +416,25 @@ fn a_stopped_backend_really_stops_the_served_object_is_what_the_build_keeps() {
     );
     assert!(temporaries(&p, "table").is_empty(), "{:?}", temporaries(&p, "table"));
 }
+
+#[test]
+fn a_cold_compile_that_prints_a_warning_records_no_second_key() {
+    // The assembler's `.warning` in module-level asm: the backend prints it
+    // at codegen, after the shim reported. Diagnostics may name what the
+    // post-import module does not hold (module paths), so a compile that
+    // printed anything maps no second key; the others still do.
+    let p = project(&[], &[]);
+    p.edit("table", "int use_table", "__asm__(\".warning \\\"ltocache test warning\\\"\");\nint use_table");
+    let mut printed = Vec::new();
+    for m in PROJECT {
+        if String::from_utf8_lossy(&backend(&p, m, &[])).contains("ltocache test warning") {
+            printed.push(*m);
+        }
+    }
+    // table prints it, and main, which imports use_table, does too.
+    assert!(printed.contains(&"table") && !printed.contains(&"step"), "{printed:?}");
+    assert_eq!(p.stat("refused.stderr"), printed.len() as i64, "{}", p.stats_json());
+    // Of the three importers (lib imports nothing), only the silent ones map.
+    assert_eq!(maps(&p), 3 - printed.len(), "{printed:?}: {}", p.stats_json());
+    p.assert_fresh("cold build with a warning");
+}
