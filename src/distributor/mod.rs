@@ -534,16 +534,15 @@ fn finish_job(job: &mut Job, finished: &Finished, ctx: Option<&Ctx>) {
     let _ = std::io::stdout().write_all(&finished.stdout);
     let _ = std::io::stderr().write_all(&finished.stderr);
     job.ok = finished.status.success();
-    if let Plan::Cached(c) = &job.plan {
-        // Served when its shim asked: the backend stopped.
-        if let Some(stderr) = crate::backend::precise::served_by_shim(&c.1) {
-            let _ = std::io::stderr().write_all(&stderr);
-            job.ok = true;
-            crate::backend::precise::release_shim(&c.1);
-            return;
-        }
-    }
-    if let (Plan::Cached(c), Some(ctx)) = (&job.plan, ctx) {
+    // Served when its shim asked: the backend stopped.
+    let served = match &job.plan {
+        Plan::Cached(c) => crate::backend::precise::served_by_shim(&c.1),
+        _ => None,
+    };
+    if let Some(stderr) = served {
+        let _ = std::io::stderr().write_all(&stderr);
+        job.ok = true;
+    } else if let (Plan::Cached(c), Some(ctx)) = (&job.plan, ctx) {
         let cpu0 = crate::util::cpu_ns(libc::RUSAGE_SELF);
         backend::finish_compile(ctx, &c.0, &c.1, finished, &mut job.batch);
         job.own_cpu_ns += crate::util::cpu_ns(libc::RUSAGE_SELF) - cpu0;

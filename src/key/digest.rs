@@ -458,6 +458,15 @@ fn decode_asm(data: &[u8]) -> Vec<AsmRef> {
 mod tests {
     use super::*;
 
+    /// Sleeps until `path`'s stamp is older than the racy-timestamp margin,
+    /// so that its digest may be memoised; returns the stamp.
+    fn settle(path: &Path) -> FileStamp {
+        let stamp = FileStamp::of_path(path).unwrap();
+        let margin = racy_margin_ns(fs_type(&File::open(path).unwrap()), &stamp).unwrap();
+        std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
+        stamp
+    }
+
     thread_local! {
         /// Test-only: the statfs type every file reports (NFS without an NFS client).
         pub static FS_TYPE: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
@@ -551,9 +560,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("m.o");
         std::fs::write(&path, b"shared import").unwrap();
-        let stamp = FileStamp::of_path(&path).unwrap();
-        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp).unwrap();
-        std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
+        let stamp = settle(&path);
         let first = MemoTable::open(&d.path().join("state")).unwrap();
         let guard = first.lock_bucket(&stamp).expect("lock");
         let (p2, state) = (path.clone(), d.path().join("state"));
@@ -578,9 +585,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("m.o");
         std::fs::write(&path, b"held import").unwrap();
-        let stamp = FileStamp::of_path(&path).unwrap();
-        let margin = racy_margin_ns(fs_type(&File::open(&path).unwrap()), &stamp).unwrap();
-        std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
+        let stamp = settle(&path);
         let holder = MemoTable::open(&d.path().join("state")).unwrap();
         let _held = holder.lock_bucket(&stamp).expect("lock");
         let table = MemoTable::open(&d.path().join("state")).unwrap();
@@ -598,9 +603,7 @@ mod tests {
         std::fs::write(&shard, b"shard").unwrap();
         std::fs::write(&module, b"version-1").unwrap();
         let table = MemoTable::open(&d.path().join("state")).unwrap();
-        let stamp = FileStamp::of_path(&module).unwrap();
-        let margin = racy_margin_ns(fs_type(&File::open(&module).unwrap()), &stamp).unwrap();
-        std::thread::sleep(std::time::Duration::from_nanos((margin + 20_000_000) as u64));
+        settle(&module);
         let hash = |expect_hashed: u64| {
             let mut h = FileHasher::new(Some(&table));
             h.read_tracked(&shard).unwrap(); // learns the filesystem, as a key computation does

@@ -527,7 +527,7 @@ pub fn after_store(ctx: &Ctx, inv: &BackendInvocation, job: &Keyed, stderr: &[u8
         }
         return;
     }
-    if shim::record(ctx, inv, job, stderr, batch) {
+    if shim::record(ctx, inv, job, batch) {
         return;
     }
     let fallback = match cold_policy() {
