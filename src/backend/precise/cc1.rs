@@ -240,18 +240,13 @@ pub(super) static IN_BACKGROUND: std::sync::atomic::AtomicBool = std::sync::atom
 /// 10-40 ms): past it, it computes the memo itself.
 pub(super) const FOREGROUND_LOCK_WAIT: Duration = Duration::from_millis(500);
 
-/// [`lock_file`], waiting at most `max` for it.
+/// [`lock_file`], waiting at most `max` for it (`beneath::lock_within`, the
+/// project's bounded wait, on one open of the file).
 pub(super) fn lock_file_within(path: &Path, max: Duration) -> Option<std::fs::File> {
-    let deadline = Instant::now() + max;
-    loop {
-        if let Some(f) = lock_file(path, false) {
-            return Some(f);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let _ = std::fs::create_dir_all(path.parent()?);
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
+    crate::cachedir::beneath::lock_within(&f, true, max).ok()?;
+    Some(f)
 }
 
 pub(super) fn lock_file(path: &Path, wait: bool) -> Option<std::fs::File> {
