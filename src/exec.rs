@@ -140,6 +140,28 @@ fn keep_spawn_memory_mapped() {
     }
 }
 
+/// A shim's question, once `question` holds a whole line (the wrapper's
+/// [`drain`] and the distributor's pool): reads what the compile wrote to
+/// stderr before asking (it is in the pipe `err_fd` by now) into `stderr`,
+/// has `answer` decide on the line and that stderr, and sends its byte on
+/// `socket` (MSG_NOSIGNAL: a peer gone is an error, not SIGPIPE). True when
+/// the question was answered and is over.
+pub fn answer_when_asked(
+    question: &[u8],
+    err_fd: std::os::fd::RawFd,
+    stderr: &mut Vec<u8>,
+    chunk: &mut [u8],
+    socket: std::os::fd::RawFd,
+    answer: impl FnOnce(&str, &[u8]) -> u8,
+) -> bool {
+    let Some(end) = question.iter().position(|&b| b == b'\n') else { return false };
+    read_available(err_fd, stderr, chunk);
+    let byte = answer(&String::from_utf8_lossy(&question[..end]), stderr);
+    // SAFETY: one byte from our stack to a socket the caller holds open.
+    unsafe { libc::send(socket, &byte as *const u8 as *const libc::c_void, 1, libc::MSG_NOSIGNAL) };
+    true
+}
+
 /// Reads both pipes to their ends, whichever has data first, and answers the
 /// dialog's one question when it comes.
 fn drain(
@@ -182,19 +204,9 @@ fn drain(
                 0 => fds[i] = -1,
                 n if n > 0 && i == 2 => {
                     question.extend_from_slice(&chunk[..n as usize]);
-                    if let Some(end) = question.iter().position(|&b| b == b'\n') {
-                        // Everything the compile wrote before asking is in
-                        // its pipe by now: read it first.
-                        read_available(fds[1], &mut bufs.1, &mut chunk);
-                        let line = String::from_utf8_lossy(&question[..end]).into_owned();
-                        if let Some(d) = dialog.as_mut() {
-                            let byte = (d.answer)(&line, &bufs.1);
-                            // SAFETY: one byte from our stack to a socket we hold open
-                            // (MSG_NOSIGNAL: a peer gone is an error, not SIGPIPE).
-                            unsafe {
-                                libc::send(fds[2], &byte as *const u8 as *const libc::c_void, 1, libc::MSG_NOSIGNAL)
-                            };
-                        }
+                    // (fds[2] is open only with a dialog.)
+                    let Some(d) = dialog.as_mut() else { continue };
+                    if answer_when_asked(&question, fds[1], &mut bufs.1, &mut chunk, fds[2], |l, e| (d.answer)(l, e)) {
                         fds[2] = -1;
                     }
                 }

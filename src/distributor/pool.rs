@@ -143,13 +143,10 @@ impl Pool {
                         continue;
                     }
                     r.question.extend_from_slice(&chunk[..got as usize]);
-                    if let Some(end) = r.question.iter().position(|&b| b == b'\n') {
-                        let err = r.pipes[1].as_ref().map_or(-1, |p| p.as_raw_fd());
-                        crate::exec::read_available(err, &mut r.out[1], &mut chunk);
-                        let line = String::from_utf8_lossy(&r.question[..end]).into_owned();
-                        let byte = answer(r.tag, &line, &r.out[1]);
-                        // SAFETY: one byte from our stack (MSG_NOSIGNAL: a peer gone is an error).
-                        unsafe { libc::send(fd, &byte as *const u8 as *const libc::c_void, 1, libc::MSG_NOSIGNAL) };
+                    let err = r.pipes[1].as_ref().map_or(-1, |p| p.as_raw_fd());
+                    let tag = r.tag;
+                    let ask = |l: &str, e: &[u8]| answer(tag, l, e);
+                    if crate::exec::answer_when_asked(&r.question, err, &mut r.out[1], &mut chunk, fd, ask) {
                         r.ask = None;
                     }
                     continue;
